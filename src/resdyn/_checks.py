@@ -1,0 +1,59 @@
+"""Argument checks shared by the whole library: each error names the argument and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
+__all__ = ["check_choice", "check_int", "check_positive", "resolve_device", "resolve_dtype"]
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+
+
+def check_int(name: str, value: Any, minimum: int = 0) -> int:
+    """``value`` as an int ``>= minimum``; bools are not ints here."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    """``value`` as a finite float ``> 0`` (or ``>= 0`` with ``allow_zero``)."""
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[str]) -> str:
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+    return value
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``'float32'``/``'float64'`` (or the torch dtype itself) to a torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        return dtype
+    return DTYPES[check_choice("dtype", dtype, DTYPES)]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``'cpu'`` or ``'cuda'`` (``'cuda:N'``) to a device, checking that CUDA is there."""
+    dev = torch.device(device)
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu'")
+    return dev

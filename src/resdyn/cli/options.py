@@ -1,0 +1,35 @@
+"""Options shared by the commands: device, dtype, threads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+import torch
+
+from .._checks import resolve_device, resolve_dtype
+
+__all__ = ["compute_options", "setup_compute"]
+
+
+def compute_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add --device, --dtype and --threads to a command."""
+    f = click.option("--threads", type=click.IntRange(min=1), default=None,
+                     help="CPU threads for torch (default: torch's choice).")(f)
+    f = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
+                     show_default=True, help="Floating-point precision.")(f)
+    f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+                     show_default=True, help="Where to compute; 'cuda' needs a GPU.")(f)
+    return f
+
+
+def setup_compute(device: str, dtype: str, threads: int | None) -> tuple[torch.device, torch.dtype]:
+    """Resolve the compute options, as a one-line usage error when they cannot be met."""
+    try:
+        dev, dt = resolve_device(device), resolve_dtype(dtype)
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return dev, dt

@@ -1,0 +1,89 @@
+"""The functional model contract every family follows.
+
+A model is a frozen dataclass describing a shape (no tensors inside). Its parameters are a
+``Params`` dict of tensors whose leading axis ``B`` indexes models: ``forward(params, x)`` maps
+inputs ``x`` of shape ``(B, n, *input_shape)`` to outputs ``(B, n, out_dim)``, computing all ``B``
+models at once. A single model is ``B = 1``; the training engine also uses ``B`` for chunks of
+samples that share one model's parameters (see ``resdyn.training.layout``).
+
+``init(generator, dtype, device)`` draws one model's parameters (no leading axis) from its own
+generator, so that a model's initial weights depend on its seed only, never on its batch-mates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+__all__ = ["Model", "Params", "derive_seed", "generator_for", "init_params", "num_parameters"]
+
+Params = dict[str, Tensor]
+
+
+@runtime_checkable
+class Model(Protocol):
+    """Shape of a model family; see the module docstring."""
+
+    family: str
+
+    @property
+    def out_dim(self) -> int: ...
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
+        ...
+
+    def forward(self, params: Params, x: Tensor) -> Tensor: ...
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 63-bit seed for the named random stream of ``seed`` (init, data, minibatch ...).
+
+    Streams are independent by construction (a hash), so adding a new stream never shifts the
+    numbers an existing one draws.
+    """
+    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def generator_for(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded for ``(seed, stream)``.
+
+    Draws happen on the CPU and are moved afterwards, so a seed gives the same numbers on every
+    device.
+    """
+    del device  # draws always happen on the CPU; see docstring
+    g = torch.Generator(device="cpu")
+    g.manual_seed(derive_seed(seed, stream))
+    return g
+
+
+def init_params(
+    model: Model,
+    seeds: Sequence[int],
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Params:
+    """Parameters of ``len(seeds)`` models stacked on a leading model axis ``E``.
+
+    Model ``e`` is drawn from the ``init`` stream of ``seeds[e]`` alone.
+    """
+    if len(seeds) == 0:
+        raise ValueError("init_params: seeds must name at least one model, got an empty sequence")
+    device = torch.device(device)
+    cpu = torch.device("cpu")
+    singles = [model.init(generator_for(s, "init"), torch.float64, cpu) for s in seeds]
+    # Drawn in float64 on the CPU, then cast: the float32 model is the rounding of the float64
+    # one, and a seed means the same network on every device.
+    return {
+        k: torch.stack([p[k] for p in singles]).to(dtype=dtype, device=device)
+        for k in singles[0]
+    }
+
+
+def num_parameters(params: Params) -> int:
+    """Number of scalar parameters of one model (the leading model axis excluded)."""
+    return sum(int(v[0].numel()) for v in params.values())

@@ -1,0 +1,69 @@
+"""The discrete ResNet: z_{k+1} = z_k + h F_k(z_k), k = 0..L-1, h = T / L.
+
+z_0 = A x + c embeds the input, g(z_L) = R z_L + r reads out, and F_k is the residual map of
+layer k (``resdyn.models.blocks``). With ``tied=True`` every layer shares one theta: the Euler
+scheme of an autonomous ODE. With ``weight_init='smooth'`` (default) theta_k = theta(t_k), t_k = k h, for
+one smooth random path theta, so networks of every depth L approximate the same ODE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._checks import check_int
+from .base import Params
+from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
+
+__all__ = ["ResNet"]
+
+
+@dataclass(frozen=True)
+class ResNet(ResidualOptions):
+    """Discrete ResNet of depth L (``depth``); every option of ResidualOptions applies."""
+
+    depth: int = 8
+    tied: bool = False
+    family = "resnet"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("depth", self.depth, 1)
+        if not isinstance(self.tied, bool):
+            raise TypeError(f"tied must be true or false, got {self.tied!r}")
+
+    @property
+    def step(self) -> float:
+        """h = T / L."""
+        return self.horizon / self.depth
+
+    def layer_times(self) -> Tensor:
+        """t_k = k h for k = 0..L-1 (a single time, 0, when tied)."""
+        n = 1 if self.tied else self.depth
+        return torch.arange(n, dtype=torch.float64) * self.step
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
+        params = {**self.init_io(generator), **self.init_layers(generator, self.layer_times())}
+        return {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
+
+    def states(self, params: Params, x: Tensor) -> list[Tensor]:
+        """[z_0, z_1, ..., z_L], each of shape (B, n, m)."""
+        act, h = self.act, self.step
+        layers = layer_params(params, self.block)
+        z = embed(params, x.flatten(2))
+        out = [z]
+        for k in range(self.depth):
+            z = z + h * residual_map(layers[0 if self.tied else k], z, act)
+            out.append(z)
+        return out
+
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d)."""
+        act, h = self.act, self.step
+        layers = layer_params(params, self.block)
+        z = embed(params, x.flatten(2))
+        for k in range(self.depth):
+            z = z + h * residual_map(layers[0 if self.tied else k], z, act)
+        return readout(params, z)

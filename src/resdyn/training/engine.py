@@ -1,0 +1,300 @@
+"""The one training engine: E models trained as one batched computation.
+
+Model e has parameters params[name][e], its own training indices S_e into the data set's pool,
+its own learning rate lr[e] and its own seed (which orders its minibatches). Each step computes
+every model's mean loss
+
+    L_e(theta_e) = (1 / S_e) sum_{i in batch_e} loss(f(theta_e; x_i), y_i),
+
+differentiates sum_e L_e (whose gradient in theta_e is exactly grad L_e: the sum passes a 1.0 to
+every model) and updates all models at once. A single model is E = 1; there is no other path.
+
+A model whose loss or gradient stops being finite is frozen at its last finite parameters and
+flagged with the step it happened at; selection by ``torch.where`` keeps its NaN out of every
+other model's numbers. Nothing in a step synchronises with the host (no ``.item()``), so on a GPU
+the steps queue without stalls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_int
+from ..data.base import Dataset
+from ..models.base import Model, Params, generator_for
+from .layout import ChunkLayout, chunk_layout
+from .losses import LOSSES, correct, per_sample_loss
+from .optim import OPTIMIZERS, OptimizerSpec, init_state, update
+
+__all__ = ["TrainConfig", "TrainResult", "TrainState", "evaluate", "train"]
+
+Hook = Callable[[int, "TrainState"], None]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """steps: number of updates. loss: 'cross_entropy' or 'squared'. optimizer: 'adam' or 'sgd'
+    (betas, eps for Adam; momentum for SGD; weight_decay for both). batch_size: per-model
+    minibatch size, None for full batch. chunk_size: rows per chunk of the ragged layout."""
+
+    steps: int = 1000
+    loss: str = "cross_entropy"
+    optimizer: str = "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    batch_size: int | None = None
+    chunk_size: int = 64
+
+    def __post_init__(self) -> None:
+        check_int("steps", self.steps, 0)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        if self.batch_size is not None:
+            check_int("batch_size", self.batch_size, 1)
+        check_int("chunk_size", self.chunk_size, 1)
+
+    @property
+    def optimizer_spec(self) -> OptimizerSpec:
+        return OptimizerSpec(self.optimizer, tuple(self.betas), self.eps, self.momentum,
+                             self.weight_decay)
+
+
+@dataclass
+class TrainState:
+    """Everything a resumed run needs: after ``step`` updates, params and optimiser state, which
+    models are still active, the step each diverged model diverged at (-1: none), and the loss of
+    every model before every update so far (``loss_history[t, e]``)."""
+
+    params: Params
+    opt_state: dict[str, Tensor]
+    step: int
+    active: Tensor
+    diverged_step: Tensor
+    loss_history: Tensor
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Flat dict for a checkpoint file (safetensors); inverse: :meth:`from_tensors`."""
+        out = {f"param.{k}": v for k, v in self.params.items()}
+        out.update({f"opt.{k}": v for k, v in self.opt_state.items()})
+        out["step"] = torch.tensor([self.step])
+        out["active"] = self.active.to(torch.uint8)
+        out["diverged_step"] = self.diverged_step
+        out["loss_history"] = self.loss_history[: self.step]
+        return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, Tensor], steps: int, device: torch.device) -> TrainState:
+        step = int(t["step"][0])
+        hist = t["loss_history"]
+        full = torch.full((steps, hist.shape[1]), float("nan"), dtype=hist.dtype)
+        full[:step] = hist
+        return cls(
+            params={k[6:]: v.to(device) for k, v in t.items() if k.startswith("param.")},
+            opt_state={k[4:]: v.to(device) for k, v in t.items() if k.startswith("opt.")},
+            step=step,
+            active=t["active"].to(device=device, dtype=torch.bool),
+            diverged_step=t["diverged_step"].to(device),
+            loss_history=full.to(device),
+        )
+
+
+@dataclass
+class TrainResult:
+    """Final state and per-model metrics (each a CPU tensor of shape (E,))."""
+
+    state: TrainState
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def params(self) -> Params:
+        return self.state.params
+
+
+def _as_lr(lr: float | Sequence[float] | Tensor, E: int, dtype: torch.dtype, device) -> Tensor:
+    out = torch.as_tensor(lr, dtype=dtype).flatten().to(device)
+    if out.numel() == 1:
+        out = out.expand(E).clone()
+    if out.numel() != E:
+        raise ValueError(f"lr must be one number or one per model ({E}), got {out.numel()} values")
+    if not bool(torch.all(out > 0)):
+        raise ValueError("lr must be > 0 for every model")
+    return out
+
+
+def _batched_outputs(model: Model, params: Params, x: Tensor, owner: Tensor) -> Tensor:
+    chunk_params = {k: v.index_select(0, owner) for k, v in params.items()}
+    return model.forward(chunk_params, x)
+
+
+def evaluate(
+    model: Model,
+    params: Params,
+    data: Dataset,
+    indices: Sequence[Tensor] | None,
+    loss: str,
+    chunk_size: int = 64,
+    split: str = "train",
+    max_rows: int = 1 << 18,
+) -> dict[str, Tensor]:
+    """Mean loss and accuracy of every model on its own ``indices`` of the training pool
+    (``split='train'``) or on the whole test set (``split='test'``, ``indices`` ignored)."""
+    E = next(iter(params.values())).shape[0]
+    p0 = next(iter(params.values()))
+    if split == "test":
+        x_all, y_all = data.x_test, data.y_test
+        indices = [torch.arange(len(y_all))] * E
+    else:
+        x_all, y_all = data.x, data.y
+        if indices is None or len(indices) != E:
+            raise ValueError("evaluate(split='train') needs one index set per model")
+    # Models are evaluated in blocks so that memory stays bounded for large E and test sets.
+    rows_per_model = max(len(i) for i in indices)
+    block = max(1, max_rows // max(rows_per_model, 1))
+    losses, accs = [], []
+    with torch.no_grad():
+        for start in range(0, E, block):
+            sub = {k: v[start : start + block] for k, v in params.items()}
+            lay = chunk_layout(indices[start : start + block], chunk_size).to(p0.device)
+            x = data.prepare(x_all[lay.index.cpu()], p0.dtype, p0.device)
+            y = y_all[lay.index.cpu()].to(p0.device)
+            out = _batched_outputs(model, sub, x, lay.owner)
+            losses.append(lay.per_model_mean(per_sample_loss(out, y, loss)))
+            accs.append(lay.per_model_mean(correct(out, y)))
+    return {"loss": torch.cat(losses).cpu(), "acc": torch.cat(accs).cpu()}
+
+
+class _Minibatches:
+    """Model e's minibatch at step t: epoch q = t // (S_e // B_e) draws a permutation from the
+    (seed_e, 'minibatch/q') stream, so a resumed run needs no generator state."""
+
+    def __init__(self, indices: Sequence[Tensor], seeds: Sequence[int], batch_size: int):
+        self.indices = [torch.as_tensor(i, dtype=torch.long) for i in indices]
+        self.seeds = list(seeds)
+        self.bs = [min(batch_size, len(i)) for i in self.indices]
+        self.per_epoch = [len(i) // b for i, b in zip(self.indices, self.bs, strict=True)]
+        self._cache: dict[int, tuple[int, Tensor]] = {}
+
+    def at(self, step: int) -> list[Tensor]:
+        out = []
+        for e, idx in enumerate(self.indices):
+            q, pos = divmod(step, self.per_epoch[e])
+            if self._cache.get(e, (-1, None))[0] != q:
+                g = generator_for(self.seeds[e], f"minibatch/{q}")
+                self._cache[e] = (q, idx[torch.randperm(len(idx), generator=g)])
+            b = self.bs[e]
+            out.append(self._cache[e][1][pos * b : (pos + 1) * b])
+        return out
+
+
+def _per_model_finite(model_loss: Tensor, grads: Sequence[Tensor]) -> Tensor:
+    ok = torch.isfinite(model_loss)
+    for g in grads:
+        ok = ok & torch.isfinite(g).flatten(1).all(1)
+    return ok
+
+
+def train(
+    model: Model,
+    params: Params,
+    data: Dataset,
+    train_indices: Sequence[Tensor],
+    lr: float | Sequence[float] | Tensor,
+    config: TrainConfig = TrainConfig(),
+    seeds: Sequence[int] | None = None,
+    state: TrainState | None = None,
+    hooks: Sequence[tuple[int, Hook]] = (),
+    evaluate_test: bool = True,
+) -> TrainResult:
+    """Train the E models in ``params`` (leading axis E) and report per-model metrics.
+
+    train_indices[e]: model e's rows of ``data``'s training pool (its sample of size S_e).
+    lr: one rate or one per model. seeds[e]: orders model e's minibatches (default: e).
+    state: resume from a :class:`TrainState` (``params`` is then ignored). hooks: pairs
+    (every, fn); fn(step, state) runs at step 0, every ``every`` steps, and at the last step.
+    Metrics: train_loss, train_acc, test_loss, test_acc, loss_gap = test_loss - train_loss,
+    error_gap = train_acc - test_acc, diverged (0/1), diverged_step (-1: none).
+    """
+    E = next(iter(params.values())).shape[0]
+    if len(train_indices) != E:
+        raise ValueError(f"train_indices has {len(train_indices)} index sets for {E} models")
+    seeds = list(range(E)) if seeds is None else list(seeds)
+    if len(seeds) != E:
+        raise ValueError(f"seeds has {len(seeds)} entries for {E} models")
+    p0 = next(iter(params.values()))
+    dtype, device = p0.dtype, p0.device
+    lr_t = _as_lr(lr, E, dtype, device)
+    spec = config.optimizer_spec
+    scales = getattr(model, "lr_scales", lambda: {})()
+
+    if state is None:
+        params = {k: v.detach().clone() for k, v in params.items()}
+        state = TrainState(
+            params=params,
+            opt_state=init_state(spec, params),
+            step=0,
+            active=torch.ones(E, dtype=torch.bool, device=device),
+            diverged_step=torch.full((E,), -1, dtype=torch.long, device=device),
+            loss_history=torch.full((config.steps, E), float("nan"), dtype=dtype, device=device),
+        )
+
+    full: tuple[ChunkLayout, Tensor, Tensor] | None = None
+    batches = None
+    if config.batch_size is None:
+        lay = chunk_layout(train_indices, config.chunk_size)
+        full = (lay.to(device), data.prepare(data.x[lay.index], dtype, device),
+                data.y[lay.index].to(device))
+    else:
+        batches = _Minibatches(train_indices, seeds, config.batch_size)
+
+    def run_hooks(step: int, final: bool = False) -> None:
+        for every, fn in hooks:
+            if step == 0 or final or (every > 0 and step % every == 0):
+                fn(step, state)
+
+    if state.step == 0:
+        run_hooks(0)
+    for t in range(state.step, config.steps):
+        if full is not None:
+            lay, x, y = full
+        else:
+            lay = chunk_layout(batches.at(t), config.chunk_size)
+            x = data.prepare(data.x[lay.index], dtype, device)
+            y = data.y[lay.index].to(device)
+            lay = lay.to(device)
+        leaves = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
+        out = _batched_outputs(model, leaves, x, lay.owner)
+        model_loss = lay.per_model_mean(per_sample_loss(out, y, config.loss))
+        grads = torch.autograd.grad(model_loss.sum(), list(leaves.values()))
+        model_loss = model_loss.detach()
+        ok = _per_model_finite(model_loss, grads)
+        newly = state.active & ~ok
+        state.diverged_step = torch.where(newly, t, state.diverged_step)
+        state.active = state.active & ok
+        state.loss_history[t] = model_loss
+        state.params, state.opt_state = update(
+            spec, state.params, dict(zip(leaves, grads, strict=True)), state.opt_state,
+            lr_t, t + 1, state.active, scales,
+        )
+        state.step = t + 1
+        run_hooks(state.step, final=state.step == config.steps)
+
+    metrics = _final_metrics(model, state, data, train_indices, config, evaluate_test)
+    return TrainResult(state=state, metrics=metrics)
+
+
+def _final_metrics(model, state, data, train_indices, config, evaluate_test) -> dict[str, Tensor]:
+    tr = evaluate(model, state.params, data, train_indices, config.loss, config.chunk_size)
+    m = {"train_loss": tr["loss"], "train_acc": tr["acc"]}
+    if evaluate_test and len(data.y_test):
+        te = evaluate(model, state.params, data, None, config.loss, config.chunk_size, "test")
+        m.update(test_loss=te["loss"], test_acc=te["acc"],
+                 loss_gap=te["loss"] - tr["loss"], error_gap=tr["acc"] - te["acc"])
+    m["diverged"] = (state.diverged_step >= 0).cpu().to(torch.long)
+    m["diverged_step"] = state.diverged_step.cpu()
+    return m

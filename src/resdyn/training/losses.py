@@ -1,0 +1,39 @@
+"""Per-sample losses and correctness for (n_chunks, C, k) outputs and (n_chunks, C) labels.
+
+cross_entropy: -log softmax(f)_y.
+squared: (1/2) ||f - t||^2 with t the one-hot code of y when k > 1, and t = 2y - 1 in {-1, +1}
+when k = 1 (binary labels, the mean-field family's convention).
+Correct: argmax f = y for k > 1, sign(f) = t for k = 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["LOSSES", "correct", "per_sample_loss"]
+
+LOSSES = ("cross_entropy", "squared")
+
+
+def _targets(out: Tensor, y: Tensor) -> Tensor:
+    if out.shape[-1] == 1:
+        return (2 * y - 1).to(out.dtype).unsqueeze(-1)
+    return torch.nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
+
+
+def per_sample_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
+    if loss == "cross_entropy":
+        if out.shape[-1] < 2:
+            raise ValueError("loss 'cross_entropy' needs out_dim >= 2; use loss 'squared' for k = 1")
+        return -torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
+    if loss == "squared":
+        return 0.5 * (out - _targets(out, y)).square().sum(-1)
+    raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}; got {loss!r}")
+
+
+def correct(out: Tensor, y: Tensor) -> Tensor:
+    """1.0 where the prediction is right, else 0.0, in the dtype of ``out``."""
+    if out.shape[-1] == 1:
+        return ((out.squeeze(-1) > 0) == (y > 0)).to(out.dtype)
+    return (out.argmax(-1) == y).to(out.dtype)
