@@ -1,0 +1,1 @@
+"""Reproductions of the papers' claims, one module per experiment (see ``resdyn reproduce``)."""
