@@ -1,0 +1,150 @@
+"""Train one group of cells as one batched computation and turn it into per-cell results.
+
+``train_group`` is a pure function of the cells' configurations (plus where to keep
+checkpoints), so the same code runs in-process and in a Ray worker. A cell's numbers depend only
+on its own configuration: its sample and initial weights come from its own seed, and the engine
+keeps batch-mates apart bitwise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from .._checks import resolve_dtype
+from ..models.base import init_params
+from ..models.registry import build_model
+from ..training.engine import TrainConfig, TrainState, train
+from .grid import Cell, load_dataset
+from .measures import MeasureContext, TrackContext, get_measure, get_tracker
+from .store import CellResult
+
+__all__ = ["CheckpointIO", "train_group"]
+
+CheckpointIO = tuple[Callable[[str], Any], Callable[[str, dict, dict], None]]
+
+
+def _indices(data, cell: Cell) -> torch.Tensor:
+    from ..data import subsample
+
+    return subsample(data, cell.sample_size, cell.seed)
+
+
+def _split_state(state: TrainState, e: int) -> dict[str, torch.Tensor]:
+    """Model e's share of a group's state, as a flat dict for a checkpoint file."""
+    flat = state.tensors()
+    out = {}
+    for k, v in flat.items():
+        if k == "step":
+            out[k] = v
+        elif k == "loss_history":
+            out[k] = v[:, e : e + 1].contiguous()
+        else:
+            out[k] = v[e : e + 1].contiguous()
+    return out
+
+
+def _join_states(parts: Sequence[dict[str, torch.Tensor]], steps: int, device) -> TrainState:
+    keys = parts[0].keys()
+    flat = {}
+    for k in keys:
+        if k == "step":
+            flat[k] = parts[0][k]
+        elif k == "loss_history":
+            flat[k] = torch.cat([p[k] for p in parts], dim=1)
+        else:
+            flat[k] = torch.cat([p[k] for p in parts], dim=0)
+    return TrainState.from_tensors(flat, steps, torch.device(device))
+
+
+def train_group(
+    cells: Sequence[Cell],
+    device: str = "cpu",
+    checkpoint: CheckpointIO | None = None,
+    checkpoint_seconds: float = 120.0,
+) -> list[CellResult]:
+    """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell."""
+    t0 = time.perf_counter()
+    first = cells[0].config
+    if any(c.group_key != cells[0].group_key for c in cells):
+        raise ValueError("train_group: cells of one group must share every setting but S, seed, lr")
+    dtype = resolve_dtype(first["dtype"])
+    model = build_model(**first["model"])
+    data_cfg = dict(first["data"])
+    if "data_root" in first:
+        data_cfg["root"] = first["data_root"]
+    data = load_dataset(data_cfg)
+    train_cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                               for k, v in first["train"].items() if k != "lr"})
+    seeds = [c.seed for c in cells]
+    idx = [_indices(data, c) for c in cells]
+    lr = torch.tensor([c.lr for c in cells], dtype=dtype)
+    params0 = init_params(model, seeds, dtype, device)
+
+    state = None
+    series: dict[str, dict[str, list]] = {c.cell_id: {} for c in cells}
+    if checkpoint is not None:
+        loaded = [checkpoint[0](c.cell_id) for c in cells]
+        if all(x is not None for x in loaded):
+            state = _join_states([x[0] for x in loaded], train_cfg.steps, device)
+            for c, (_, meta) in zip(cells, loaded, strict=True):
+                series[c.cell_id] = {k: [tuple(p) for p in v] for k, v in meta.get("series", {}).items()}
+
+    hooks = []
+    for name, opts in first["trackers"].items():
+        tracker = get_tracker(name)
+        options = {k: v for k, v in opts.items() if k != "every"}
+
+        def record(step: int, st: TrainState, tracker=tracker, options=options, name=name) -> None:
+            ctx = TrackContext(model, st.params, params0, data, idx, step, st.loss_history, seeds,
+                               options)
+            for key, vals in tracker(ctx).items():
+                for c, v in zip(cells, vals.detach().cpu().tolist(), strict=True):
+                    series[c.cell_id].setdefault(f"{name}.{key}" if key else name, []).append((step, v))
+
+        hooks.append((int(opts["every"]), record))
+    if checkpoint is not None:
+        last = [time.perf_counter()]
+
+        def save(step: int, st: TrainState) -> None:
+            if step in (0, train_cfg.steps) or time.perf_counter() - last[0] < checkpoint_seconds:
+                return
+            for e, c in enumerate(cells):
+                checkpoint[1](c.cell_id, _split_state(st, e), {"series": series[c.cell_id]})
+            last[0] = time.perf_counter()
+
+        hooks.append((max(1, min(50, train_cfg.steps // 20 or 1)), save))
+
+    result = train(model, params0, data, idx, lr, train_cfg, seeds, state=state, hooks=hooks)
+    t_train = time.perf_counter() - t0
+    measures: dict[str, list[float]] = {}
+    for name, opts in first["measures"].items():
+        ctx = MeasureContext(model, result.params, data, idx, train_cfg, result.metrics, seeds,
+                             dict(opts))
+        for key, vals in get_measure(name)(ctx).items():
+            measures[f"{name}.{key}" if key and key != name else name] = \
+                torch.as_tensor(vals).detach().cpu().double().tolist()
+    t_all = time.perf_counter() - t0
+    out = []
+    for e, c in enumerate(cells):
+        hist = result.state.loss_history[:, e].detach().cpu().tolist()
+        metrics = {k: float(v[e]) for k, v in result.metrics.items()}
+        metrics["final_train_objective"] = hist[-1] if hist else float("nan")
+        stride = max(1, len(hist) // 200)
+        loss_series = [(t, hist[t]) for t in range(0, len(hist), stride)]
+        if hist and loss_series[-1][0] != len(hist) - 1:
+            loss_series.append((len(hist) - 1, hist[-1]))
+        out.append(CellResult(
+            cell_id=c.cell_id,
+            config=c.config,
+            metrics=metrics,
+            measures={k: v[e] for k, v in measures.items()},
+            series={**series[c.cell_id], "train_objective": loss_series},
+            weights={k: v[e].detach().cpu() for k, v in result.params.items()},
+            timing={"group_seconds": t_all, "train_seconds": t_train, "group_size": len(cells),
+                    "seconds_per_model": t_all / len(cells)},
+        ))
+    return out

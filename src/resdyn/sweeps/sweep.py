@@ -1,0 +1,91 @@
+"""Run or resume a spec: expand, skip what the store has, claim, group, train, write."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .executors import LocalExecutor, RayExecutor
+from .grid import Cell, expand, group_cells
+from .spec import Spec
+from .store import CellResult, Store, check_store_path, provenance
+
+__all__ = ["SweepSummary", "plan", "run_sweep"]
+
+
+@dataclass
+class SweepSummary:
+    total: int
+    already_done: int
+    trained: int = 0
+    diverged: int = 0
+    held_elsewhere: list[str] = field(default_factory=list)
+    groups: int = 0
+
+
+def plan(spec: Spec, store_path: str | Path) -> tuple[list[Cell], set[str]]:
+    """All cells and the ids the store already has (opens nothing for writing if absent)."""
+    cells = expand(spec)
+    path = check_store_path(store_path)
+    if not path.is_file():
+        return cells, set()
+    with Store(path, create=False) as st:
+        return cells, st.done_ids()
+
+
+def run_sweep(
+    spec: Spec,
+    store_path: str | Path,
+    executor: LocalExecutor | RayExecutor | None = None,
+    device: str = "cpu",
+    on_group: Callable[[list[CellResult]], None] | None = None,
+) -> SweepSummary:
+    """Train every cell of ``spec`` that ``store_path`` does not have yet.
+
+    Validation (the spec, its data sets, every cell's model, the store path) happens before
+    anything is written. Cells held by another live run are left to it and listed in the
+    summary.
+    """
+    cells = expand(spec)
+    check_store_path(store_path)
+    executor = executor or LocalExecutor(device)
+    owner = uuid.uuid4().hex
+    with Store(store_path) as store:
+        done = store.done_ids()
+        todo = [c for c in cells if c.cell_id not in done]
+        summary = SweepSummary(total=len(cells), already_done=len(cells) - len(todo))
+        claimed = set(store.claim([c.cell_id for c in todo], owner, spec.run.lease_seconds))
+        summary.held_elsewhere = [c.cell_id for c in todo if c.cell_id not in claimed]
+        mine = [c for c in todo if c.cell_id in claimed]
+        groups = group_cells(mine, spec.run.group_size, store.checkpoint_steps(claimed))
+        summary.groups = len(groups)
+        prov = provenance(spec.run.dtype, device)
+        stop = threading.Event()
+        renewer = threading.Thread(target=_renew, args=(store.path, owner, spec.run.lease_seconds,
+                                                        stop), daemon=True)
+        renewer.start()
+        checkpoint = (store.load_checkpoint, store.save_checkpoint)
+        try:
+            for _, results in executor.run(groups, checkpoint, spec.run.checkpoint_seconds):
+                for r in results:
+                    r.provenance = {**prov, "threads": prov["threads"]}
+                    if store.write(spec.name, r, owner):
+                        summary.trained += 1
+                        summary.diverged += int(r.diverged)
+                if on_group is not None:
+                    on_group(results)
+        finally:
+            stop.set()
+            renewer.join()
+            store.release(owner)
+    return summary
+
+
+def _renew(path: Path, owner: str, seconds: float, stop: threading.Event) -> None:
+    """Keep this run's leases alive while it runs (its own connection: sqlite3 is per-thread)."""
+    with Store(path, create=False) as st:
+        while not stop.wait(max(1.0, seconds / 3)):
+            st.renew(owner, seconds)
