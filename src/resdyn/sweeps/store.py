@@ -53,6 +53,11 @@ CREATE TABLE IF NOT EXISTS series (
     value REAL,
     PRIMARY KEY (cell_id, name, step)
 );
+CREATE TABLE IF NOT EXISTS outcomes (
+    name TEXT PRIMARY KEY,
+    outcome TEXT NOT NULL,
+    finished_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS leases (
     cell_id TEXT PRIMARY KEY,
     owner TEXT NOT NULL,
@@ -250,6 +255,17 @@ class Store:
 
     def _transaction(self) -> _Tx:
         return _Tx(self.db)
+
+    # -- outcomes of experiments that are not sweeps ------------------------------------------
+    def save_outcome(self, name: str, outcome: dict[str, Any]) -> None:
+        """Keep a finished experiment's outcome (JSON-able, figures as base64 PNG) under ``name``."""
+        with self._transaction():
+            self.db.execute("INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)",
+                            (name, json.dumps(outcome, sort_keys=True), time.time()))
+
+    def outcomes(self) -> dict[str, dict[str, Any]]:
+        return {n: json.loads(o) for n, o in
+                self.db.execute("SELECT name, outcome FROM outcomes ORDER BY name")}
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, cell_id: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:

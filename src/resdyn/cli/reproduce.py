@@ -1,0 +1,81 @@
+"""``resdyn reproduce NAME``: run a paper's claim as one command, then analyse it from the store."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..experiments.registry import REPRODUCTIONS, get_reproduction, spec_path
+from ..sweeps.spec import SpecError, load_spec
+from ..sweeps.store import Store, StoreError
+from .options import setup_compute
+from .sweep import execute_spec
+
+
+def _claims_text(outcome) -> str:
+    lines = []
+    for c in outcome.claims:
+        lines.append(f"  [{'held' if c.held else 'NOT held'}] {c.text}: {c.measured}")
+    return "\n".join(lines)
+
+
+def run_reproduction(name: str, quick: bool, store: Path, executor: str, device: str,
+                     threads: int | None, dtype: str | None, quiet: bool = False):
+    """Run reproduction ``name`` into ``store`` and return its analysed outcome."""
+    from ..reports.build import outcome_to_json
+
+    repro = get_reproduction(name)
+    label = f"{name}-quick" if quick else name
+    with tempfile.TemporaryDirectory() as tmp:
+        if repro.run is not None:
+            import torch
+
+            kwargs = {"quick": quick, "out_dir": Path(tmp), "device": device, "threads": threads}
+            if dtype is not None:
+                kwargs["dtype"] = getattr(torch, dtype)
+            outcome = repro.load("run")(**kwargs)
+            outcome.name = label
+            with Store(store) as st:  # the report reads the outcome back from the store
+                st.save_outcome(label, outcome_to_json(outcome))
+            return outcome
+        rows = []
+        for spec_name in repro.spec_names(quick):
+            spec = load_spec(spec_path(spec_name))
+            if dtype is not None:
+                from dataclasses import replace
+
+                spec = replace(spec, run=replace(spec.run, dtype=dtype))
+            execute_spec(spec, store, executor, device, threads, quiet=quiet)
+            with Store(store, create=False) as st:
+                rows += [r for r in st.rows() if r["spec"] == spec.name]
+        return repro.load("analyze")(rows, None, label)
+
+
+@click.command()
+@click.argument("name", type=click.Choice(list(REPRODUCTIONS)))
+@click.option("--quick", is_flag=True, help="The small variant (a few minutes on 2 CPU cores).")
+@click.option("--store", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("runs/reproduce.sqlite"), show_default=True)
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
+              help="Override the spec's dtype.")
+@click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def reproduce(name, quick, store, executor, device, dtype, threads, quiet) -> None:
+    """Reproduce claim NAME: run its sweep (resuming from STORE), analyse, print the claims.
+
+    Sweep reproductions ship their specs (resdyn/specs/NAME.toml, NAME-quick.toml), which
+    `resdyn run` also runs. Write the report with `resdyn report STORE --out DIR`.
+    """
+    setup_compute(device, dtype or "float32", threads)
+    try:
+        outcome = run_reproduction(name, quick, store, executor, device, threads, dtype, quiet)
+    except (SpecError, StoreError, ValueError) as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)
+    click.echo(f"{outcome.name}: store {store}")
+    click.echo(_claims_text(outcome) or "  (no claims could be evaluated)")

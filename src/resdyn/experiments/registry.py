@@ -1,0 +1,75 @@
+"""The reproductions ``resdyn reproduce`` knows, and how each is run and analysed.
+
+A sweep reproduction ships spec files in ``resdyn/specs`` (``NAME.toml`` and the quick variant
+``NAME-quick.toml``, each runnable with ``resdyn run``) and an ``analyze(rows, out_dir, name)``
+that reads the store. A custom reproduction has a ``run(quick, out_dir, device, dtype, threads)``
+whose outcome is kept in the store for the report.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REPRODUCTIONS", "Reproduction", "get_reproduction", "spec_path"]
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    name: str
+    summary: str
+    specs: tuple[str, ...] = ()
+    analyze: str | None = None
+    run: str | None = None
+
+    def spec_names(self, quick: bool) -> list[str]:
+        return [f"{s}-quick" if quick else s for s in self.specs]
+
+    def load(self, attr: str) -> Any:
+        module, fn = getattr(self, attr).split(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+REPRODUCTIONS: dict[str, Reproduction] = {
+    r.name: r
+    for r in (
+        Reproduction("sample-size", "generalization gap against S, log-log slope vs -1/2",
+                     ("sample-size",), "resdyn.experiments.sample_size:analyze"),
+        Reproduction("depth", "loss and accuracy against depth at fixed horizon",
+                     ("depth",), "resdyn.experiments.depth:analyze"),
+        Reproduction("dead-zone", "activations with and without a dead zone",
+                     ("dead-zone",), "resdyn.experiments.dead_zone:analyze"),
+        Reproduction("mean-field", "mean-field ResNet on two spirals: Gram, KL, error vs n",
+                     run="resdyn.experiments.meanfield:run"),
+        Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
+                     run="resdyn.experiments.dnl_convergence:run"),
+    )
+}
+
+
+def get_reproduction(name: str) -> Reproduction:
+    if name not in REPRODUCTIONS:
+        raise ValueError(f"unknown reproduction {name!r}; allowed: {', '.join(REPRODUCTIONS)}")
+    return REPRODUCTIONS[name]
+
+
+def spec_path(spec_name: str) -> Path:
+    """The shipped spec file ``resdyn/specs/<spec_name>.toml``."""
+    path = Path(str(resources.files("resdyn") / "specs" / f"{spec_name}.toml"))
+    if not path.is_file():
+        raise ValueError(f"no built-in spec {spec_name!r}")
+    return path
+
+
+def reproduction_of_spec(spec_name: str) -> tuple[Reproduction, bool] | None:
+    """Which reproduction (and whether its quick variant) a spec name in the store belongs to."""
+    for r in REPRODUCTIONS.values():
+        for s in r.specs:
+            if spec_name == s:
+                return r, False
+            if spec_name == f"{s}-quick":
+                return r, True
+    return None

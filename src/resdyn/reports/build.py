@@ -1,0 +1,57 @@
+"""From a store to experiment outcomes: the analyses read the store, never a live run."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from ..experiments.base import Claim, ExperimentOutcome
+from ..experiments.registry import reproduction_of_spec
+from ..sweeps.store import Store
+
+__all__ = ["outcome_from_json", "outcome_to_json", "outcomes_from_store"]
+
+
+def outcome_to_json(o: ExperimentOutcome) -> dict[str, Any]:
+    """An outcome as JSON-able data, figures carried as base64 PNG."""
+    return {"name": o.name, "tables": o.tables, "data": o.data,
+            "claims": [dataclasses.asdict(c) for c in o.claims],
+            "figures": {k: base64.b64encode(Path(p).read_bytes()).decode() for k, p in o.figures.items()}}
+
+
+def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
+    figures = {}
+    for i, (k, b64) in enumerate(d.get("figures", {}).items()):
+        path = fig_dir / f"{d['name']}-{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base64.b64decode(b64))
+        figures[k] = path
+    return ExperimentOutcome(d["name"], d.get("tables", {}), [Claim(**c) for c in d.get("claims", [])],
+                             figures, d.get("data", {}))
+
+
+def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[ExperimentOutcome]:
+    """Analyse every reproduction the store holds (sweep rows by spec name, and stored outcomes)."""
+    fig_dir = Path(fig_dir)
+    with Store(store_path, create=False) as st:
+        rows = st.rows()
+        stored = st.outcomes()
+    by_spec: dict[str, list] = {}
+    for r in rows:
+        by_spec.setdefault(r["spec"], []).append(r)
+    groups: dict[str, tuple[Any, list]] = {}
+    for spec_name, rs in sorted(by_spec.items()):
+        found = reproduction_of_spec(spec_name)
+        if found is None:
+            continue
+        repro, quick = found
+        name = f"{repro.name}-quick" if quick else repro.name
+        groups.setdefault(name, (repro, []))[1].extend(rs)
+    out = []
+    for name, (repro, rs) in sorted(groups.items()):
+        out.append(repro.load("analyze")(rs, fig_dir, name))
+    for _name, d in sorted(stored.items()):
+        out.append(outcome_from_json(d, fig_dir))
+    return out
