@@ -9,7 +9,8 @@ Guarantees:
   target and renamed), so a row never points to a partial file;
 * ``INSERT OR IGNORE`` on the cell id: two runs that finish the same cell keep one row;
 * a run claims cells with a lease (owner, expiry) before training them; a live lease keeps other
-  runs off the cell, an expired one (its holder died) is taken over;
+  runs off the cell; an expired one, or one whose holder was a process on this host that no
+  longer exists (killed, say), is taken over;
 * the busy timeout makes concurrent writers wait instead of failing.
 """
 
@@ -21,6 +22,7 @@ import platform
 import sqlite3
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,6 +194,26 @@ class Store:
         return list(self.db.execute("SELECT cell_id, owner, expires FROM leases"))
 
     # -- leases -------------------------------------------------------------------------------
+    @staticmethod
+    def new_owner() -> str:
+        """A lease owner id: host, process id and a random part (``host:pid:hex``)."""
+        return f"{platform.node()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+    @staticmethod
+    def _owner_dead(owner: str) -> bool:
+        """True when ``owner`` was a process on this host that is gone."""
+        host, _, rest = owner.partition(":")
+        pid = rest.partition(":")[0]
+        if host != platform.node() or not pid.isdigit():
+            return False
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
     def claim(self, cell_ids: Sequence[str], owner: str, seconds: float) -> list[str]:
         """Claim the cells that are neither done nor held by a live lease of another owner."""
         now = time.time()
@@ -200,6 +222,8 @@ class Store:
             self.db.execute("DELETE FROM leases WHERE expires < ?", (now,))
             done = self.done_ids()
             held = {r[0]: r[1] for r in self.db.execute("SELECT cell_id, owner FROM leases")}
+            dead = {o for o in set(held.values()) if o != owner and self._owner_dead(o)}
+            held = {c: o for c, o in held.items() if o not in dead}
             for cid in cell_ids:
                 if cid in done or held.get(cid, owner) != owner:
                     continue

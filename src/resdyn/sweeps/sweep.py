@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +51,7 @@ def run_sweep(
     cells = expand(spec)
     check_store_path(store_path)
     executor = executor or LocalExecutor(device)
-    owner = uuid.uuid4().hex
+    owner = Store.new_owner()
     with Store(store_path) as store:
         done = store.done_ids()
         todo = [c for c in cells if c.cell_id not in done]

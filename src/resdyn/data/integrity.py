@@ -1,0 +1,231 @@
+"""Checksums of downloaded data files: one manifest, one checking path, one family of errors.
+
+The known md5 checksums of the MNIST and CIFAR files live in ``manifest.json`` next to this
+module, keyed by the file's path relative to the data root as torchvision lays it out
+(``MNIST/raw/train-images-idx3-ubyte.gz``, ``cifar-10-batches-py/data_batch_1``, ...). Every
+loader reads a file through :func:`read_verified`, which returns its bytes only when their md5
+matches the manifest; the bytes that were hashed are the bytes that are parsed (no second read).
+
+Tests and local mirrors inject their own table, ``{relative path: md5}``, either per call
+(``load(..., manifest=...)``) or for a block of code (:func:`use_manifest`), so that generated
+files go through the same checking path as the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import gzip
+import hashlib
+import io
+import json
+import pickletools
+import tarfile
+from collections.abc import Iterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ChecksumError",
+    "DataError",
+    "DataRootError",
+    "FormatError",
+    "MissingFileError",
+    "TruncatedFileError",
+    "UnsafePickleError",
+    "checksums",
+    "expected_md5",
+    "manifest_entry",
+    "md5_bytes",
+    "md5_file",
+    "read_verified",
+    "use_manifest",
+]
+
+Manifest = Mapping[str, str]
+
+
+class DataError(Exception):
+    """Base of every data-layer error."""
+
+
+class DataRootError(DataError, FileNotFoundError):
+    """The data root itself is missing (or is not a folder)."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file the data set needs is not under the root."""
+
+
+class ChecksumError(DataError, ValueError):
+    """A file's md5 differs from the manifest (a corrupt byte, a different release)."""
+
+
+class TruncatedFileError(ChecksumError):
+    """A file's md5 differs from the manifest and the file visibly ends early."""
+
+
+class FormatError(DataError, ValueError):
+    """A checksummed file whose contents are not in the expected format."""
+
+
+class UnsafePickleError(DataError, ValueError):
+    """A pickle asked for something the restricted unpickler does not allow."""
+
+
+_override: contextvars.ContextVar[Manifest | None] = contextvars.ContextVar("resdyn_manifest",
+                                                                             default=None)
+
+
+@cache
+def _builtin() -> dict[str, Any]:
+    text = resources.files("resdyn.data").joinpath("manifest.json").read_text(encoding="utf-8")
+    return json.loads(text)
+
+
+def manifest_entry(name: str) -> dict[str, Any]:
+    """The built-in manifest's entry of a file-backed data set (mirrors, downloads, md5s)."""
+    table = _builtin()
+    if name not in table:
+        raise ValueError(f"no file manifest for data set {name!r}; file-backed sets: "
+                         f"{', '.join(sorted(table))}")
+    return table[name]
+
+
+def checksums(manifest: Manifest | None = None) -> dict[str, str]:
+    """The md5 table in force: ``manifest`` if given, else the one of :func:`use_manifest`, else
+    the built-in one (every data set's files together)."""
+    if manifest is not None:
+        return dict(manifest)
+    active = _override.get()
+    if active is not None:
+        return dict(active)
+    return {k: v for entry in _builtin().values() for k, v in entry["md5"].items()}
+
+
+@contextlib.contextmanager
+def use_manifest(manifest: Manifest) -> Iterator[dict[str, str]]:
+    """Within the block, every loader checks files against ``manifest`` ({relative path: md5})
+    instead of the built-in table. Yields the table."""
+    table = {str(k): str(v).lower() for k, v in manifest.items()}
+    token = _override.set(table)
+    try:
+        yield table
+    finally:
+        _override.reset(token)
+
+
+def expected_md5(relpath: str, manifest: Manifest | None = None) -> str:
+    """The md5 the manifest in force gives for ``relpath`` (a path relative to the data root)."""
+    table = checksums(manifest)
+    if relpath not in table:
+        raise ChecksumError(
+            f"no known checksum for {relpath!r} in the manifest in force ({len(table)} entries); "
+            "a file is read only after its md5 has been checked against a known value")
+    return table[relpath].lower()
+
+
+def md5_bytes(data: bytes) -> str:
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_root(root: str | Path | None, name: str) -> Path:
+    """``root`` as an existing folder, or a :class:`DataRootError` that says what to do."""
+    if root is None:
+        raise DataRootError(f"data set {name!r} is read from files: pass root=DIR, the folder you "
+                            f"gave torchvision, or fetch them with `resdyn data download {name} "
+                            "--root DIR`")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DataRootError(f"data root {str(path)!r} for {name!r} does not exist or is not a "
+                            f"folder; create it with `resdyn data download {name} --root {path}`")
+    return path
+
+
+def read_verified(root: Path, relpath: str, name: str, manifest: Manifest | None = None) -> bytes:
+    """The bytes of ``root / relpath``, returned only if their md5 matches the manifest.
+
+    Raises :class:`MissingFileError` (absent), :class:`TruncatedFileError` (wrong md5 and the
+    file ends early) or :class:`ChecksumError` (wrong md5), each naming the file, the expected
+    checksum and what to do.
+    """
+    want = expected_md5(relpath, manifest)
+    path = root / relpath
+    fix = f"`resdyn data download {name} --root {root}`"
+    if not path.is_file():
+        raise MissingFileError(f"{name}: missing file {str(path)!r} (expected md5 {want}); "
+                               f"fetch it with {fix}")
+    data = path.read_bytes()
+    got = md5_bytes(data)
+    if got != want:
+        why = truncation(relpath, data)
+        if why is not None:
+            raise TruncatedFileError(
+                f"{name}: file {str(path)!r} is truncated ({why}; {len(data)} bytes): md5 {got}, "
+                f"expected {want}; an interrupted copy or download? Delete it and run {fix}")
+        raise ChecksumError(
+            f"{name}: file {str(path)!r} is corrupt or not the expected release: md5 {got}, "
+            f"expected {want}; delete it and run {fix}")
+    return data
+
+
+def idx_declared_size(data: bytes) -> int | None:
+    """Bytes an IDX file should have according to its header, or None if it has no header."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        return None
+    ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        return None
+    size = 1
+    for i in range(ndim):
+        size *= int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big")
+    itemsize = {0x08: 1, 0x09: 1, 0x0B: 2, 0x0C: 4, 0x0D: 4, 0x0E: 8}.get(data[2], 1)
+    return 4 + 4 * ndim + itemsize * size
+
+
+def truncation(relpath: str, data: bytes) -> str | None:
+    """Why ``data`` (a file that failed its checksum) looks cut short, or None.
+
+    Only parses, never executes: gzip streams are decompressed, tar archives listed, IDX
+    headers compared with the length, and pickles walked with ``pickletools.genops``.
+    """
+    try:
+        if relpath.endswith(".tar.gz"):
+            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+                for member in tar:
+                    if member.isfile():
+                        tar.extractfile(member).read()  # type: ignore[union-attr]
+            return None
+        raw = data
+        if relpath.endswith(".gz"):
+            raw = gzip.decompress(data)
+        if "idx" in Path(relpath).name:
+            declared = idx_declared_size(raw)
+            if declared is None:
+                return "no IDX header" if len(raw) < 8 else None
+            return None if len(raw) >= declared else f"the IDX header declares {declared} bytes"
+        if relpath.endswith(".gz"):
+            return None
+        for _ in pickletools.genops(io.BytesIO(data)):
+            pass
+        return None
+    except EOFError:
+        return "the compressed stream ends early"
+    except tarfile.ReadError as err:
+        return f"the archive cannot be read to its end ({err})"
+    except ValueError as err:
+        # pickletools: "pickle exhausted before seeing STOP", "expected N bytes ... only M remain"
+        ends = any(s in str(err) for s in ("exhausted", "truncated", "remain"))
+        return "the pickle ends early" if ends else None
+    except Exception:
+        return None

@@ -1,0 +1,202 @@
+"""``resdyn data download``/``verify``/``list`` against a loopback HTTP server that honours Range."""
+
+import json
+import threading
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from resdyn.cli.main import main
+from resdyn.data import MissingFileError, fake, load
+from resdyn.data.download import DownloadError, download
+from resdyn.data.integrity import md5_bytes
+
+MAX_REQUESTS = 40
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    timeout = 5
+
+    def do_GET(self):
+        srv = self.server
+        srv.log.append((self.path, self.headers.get("Range")))
+        name = self.path.rsplit("/", 1)[-1]
+        if len(srv.log) > MAX_REQUESTS or name not in srv.files:
+            self.send_error(503 if len(srv.log) > MAX_REQUESTS else 404)
+            return
+        body = srv.files[name]
+        if srv.mode == "wrong":
+            body = body[:-1] + bytes([body[-1] ^ 1])
+        start, status = 0, 200
+        rng = self.headers.get("Range")
+        if rng and srv.mode != "norange":
+            start, status = int(rng.removeprefix("bytes=").split("-")[0]), 206
+        payload = body[start:]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(payload)))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        self.end_headers()
+        if srv.mode == "drop" and name not in srv.dropped:
+            srv.dropped[name] = len(payload) // 2
+            self.wfile.write(payload[: len(payload) // 2])
+            self.close_connection = True  # the connection drops mid-file
+            return
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def server():
+    servers = []
+
+    def start(files: dict[str, bytes], mode: str = "ok") -> str:
+        srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        srv.daemon_threads = True
+        srv.files = {k.rsplit("/", 1)[-1]: v for k, v in files.items()}
+        srv.mode, srv.log, srv.dropped = mode, [], {}
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _url(srv) -> str:
+    return f"http://127.0.0.1:{srv.server_address[1]}/mirror/"
+
+
+def _mnist():
+    files = fake.mnist_files(n_train=300, n_test=100, seed=3)
+    return files, {k: md5_bytes(v) for k, v in files.items()}
+
+
+def test_download_fetches_checks_and_renames(tmp_path, server):
+    files, m = _mnist()
+    srv = server(files)
+    written = download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m, timeout=5)
+    assert sorted(str(p.relative_to(tmp_path)) for p in written) == sorted(files)
+    for rel, data in files.items():
+        assert (tmp_path / rel).read_bytes() == data
+    assert not list(tmp_path.rglob("*.part"))
+    assert all(rng is None for _, rng in srv.log) and len(srv.log) == 4
+    d = load("mnist", tmp_path, manifest=m)
+    assert np.array_equal(d.y.numpy(), fake.mnist_arrays(300, 100, seed=3)["train_labels"])
+    # A second run finds every file in place and asks the server nothing.
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m)
+    assert len(srv.log) == 4
+
+
+def test_a_dropped_connection_is_resumed_with_a_range_request(tmp_path, server):
+    files, m = _mnist()
+    srv = server(files, mode="drop")
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m, timeout=5)
+    for rel, data in files.items():
+        assert (tmp_path / rel).read_bytes() == data
+        name = rel.rsplit("/", 1)[-1]
+        ranges = [rng for path, rng in srv.log if path.endswith(name)]
+        assert ranges == [None, f"bytes={len(data) // 2}-"]
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_a_partial_file_left_behind_is_resumed(tmp_path, server):
+    files, m = _mnist()
+    rel = "MNIST/raw/train-images-idx3-ubyte.gz"
+    part = tmp_path / (rel + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(files[rel][:1000])
+    srv = server(files)
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m)
+    assert (tmp_path / rel).read_bytes() == files[rel]
+    assert ("/mirror/train-images-idx3-ubyte.gz", "bytes=1000-") in srv.log
+
+
+def test_a_server_that_ignores_range_restarts_the_file(tmp_path, server):
+    files, m = _mnist()
+    rel = "MNIST/raw/train-labels-idx1-ubyte.gz"
+    (tmp_path / "MNIST/raw").mkdir(parents=True)
+    (tmp_path / (rel + ".part")).write_bytes(files[rel][:10])
+    srv = server(files, mode="norange")
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m)
+    assert (tmp_path / rel).read_bytes() == files[rel]
+
+
+def test_a_wrong_checksum_leaves_nothing_behind(tmp_path, server):
+    files, m = _mnist()
+    srv = server(files, mode="wrong")
+    with pytest.raises(DownloadError) as err:
+        download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m)
+    rel = "MNIST/raw/train-images-idx3-ubyte.gz"
+    assert "train-images-idx3-ubyte.gz" in str(err.value) and m[rel] in str(err.value)
+    assert f"md5 {md5_bytes(files[rel][:-1] + bytes([files[rel][-1] ^ 1]))}" in str(err.value)
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_the_next_mirror_is_tried_after_a_404(tmp_path, server):
+    files, m = _mnist()
+    empty, good = server({}), server(files)
+    download("mnist", tmp_path, mirrors=[_url(empty), _url(good)], manifest=m)
+    assert len(empty.log) == 4 and len(good.log) == 4
+    assert (tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz").is_file()
+
+
+def test_cifar_archive_is_downloaded_and_unpacked(tmp_path, server):
+    files = fake.cifar_files("cifar100", n_train=30, n_test=10, seed=5)
+    m = {k: md5_bytes(v) for k, v in files.items()}
+    srv = server({"cifar-100-python.tar.gz": files["cifar-100-python.tar.gz"]}, mode="drop")
+    download("cifar100", tmp_path, mirrors=[_url(srv)], manifest=m)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cifar-100-python", "cifar-100-python.tar.gz"]
+    for rel in ("cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"):
+        assert (tmp_path / rel).read_bytes() == files[rel]
+    d = load("cifar100", tmp_path, manifest=m)
+    assert np.array_equal(d.y.numpy(), fake.cifar_arrays("cifar100", 30, 10, seed=5)["train_labels"])
+
+
+def test_loading_never_touches_the_network(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("load() tried to download")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    with pytest.raises(MissingFileError):
+        load("mnist", tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_download_verify_and_list(tmp_path, server):
+    files, m = _mnist()
+    srv = server(files, mode="drop")
+    mpath = tmp_path / "m.json"
+    mpath.write_text(json.dumps(m))
+    root = tmp_path / "data"
+    runner = CliRunner()
+    res = runner.invoke(main, ["data", "download", "mnist", "--root", str(root), "--mirror", _url(srv),
+                               "--manifest", str(mpath), "--timeout", "5"])
+    assert res.exit_code == 0, res.output
+    assert "resuming" in res.output and "OK  mnist" in res.output
+    res = runner.invoke(main, ["data", "verify", "mnist", "--root", str(root), "--manifest", str(mpath)])
+    assert res.exit_code == 0, res.output
+    assert res.output.count(" ok\n") == 4 and "OK  mnist: pool 300, test 100" in res.output
+    # The built-in checksums reject the generated files, naming the official md5.
+    res = runner.invoke(main, ["data", "verify", "mnist", "--root", str(root)])
+    assert res.exit_code == 1 and "f68b3c2dcbeaaa9fbdd348bbdeb94873" in res.output
+    res = runner.invoke(main, ["data", "list"])
+    assert res.exit_code == 0
+    for name in ("two_spirals", "circles", "teacher", "digits", "breast_cancer", "wine", "mnist",
+                 "cifar10", "cifar100"):
+        assert f"\n{name} " in res.output
+    res = runner.invoke(main, ["data", "download", "digits", "--root", str(root)])
+    assert res.exit_code == 0 and "needs no download" in res.output
+    res = runner.invoke(main, ["data", "verify", "cifar10", "--root", str(tmp_path / "none")])
+    assert res.exit_code == 1 and "does not exist" in res.output
