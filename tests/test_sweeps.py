@@ -95,7 +95,8 @@ def test_malformed_specs_name_the_key_path(over, match):
 
 def test_impossible_values_are_caught_at_expansion_with_their_sweep_point():
     spec = spec_of(sweep={"sample_size": [32], "depth": [2, -1]})
-    with pytest.raises(SpecError, match=r"spec key model \(sample_size=32, depth=-1, seed=0\): depth must be"):
+    match = r"spec key model \(sample_size=32, depth=-1, seed=0\): depth must be"
+    with pytest.raises(SpecError, match=match):
         expand(spec)
     with pytest.raises(SpecError, match=r"S=100000 exceeds the training pool"):
         expand(spec_of(sweep={"sample_size": [100000]}))

@@ -22,8 +22,30 @@ def _claims_text(outcome) -> str:
     return "\n".join(lines)
 
 
+IMAGE_SETS = ("mnist", "cifar10", "cifar100")
+
+
+def _image_sets(root: Path | None, say) -> list[str]:
+    """The image data sets whose files load (checksums included) under ``root``."""
+    from ..data import load
+    from ..data.integrity import DataError
+
+    found = []
+    for name in IMAGE_SETS:
+        if root is None:
+            continue
+        try:
+            load(name, root)
+        except (DataError, OSError) as err:
+            say(f"{name}: not used ({str(err).splitlines()[0]})")
+            continue
+        found.append(name)
+    return found
+
+
 def run_reproduction(name: str, quick: bool, store: Path, executor: str, device: str,
-                     threads: int | None, dtype: str | None, quiet: bool = False):
+                     threads: int | None, dtype: str | None, quiet: bool = False,
+                     root: Path | None = None, say=lambda msg: None):
     """Run reproduction ``name`` into ``store`` and return its analysed outcome."""
     from ..reports.build import outcome_to_json
 
@@ -41,16 +63,22 @@ def run_reproduction(name: str, quick: bool, store: Path, executor: str, device:
             with Store(store) as st:  # the report reads the outcome back from the store
                 st.save_outcome(label, outcome_to_json(outcome))
             return outcome
-        rows = []
-        for spec_name in repro.spec_names(quick):
-            spec = load_spec(spec_path(spec_name))
-            if dtype is not None:
-                from dataclasses import replace
+        from dataclasses import replace
 
+        runs = [load_spec(spec_path(s)) for s in repro.spec_names(quick)]
+        image_specs = repro.image_spec_names(quick)
+        for data_name in _image_sets(root, say) if image_specs else []:
+            for s in image_specs:
+                spec = load_spec(spec_path(s))
+                runs.append(replace(spec, data={"name": data_name, "root": str(root)}))
+        done = set()
+        for spec in runs:
+            if dtype is not None:
                 spec = replace(spec, run=replace(spec.run, dtype=dtype))
             execute_spec(spec, store, executor, device, threads, quiet=quiet)
-            with Store(store, create=False) as st:
-                rows += [r for r in st.rows() if r["spec"] == spec.name]
+            done.add(spec.name)
+        with Store(store, create=False) as st:
+            rows = [r for r in st.rows() if r["spec"] in done]
         return repro.load("analyze")(rows, None, label)
 
 
@@ -64,8 +92,10 @@ def run_reproduction(name: str, quick: bool, store: Path, executor: str, device:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Override the spec's dtype.")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+              show_default=True, help="Data root searched for MNIST/CIFAR files (torchvision layout).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def reproduce(name, quick, store, executor, device, dtype, threads, quiet) -> None:
+def reproduce(name, quick, store, executor, device, dtype, threads, root, quiet) -> None:
     """Reproduce claim NAME: run its sweep (resuming from STORE), analyse, print the claims.
 
     Sweep reproductions ship their specs (resdyn/specs/NAME.toml, NAME-quick.toml), which
@@ -73,7 +103,8 @@ def reproduce(name, quick, store, executor, device, dtype, threads, quiet) -> No
     """
     setup_compute(device, dtype or "float32", threads)
     try:
-        outcome = run_reproduction(name, quick, store, executor, device, threads, dtype, quiet)
+        outcome = run_reproduction(name, quick, store, executor, device, threads, dtype, quiet,
+                                   root if root.is_dir() else None, click.echo)
     except (SpecError, StoreError, ValueError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)

@@ -2,7 +2,9 @@
 
 A sweep reproduction ships spec files in ``resdyn/specs`` (``NAME.toml`` and the quick variant
 ``NAME-quick.toml``, each runnable with ``resdyn run``) and an ``analyze(rows, out_dir, name)``
-that reads the store. A custom reproduction has a ``run(quick, out_dir, device, dtype, threads)``
+that reads the store. Image specs run once for each of MNIST, CIFAR-10 and CIFAR-100 whose files
+are present under the data root (``--root``), with the data table replaced by that set.
+A custom reproduction has a ``run(quick, out_dir, device, dtype, threads)``
 whose outcome is kept in the store for the report.
 """
 
@@ -24,9 +26,14 @@ class Reproduction:
     specs: tuple[str, ...] = ()
     analyze: str | None = None
     run: str | None = None
+    image_specs: tuple[str, ...] = ()
 
     def spec_names(self, quick: bool) -> list[str]:
         return [f"{s}-quick" if quick else s for s in self.specs]
+
+    def image_spec_names(self, quick: bool) -> list[str]:
+        """Specs run once per image data set (MNIST, CIFAR) found under the data root."""
+        return [f"{s}-quick" if quick else s for s in self.image_specs]
 
     def load(self, attr: str) -> Any:
         module, fn = getattr(self, attr).split(":")
@@ -37,7 +44,8 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     r.name: r
     for r in (
         Reproduction("sample-size", "generalization gap against S, log-log slope vs -1/2",
-                     ("sample-size",), "resdyn.experiments.sample_size:analyze"),
+                     ("sample-size",), "resdyn.experiments.sample_size:analyze",
+                     image_specs=("sample-size-images",)),
         Reproduction("depth", "loss and accuracy against depth at fixed horizon",
                      ("depth",), "resdyn.experiments.depth:analyze"),
         Reproduction("dead-zone", "activations with and without a dead zone",
@@ -67,7 +75,7 @@ def spec_path(spec_name: str) -> Path:
 def reproduction_of_spec(spec_name: str) -> tuple[Reproduction, bool] | None:
     """Which reproduction (and whether its quick variant) a spec name in the store belongs to."""
     for r in REPRODUCTIONS.values():
-        for s in r.specs:
+        for s in (*r.specs, *r.image_specs):
             if spec_name == s:
                 return r, False
             if spec_name == f"{s}-quick":

@@ -1,0 +1,103 @@
+"""The reproductions as a user runs them: quick variants end to end, through the store."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from resdyn.cli.main import main
+from resdyn.data.fake import write_cifar, write_mnist
+from resdyn.data.integrity import use_manifest
+from resdyn.experiments.registry import REPRODUCTIONS, spec_path
+from resdyn.sweeps import load_spec
+
+
+def test_every_shipped_spec_is_a_valid_spec_with_a_stopping_rule():
+    for r in REPRODUCTIONS.values():
+        for quick in (False, True):
+            for name in r.spec_names(quick) + r.image_spec_names(quick):
+                spec = load_spec(spec_path(name))
+                assert spec.name == name
+                assert "Stopping rule" in spec.description and "gap" in spec.description
+
+
+def test_sample_size_quick_reports_slopes_on_both_sets_and_runs_the_conv_path(tmp_path):
+    root = tmp_path / "data"
+    manifest = {**write_mnist(root, n_train=300, n_test=100, seed=1),
+                **write_cifar(root, "cifar10", n_train=300, n_test=100, seed=2)}
+    store = tmp_path / "r.sqlite"
+    runner = CliRunner()
+    with use_manifest(manifest):
+        res = runner.invoke(main, ["reproduce", "sample-size", "--quick", "--store", str(store),
+                                   "--root", str(root), "--quiet"])
+    assert res.exit_code == 0, res.output
+    print(res.output)
+    for series in ("two_spirals / resnet", "two_spirals / ode_resnet", "digits / resnet",
+                   "digits / ode_resnet", "mnist / conv_resnet", "cifar10 / conv_resnet"):
+        assert series in res.output
+    assert "cifar100: not used" in res.output
+    out = tmp_path / "report"
+    rep = runner.invoke(main, ["report", str(store), "--out", str(out)])
+    assert rep.exit_code == 0, rep.output
+    data = json.loads((out / "report-data.json").read_text())["sample-size-quick"]
+    fits = data["data"]["fits"]
+    for series in ("two_spirals / resnet", "digits / resnet"):
+        fit = fits[series]["error_gap"]["fit"]
+        assert fit is not None and fit["ci95"][0] <= fit["slope"] <= fit["ci95"][1]
+    rows = data["tables"]["gap against S"]
+    assert {r["data"] for r in rows} == {"two_spirals", "digits", "mnist", "cifar10"}
+    # The conv path really learned: test error on the generated MNIST set is below chance.
+    mnist = [r for r in rows if r["data"] == "mnist"]
+    assert max(r["S"] for r in mnist) == 128 and min(r["test_error"] for r in mnist) < 0.6
+
+
+def test_depth_quick_settles_toward_the_continuous_model(tmp_path):
+    res = CliRunner().invoke(main, ["reproduce", "depth", "--quick", "--store",
+                                    str(tmp_path / "d.sqlite"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    print(res.output)
+    assert "[held] test accuracy settles as L grows" in res.output
+    assert "[held] the depth study runs below saturation" in res.output
+
+
+def _rows(store):
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM cells").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def test_interrupted_reproduction_resumes_to_identical_claims_and_figure_data(tmp_path):
+    cmd = [sys.executable, "-m", "resdyn.cli", "reproduce", "dead-zone", "--quick", "--quiet",
+           "--threads", "1", "--store"]
+    ref, cut = tmp_path / "ref.sqlite", tmp_path / "cut.sqlite"
+    subprocess.run([*cmd, str(ref)], check=True, capture_output=True)
+    proc = subprocess.Popen([*cmd, str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while _rows(cut) < 3 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = _rows(cut)
+    assert 3 <= partial < 18
+    subprocess.run([*cmd, str(cut)], check=True, capture_output=True)
+    reports = []
+    for store in (ref, cut):
+        out = tmp_path / f"report-{store.stem}"
+        res = CliRunner().invoke(main, ["report", str(store), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        reports.append(json.loads((out / "report-data.json").read_text()))
+    assert reports[0] == reports[1]
+    assert reports[0]["dead-zone-quick"]["claims"], "the claim was evaluated"
+
+
+@pytest.mark.parametrize("name", ["mean-field", "dnl-convergence"])
+def test_custom_reproductions_are_registered(name):
+    assert REPRODUCTIONS[name].run is not None
