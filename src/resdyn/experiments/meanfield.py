@@ -1,0 +1,458 @@
+"""``resdyn reproduce mean-field``: generalization of the mean-field ResNet on two spirals.
+
+The experiment of the second paper (Chen et al., ICLR 2024, App. C.6), with numbers chosen by
+resdyn because the seed text lost them (docs/meanfield.md, "Numbers"; none of them is the paper's):
+
+* data: ``two_spirals`` (turns 1.5, noise 0.05), inputs standardised by the pool's mean and std,
+  labels +-1; one fixed test set of ``N_TEST`` points;
+* model: ``MeanFieldResNet`` with a tied encoder (the Euler neural ODE with ``DEPTH`` steps of the
+  two-layer tanh field alpha/M sum_m u_m tanh(w_m . z + b_m)) and a two-layer tanh predictor,
+  M = K = ``WIDTH``, alpha = ``ALPHA``, beta = ``BETA``;
+* training: squared loss, Adam (lr ``ADAM_LR``, no mean-field rate scaling), ``STEPS`` full-batch
+  steps, n in ``N_VALUES``, seeds ``SEEDS``; every (n, seed) cell is one model of a single
+  batched ``resdyn.training.train`` call, on its own nested subsample of its seed's permutation;
+* analysis: 0-1 test error averaged over seeds, floored at one test error (1 / N_TEST) so that
+  a perfect run does not give log 0, then OLS of log error on log n (``fit_loglog``): slope, 95%
+  interval, p-value; lambda_min(G1), lambda_min(G2) (on the first ``GRAM_POINTS`` training points),
+  the k-NN KL of the particle clouds and the loss are recorded every ``RECORD_EVERY`` steps.
+
+It also runs the two checks of the theory under plain gradient descent with the mean-field rate
+scaling (:func:`gradient_descent_check`, :func:`lambda_min_settling`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._checks import resolve_device, resolve_dtype
+from ..analysis.diagnostics import displacement, fit_linear_rate, gram_lambda_min, particle_kl
+from ..analysis.gram import gram_matrices, lambda_min
+from ..data.base import Dataset
+from ..data.synthetic import two_spirals
+from ..models.base import generator_for, init_params
+from ..models.meanfield import PREDICTOR_PARAMS, MeanFieldResNet
+from ..theory.meanfield import generalization_bound
+from ..training import TrainConfig, train
+from .base import Claim, ExperimentOutcome
+
+__all__ = ["GDCheck", "Settings", "gradient_descent_check", "lambda_min_settling", "run",
+           "spirals_dataset"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The numbers of one reproduction (see the module docstring and docs/meanfield.md)."""
+
+    n_values: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    n_test: int = 2000
+    depth: int = 10
+    width: int = 64
+    alpha: float = 1.0
+    beta: float = 1.0
+    adam_lr: float = 0.01
+    steps: int = 1000
+    record_every: int = 50
+    gram_points: int = 64
+    data_seed: int = 2024
+
+
+FULL = Settings()
+QUICK = Settings(n_values=(32, 64, 128, 256), seeds=(0, 1, 2), n_test=1000, steps=300, record_every=100,
+                 gram_points=32)
+
+
+def spirals_dataset(n_pool: int, n_test: int, seed: int) -> Dataset:
+    """Two spirals: a pool of ``n_pool`` and a test set of ``n_test`` points, standardised by the
+    pool's per-coordinate mean and standard deviation."""
+    x, y = two_spirals(n_pool + n_test, seed=seed)
+    pool = x[:n_pool]
+    return Dataset("two_spirals", pool, y[:n_pool], x[n_pool:], y[n_pool:], 2,
+                   mean=pool.mean(0), std=pool.std(0))
+
+
+def _subsamples(n_values: tuple[int, ...], seeds: tuple[int, ...], n_pool: int) -> list[torch.Tensor]:
+    out = []
+    for s in seeds:
+        perm = torch.randperm(n_pool, generator=generator_for(s, "meanfield/subsample"))
+        out.extend(perm[:n] for n in n_values)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Theory checks under gradient descent with the mean-field scaling
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GDCheck:
+    """Trajectory of one gradient-descent run (numbers behind the GD claims)."""
+
+    width: int
+    steps: list[int]
+    loss: list[float]
+    lambda_min_g1: list[float]
+    lambda_min_g2: list[float]
+    kl_enc_knn: list[float]
+    kl_pred_knn: list[float]
+    kl_enc_gauss: list[float]
+    kl_pred_gauss: list[float]
+    w2_enc: list[float]
+    w2_pred: list[float]
+    linear_rate: float
+    rate_bound: float
+    loss_ratio: float
+    lambda_ratio: float
+    kl_last_quarter_fraction: float
+    seconds: float
+
+
+def gradient_descent_check(
+    width: int = 1024,
+    n: int = 32,
+    depth: int = 10,
+    alpha: float = 1.0,
+    beta: float = 16.0,
+    eta_beta2: float = 3.2,
+    steps: int = 1600,
+    records: int = 16,
+    seed: int = 0,
+    data_seed: int = 5,
+) -> GDCheck:
+    """Plain GD (SGD, momentum 0) with the mean-field rates eta L M, eta K, M = K = ``width``,
+    eta = ``eta_beta2`` / beta^2, on ``n`` standardised two-spirals points, float64.
+
+    Records, ``records`` + 1 times: loss, lambda_min(G1), lambda_min(G2) on the n points, the KL
+    (k-NN and Gaussian fit; encoder averaged over layers) and the W2 upper bounds. loss_ratio =
+    loss(0) / loss(end); lambda_ratio = min_t lambda_min(G2)(t) / lambda_min(G2)(0);
+    kl_last_quarter_fraction = [KL(T) - KL(3T/4)] / [KL(T) - KL(0)] for KL = encoder + predictor
+    k-NN estimates. linear_rate: fitted rate per unit time t = eta * step; rate_bound: the rate
+    2 lambda_min(G1 + G2)(0) / n of the bound L(t) <= exp(-2 lambda t / n) L(0).
+    """
+    data = spirals_dataset(n, 16, data_seed)
+    model = MeanFieldResNet(in_dim=2, depth=depth, width=width, predictor_width=width, alpha=alpha,
+                            beta=beta)
+    params = init_params(model, [seed], torch.float64)
+    eta = eta_beta2 / beta**2
+    xs = [data.prepare(data.x, torch.float64, "cpu")]
+    rec: dict[str, list[float]] = {k: [] for k in ("steps", "loss", "lambda_min_G1", "lambda_min_G2",
+                                                    "lambda_min_total", "kl_enc_knn", "kl_pred_knn",
+                                                    "kl_enc_gauss", "kl_pred_gauss", "w2_enc", "w2_pred")}
+    every = max(1, steps // records)
+
+    def hook(step: int, state: Any) -> None:
+        g = gram_lambda_min(model, state.params, xs)
+        kl = particle_kl(model, state.params, per_layer=False)
+        mv = displacement(model, state.params, params)
+        with torch.no_grad():
+            f = model.forward(state.params, xs[0].unsqueeze(0))[0, :, 0]
+        loss = float(0.5 * (f - (2 * data.y - 1).to(f)).square().mean())
+        rec["steps"].append(step)
+        rec["loss"].append(loss)
+        for key in ("lambda_min_G1", "lambda_min_G2", "lambda_min_total"):
+            rec[key].append(float(g[key][0]))
+        for key in ("kl_enc_knn", "kl_pred_knn", "kl_enc_gauss", "kl_pred_gauss"):
+            rec[key].append(float(kl[key][0]))
+        for key in ("w2_enc", "w2_pred"):
+            rec[key].append(float(mv[key][0]))
+
+    t0 = time.perf_counter()
+    res = train(model, params, data, [torch.arange(n)], eta,
+                TrainConfig(steps=steps, loss="squared", optimizer="sgd"), [seed], hooks=[(every, hook)],
+                evaluate_test=False)
+    seconds = time.perf_counter() - t0
+    kl = np.add(rec["kl_enc_knn"], rec["kl_pred_knn"])
+    q = int(np.searchsorted(rec["steps"], 0.75 * steps))
+    total = kl[-1] - kl[0]
+    frac = float((kl[-1] - kl[q]) / total) if total > 0 else float("nan")
+    rate = float(fit_linear_rate(res.state.loss_history[:, 0])[0]) / eta
+    return GDCheck(
+        width=width, steps=rec["steps"], loss=rec["loss"], lambda_min_g1=rec["lambda_min_G1"],
+        lambda_min_g2=rec["lambda_min_G2"], kl_enc_knn=rec["kl_enc_knn"], kl_pred_knn=rec["kl_pred_knn"],
+        kl_enc_gauss=rec["kl_enc_gauss"], kl_pred_gauss=rec["kl_pred_gauss"], w2_enc=rec["w2_enc"],
+        w2_pred=rec["w2_pred"], linear_rate=rate, rate_bound=2 * rec["lambda_min_total"][0] / n,
+        loss_ratio=rec["loss"][0] / rec["loss"][-1],
+        lambda_ratio=min(rec["lambda_min_G2"]) / rec["lambda_min_G2"][0],
+        kl_last_quarter_fraction=frac, seconds=seconds,
+    )
+
+
+def lambda_min_settling(
+    widths: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096),
+    n: int = 16,
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5, 6, 7),
+    depth: int = 10,
+    beta: float = 1.0,
+    data_seed: int = 5,
+) -> dict[str, Any]:
+    """lambda_min(G2) at initialisation on ``n`` fixed standardised two-spirals points for
+    M = K in ``widths`` (mean and sd over ``seeds``), with the relative change of the mean
+    between consecutive widths, and a Monte-Carlo value of the width-to-infinity limit (encoder
+    = identity, K = 2^18 predictor particles)."""
+    data = spirals_dataset(n, 16, data_seed)
+    x = data.prepare(data.x, torch.float64, "cpu")
+    means, sds = [], []
+    groups = {"G2": PREDICTOR_PARAMS}
+    for W in widths:
+        model = MeanFieldResNet(in_dim=2, depth=depth, width=W, predictor_width=W, beta=beta)
+        vals = lambda_min(gram_matrices(model, init_params(model, list(seeds), torch.float64), x,
+                                        groups=groups)["G2"])
+        means.append(float(vals.mean()))
+        sds.append(float(vals.std()) if len(seeds) > 1 else 0.0)
+    limit_model = MeanFieldResNet(in_dim=2, depth=1, width=1, predictor_width=1 << 18, alpha=0.0, beta=beta)
+    limit = float(lambda_min(gram_matrices(limit_model, init_params(limit_model, [12345], torch.float64), x,
+                                           groups=groups)["G2"])[0])
+    rel = [abs(means[i + 1] - means[i]) / means[i] for i in range(len(means) - 1)]
+    return {"widths": list(widths), "n": n, "mean": means, "sd": sds, "relative_change": rel,
+            "limit_mc": limit, "relative_error_to_limit": [abs(m - limit) / limit for m in means]}
+
+
+# ---------------------------------------------------------------------------------------------
+# The reproduction
+# ---------------------------------------------------------------------------------------------
+def _plot(out_dir: Path, name: str, draw: Any) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = draw(plt)
+    path = out_dir / f"{name}.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def run(
+    quick: bool = False,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float64,
+    threads: int | None = None,
+) -> ExperimentOutcome:
+    """Run the reproduction (``quick``: fewer n, steps and test points; no GD theory checks at
+    width >= 1024) and return its tables, claims, figures (written into ``out_dir`` when given)
+    and the numbers behind them."""
+    from ..analysis.fits import fit_loglog
+
+    dev = resolve_device(device)
+    dtype = resolve_dtype(dtype)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    cfg = QUICK if quick else FULL
+    t_start = time.perf_counter()
+    n_pool = max(cfg.n_values)
+    data = spirals_dataset(n_pool, cfg.n_test, cfg.data_seed)
+    model = MeanFieldResNet(in_dim=2, depth=cfg.depth, width=cfg.width, predictor_width=cfg.width,
+                            alpha=cfg.alpha, beta=cfg.beta, tied=True, mean_field_lr=False)
+    cells = [(n, s) for s in cfg.seeds for n in cfg.n_values]
+    seeds = [1000 * s + n for n, s in cells]
+    indices = _subsamples(cfg.n_values, cfg.seeds, n_pool)
+    params = init_params(model, seeds, dtype, dev)
+    gram_x = [data.prepare(data.x[i[: cfg.gram_points]], torch.float64, dev) for i in indices]
+    traj: dict[str, list] = {k: [] for k in ("step", "loss", "lambda_min_G1", "lambda_min_G2",
+                                              "kl_enc_knn", "kl_pred_knn")}
+
+    def hook(step: int, state: Any) -> None:
+        g = gram_lambda_min(model, {k: v.to(torch.float64) for k, v in state.params.items()}, gram_x)
+        kl = particle_kl(model, state.params, per_layer=False)
+        traj["step"].append(step)
+        prev = state.loss_history[step - 1] if step > 0 else torch.full((len(cells),), float("nan"))
+        traj["loss"].append([float(v) for v in prev])
+        for key in ("lambda_min_G1", "lambda_min_G2"):
+            traj[key].append([float(v) for v in g[key]])
+        for key in ("kl_enc_knn", "kl_pred_knn"):
+            traj[key].append([float(v) for v in kl[key]])
+
+    t0 = time.perf_counter()
+    res = train(model, params, data, indices, cfg.adam_lr,
+                TrainConfig(steps=cfg.steps, loss="squared", optimizer="adam"), seeds,
+                hooks=[(cfg.record_every, hook)])
+    train_seconds = time.perf_counter() - t0
+    err = (1.0 - res.metrics["test_acc"]).numpy()
+    train_err = (1.0 - res.metrics["train_acc"]).numpy()
+    floor = 1.0 / cfg.n_test
+    n_arr = np.array(cfg.n_values, dtype=float)
+    err_grid = err.reshape(len(cfg.seeds), len(cfg.n_values))
+    mean_err = err_grid.mean(0)
+    fit = fit_loglog(n_arr, np.maximum(mean_err, floor))
+
+    # The KL-ball bound, with the k-NN KL of each trained model as radius (a plug-in).
+    kl_final = particle_kl(model, res.params, per_layer=False)
+    rows = []
+    for e, (n, s) in enumerate(cells):
+        f_train = None
+        with torch.no_grad():
+            xt = data.prepare(data.x[indices[e]], dtype, dev).unsqueeze(0)
+            f_train = model.forward({k: v[e : e + 1] for k, v in res.params.items()}, xt)[0, :, 0]
+        yt = (2 * data.y[indices[e]] - 1).to(f_train)
+        ramp = float((1 - yt * f_train).clamp(0, 1).mean())
+        r1 = max(float(kl_final["kl_enc_knn"][e]), 0.0)
+        r2 = max(float(kl_final["kl_pred_knn"][e]), 0.0)
+        b = generalization_bound(n, ramp, r1, r2, cfg.alpha, cfg.beta)
+        rows.append({"n": n, "seed": s, "test_error": float(err[e]), "train_error": float(train_err[e]),
+                     "train_loss": float(res.metrics["train_loss"][e]), "kl_enc_knn": r1, "kl_pred_knn": r2,
+                     "bound": b["bound"], "bound_rademacher": b["rademacher"]})
+    summary = [{"n": int(n), "mean_test_error": float(m), "sd_test_error": float(sd),
+                "floored": bool(m < floor)}
+               for n, m, sd in zip(cfg.n_values, mean_err, err_grid.std(0), strict=True)]
+    fit_row = {"slope": fit.slope, "ci95_low": fit.ci95[0], "ci95_high": fit.ci95[1], "pvalue": fit.pvalue,
+               "intercept": fit.intercept, "n_points": fit.n, "floor": floor}
+
+    claims = [
+        Claim(
+            text="Test 0-1 error falls as a power of n: negative log-log slope with p < 0.05",
+            measured=f"slope {fit.slope:.3f} (95% CI {fit.ci95[0]:.3f} to {fit.ci95[1]:.3f}), "
+                     f"p = {fit.pvalue:.2g}",
+            held=bool(fit.slope < 0 and fit.pvalue < 0.05),
+            test="OLS of log mean test error (floored at 1/n_test) on log n: slope < 0 and p < 0.05",
+            values=fit_row,
+        ),
+        Claim(
+            text="The measured rate is faster than the O(n^-1/2) of the bound",
+            measured=f"slope {fit.slope:.3f}, 95% CI upper end {fit.ci95[1]:.3f}",
+            held=bool(fit.ci95[1] < -0.5),
+            test="upper end of the 95% interval of the slope < -0.5",
+            values=fit_row,
+        ),
+    ]
+    out: dict[str, Any] = {
+        "settings": asdict(cfg),
+        "cells": [{"n": n, "seed": s} for n, s in cells],
+        "test_error": err.tolist(),
+        "mean_test_error": mean_err.tolist(),
+        "fit": fit_row,
+        "trajectories": traj,
+        "train_seconds": train_seconds,
+    }
+
+    gd: dict[str, GDCheck] = {}
+    settle: dict[str, Any] | None = None
+    if not quick:
+        settle = lambda_min_settling()
+        out["lambda_min_settling"] = settle
+        claims.append(Claim(
+            text="At initialisation lambda_min(G2) settles as M = K grows from 64 to 4096",
+            measured="mean over seeds " + ", ".join(f"{w}: {m:.4g}" for w, m in
+                                                    zip(settle["widths"], settle["mean"], strict=True))
+                     + f"; limit (MC) {settle['limit_mc']:.4g}",
+            held=bool(all(e < 0.1 for e in settle["relative_error_to_limit"][4:])),
+            test="mean over 8 seeds within 10% of the Monte-Carlo limit for every M = K >= 1024",
+            values=settle,
+        ))
+        for w in (1024, 16):
+            gd[str(w)] = gradient_descent_check(width=w)
+        out["gradient_descent"] = {k: asdict(v) for k, v in gd.items()}
+        wide = gd["1024"]
+        claims.append(Claim(
+            text="Mean-field GD at M = K = 1024: loss falls >= 10x, lambda_min(G2) stays above half its "
+                 "initial value, KL from initialisation plateaus",
+            measured=f"loss ratio {wide.loss_ratio:.3g}, min lambda_min(G2)/initial {wide.lambda_ratio:.3f}, "
+                     f"KL increase in last quarter / total {wide.kl_last_quarter_fraction:.3f} "
+                     f"(width 16: {gd['16'].loss_ratio:.3g}, {gd['16'].lambda_ratio:.3f}, "
+                     f"{gd['16'].kl_last_quarter_fraction:.3f})",
+            held=bool(wide.loss_ratio >= 10 and wide.lambda_ratio > 0.5
+                      and wide.kl_last_quarter_fraction < 0.1),
+            test="loss(0)/loss(T) >= 10, min_t lambda_min(G2)(t) > lambda_min(G2)(0)/2, "
+                 "[KL(T) - KL(3T/4)] < 0.1 [KL(T) - KL(0)]",
+            values={k: {f: getattr(v, f) for f in ("loss_ratio", "lambda_ratio", "kl_last_quarter_fraction",
+                                                     "linear_rate", "rate_bound")} for k, v in gd.items()},
+        ))
+
+    figures: dict[str, Path] = {}
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figures.update(_figures(out_dir, cfg, err_grid, mean_err, fit, floor, traj, cells, gd, settle))
+        (out_dir / "meanfield.json").write_text(json.dumps(out, indent=1, default=float))
+    out["seconds"] = time.perf_counter() - t_start
+    return ExperimentOutcome(
+        name="mean-field",
+        tables={"cells": rows, "error_by_n": summary, "fit": [fit_row]},
+        claims=claims, figures=figures, data=out,
+    )
+
+
+def _figures(out_dir: Path, cfg: Settings, err_grid: np.ndarray, mean_err: np.ndarray, fit: Any,
+             floor: float, traj: dict[str, list], cells: list[tuple[int, int]], gd: dict[str, GDCheck],
+             settle: dict[str, Any] | None) -> dict[str, Path]:
+    figs: dict[str, Path] = {}
+    n_arr = np.array(cfg.n_values, dtype=float)
+
+    def loglog(plt: Any) -> Any:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for i, s in enumerate(cfg.seeds):
+            ax.scatter(n_arr, np.maximum(err_grid[i], floor), s=12, alpha=0.5, label=f"seed {s}")
+        ax.plot(n_arr, np.maximum(mean_err, floor), "ko-", label="mean over seeds")
+        ax.plot(n_arr, np.exp(fit.intercept) * n_arr**fit.slope, "r-",
+                label=f"fit slope {fit.slope:.2f} (p={fit.pvalue:.1g})")
+        ref = np.maximum(mean_err, floor)[0] * (n_arr / n_arr[0]) ** -0.5
+        ax.plot(n_arr, ref, "b--", label="slope -1/2 (bound's rate)")
+        ax.axhline(floor, color="gray", lw=0.8, ls=":", label="floor 1/n_test")
+        ax.set(xscale="log", yscale="log", xlabel="n (training points)", ylabel="test 0-1 error",
+               title="Mean-field ResNet on two spirals")
+        ax.legend(fontsize=7)
+        return fig
+
+    figs["test_error_vs_n"] = _plot(out_dir, "meanfield_test_error_vs_n", loglog)
+
+    def curves(plt: Any) -> Any:
+        fig, axes = plt.subplots(2, 2, figsize=(9, 7))
+        steps = np.array(traj["step"])
+        for key, ax, title in (("loss", axes[0, 0], "training loss"),
+                               ("lambda_min_G1", axes[0, 1], "lambda_min(G1)"),
+                               ("lambda_min_G2", axes[1, 0], "lambda_min(G2)"),
+                               ("kl_enc_knn", axes[1, 1], "KL (k-NN): encoder solid, predictor dashed")):
+            vals = np.array(traj[key], dtype=float)
+            for n in cfg.n_values:
+                cols = [e for e, (nn, _) in enumerate(cells) if nn == n]
+                with warnings.catch_warnings():  # the loss before step 0 is NaN
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mean_curve = np.nanmean(vals[:, cols], axis=1)
+                line = ax.plot(steps, mean_curve, label=f"n={n}")
+                if key == "kl_enc_knn":
+                    pv = np.array(traj["kl_pred_knn"], dtype=float)[:, cols]
+                    ax.plot(steps, np.nanmean(pv, axis=1), ls="--", color=line[0].get_color())
+            if key in ("loss", "lambda_min_G1", "lambda_min_G2"):
+                ax.set_yscale("log")
+            ax.set(title=title, xlabel="Adam step")
+        axes[0, 0].legend(fontsize=7)
+        fig.tight_layout()
+        return fig
+
+    figs["training_curves"] = _plot(out_dir, "meanfield_training_curves", curves)
+
+    if gd:
+        def gd_fig(plt: Any) -> Any:
+            fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+            for w, run_ in gd.items():
+                axes[0].plot(run_.steps, run_.loss, label=f"M=K={w}")
+                ratio = np.array(run_.lambda_min_g2) / run_.lambda_min_g2[0]
+                axes[1].plot(run_.steps, ratio, label=f"M=K={w}")
+                axes[2].plot(run_.steps, np.add(run_.kl_enc_knn, run_.kl_pred_knn), label=f"M=K={w}")
+            axes[0].set(yscale="log", title="loss (GD, mean-field rates)", xlabel="step")
+            axes[1].axhline(0.5, color="gray", ls=":")
+            axes[1].set(title="lambda_min(G2) / initial", xlabel="step")
+            axes[2].set(title="KL enc + pred (k-NN)", xlabel="step")
+            axes[0].legend(fontsize=7)
+            fig.tight_layout()
+            return fig
+
+        figs["gradient_descent"] = _plot(out_dir, "meanfield_gradient_descent", gd_fig)
+    if settle is not None:
+        def settle_fig(plt: Any) -> Any:
+            fig, ax = plt.subplots(figsize=(5, 3.6))
+            ax.errorbar(settle["widths"], settle["mean"], yerr=settle["sd"], fmt="o-", label="mean +- sd")
+            ax.axhline(settle["limit_mc"], color="r", ls="--", label="limit (Monte Carlo)")
+            ax.set(xscale="log", xlabel="M = K", ylabel="lambda_min(G2) at init", title=f"n = {settle['n']}")
+            ax.legend(fontsize=7)
+            return fig
+
+        figs["lambda_min_settling"] = _plot(out_dir, "meanfield_lambda_min_settling", settle_fig)
+    return figs
