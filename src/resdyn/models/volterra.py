@@ -1,0 +1,411 @@
+"""Nonlinear Volterra integral equations in depth, and the triangle grid they live on (docs/dnl.md).
+
+The continuous-time DNL model (resdyn's formulation, docs/dnl.md section 3) is
+
+    form A:  z(t) = z_0 + int_0^t ( K(t, s)[act(z(s))] + b(t, s) ) ds,
+    form B:  z(t) = z_0 + int_0^t act( K(t, s)[z(s)] + b(t, s) ) ds,        0 <= t <= T,
+
+with kernels given on the triangle Delta = {0 <= s <= t <= T}. On the grid t_k = k h, h = T / N, a
+quadrature rule with weights w_{k,j} gives
+
+    z_k = z_0 + sum_{j <= k} w_{k,j} F(t_k, t_j, z_j),   F = K[act(z)] + b (A) or act(K[z] + b) (B).
+
+* rectangle (left rule, explicit, first order): w_{k,j} = h for j < k, w_{k,k} = 0. This is the
+  discrete DNL network itself (``resdyn.models.dnl.DNLNet``).
+* trapezoid (second order): w_{k,0} = w_{k,k} = h / 2, w_{k,j} = h for 0 < j < k. The diagonal
+  term makes step k implicit whenever K(t_k, t_k) or b(t_k, t_k) is not zero; it is solved by the
+  fixed-point iteration z <- E_k + (h / 2) F(t_k, t_k, z) from the predictor
+  E_k + (h / 2) F(t_k, t_k, z_{k-1}) (a contraction when (h / 2) Lip(act) |K(t_k, t_k)| < 1), or
+  by that predictor and a fixed number of corrector steps (``implicit='pc'``).
+
+Packed layouts of the pairs (k, j) of the grid, rows k in increasing order, j increasing within a
+row: without the diagonal (0 <= j < k <= N; index k (k - 1) / 2 + j; N (N + 1) / 2 pairs) and with
+it (0 <= j <= k <= N; index k (k + 1) / 2 + j; (N + 1)(N + 2) / 2 pairs).
+
+The piecewise-linear (P1) extension of values on the pairs j < k of grid N to the whole triangle:
+the diagonal nodes are filled by the first sub-diagonal, theta_{k,k} = theta_{k,k-1}, and
+theta_{0,0} = theta_{1,0} (constant extrapolation along s into the strip t - h < s <= t); each
+grid square [t_{k-1}, t_k] x [t_j, t_{j+1}] is cut along its diagonal parallel to s = t, and the
+extension is linear on each triangle. Grids whose N divides N' nest, so a P1 function of grid N is
+P1 on grid N' and its values at the nodes of N' represent it exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_int, check_positive
+from .activations import Activation, get_activation
+from .base import Params
+from .dnl_ops import Operator
+
+__all__ = [
+    "FORMS",
+    "IMPLICIT",
+    "RULES",
+    "SmoothKernel",
+    "VolterraSolution",
+    "march",
+    "p1_at_grid",
+    "p1_norms",
+    "pair_count",
+    "pair_nodes",
+    "solve_volterra",
+]
+
+FORMS = ("A", "B")
+RULES = ("rectangle", "trapezoid")
+IMPLICIT = ("fixed_point", "pc")
+
+KernelFn = Callable[[Tensor, Tensor], Tensor]
+
+
+# ----------------------------------------------------------------------------- the triangle grid
+
+
+def pair_count(N: int, diagonal: bool = False) -> int:
+    """Number of pairs of grid N: N (N + 1) / 2 without the diagonal, (N + 1)(N + 2) / 2 with it."""
+    return (N + 1) * (N + 2) // 2 if diagonal else N * (N + 1) // 2
+
+
+@functools.lru_cache(maxsize=64)
+def _pair_nodes(N: int, diagonal: bool) -> tuple[Tensor, Tensor]:
+    if diagonal:
+        k = torch.cat([torch.full((i + 1,), i, dtype=torch.long) for i in range(N + 1)])
+        j = torch.cat([torch.arange(i + 1) for i in range(N + 1)])
+    else:
+        k = torch.cat([torch.full((i,), i, dtype=torch.long) for i in range(1, N + 1)])
+        j = torch.cat([torch.arange(i) for i in range(1, N + 1)])
+    return k, j
+
+
+def pair_nodes(N: int, diagonal: bool = False) -> tuple[Tensor, Tensor]:
+    """Row and column indices (k, j) of the packed pairs of grid N (see the module docstring)."""
+    check_int("N", N, 1)
+    k, j = _pair_nodes(N, bool(diagonal))
+    return k.clone(), j.clone()
+
+
+def _row(k: int, diagonal: bool) -> slice:
+    start = k * (k + 1) // 2 if diagonal else k * (k - 1) // 2
+    return slice(start, start + k + (1 if diagonal else 0))
+
+
+def _full_index(k: Tensor, j: Tensor) -> Tensor:
+    return k * (k + 1) // 2 + j
+
+
+@functools.lru_cache(maxsize=64)
+def _p1_stencil(N: int, Nf: int, diagonal: bool) -> tuple[Tensor, Tensor]:
+    """Indices into the packed (no-diagonal) values of grid N and weights, both (3, P_f), that give
+    the P1 extension at the pairs of grid Nf (N divides Nf), by exact integer arithmetic."""
+    r = Nf // N
+    kf, jf = _pair_nodes(Nf, diagonal)
+    kk = torch.clamp((kf + r - 1) // r, min=1)            # t in [t_{kk-1}, t_kk]
+    a_num = kf - (kk - 1) * r                              # a = a_num / r in [0, 1]
+    jj = torch.minimum(jf // r, kk - 1)                    # s in [t_jj, t_{jj+1}]
+    c_num = jf - jj * r
+    lower = c_num <= a_num
+    a, c = a_num.double() / r, c_num.double() / r
+    # lower triangle: (kk-1, jj) 1-a, (kk, jj) a-c, (kk, jj+1) c
+    # upper triangle: (kk-1, jj) 1-c, (kk-1, jj+1) c-a, (kk, jj+1) a
+    n1k, n1j = kk - 1, jj
+    n2k = torch.where(lower, kk, kk - 1)
+    n2j = jj + torch.where(lower, 0, 1)
+    n3k, n3j = kk, jj + 1
+    w1 = torch.where(lower, 1 - a, 1 - c)
+    w2 = torch.where(lower, a - c, c - a)
+    w3 = torch.where(lower, c, a)
+    # Nodes with zero weight may lie outside the triangle (e.g. (kk, kk) is a ghost node, fine;
+    # (kk-1, kk) never has weight); clamp column indices before the ghost map.
+    ks = torch.stack([n1k, n2k, n3k])
+    js = torch.minimum(torch.stack([n1j, n2j, n3j]), ks)
+    # ghost map: full node (k, j), j <= k -> packed no-diagonal index of its value
+    kg = torch.clamp(ks, min=1)
+    jg = torch.where(js >= kg, kg - 1, js)
+    src = kg * (kg - 1) // 2 + jg
+    return src, torch.stack([w1, w2, w3])
+
+
+def p1_at_grid(theta: Tensor, N: int, Nf: int, diagonal: bool = False) -> Tensor:
+    """The P1 extension of ``theta`` (B, N (N + 1) / 2, ...) on grid N, evaluated at the pairs of
+    grid Nf (a multiple of N), with or without the diagonal: shape (B, pair_count(Nf, diagonal), ...).
+
+    With Nf = N and no diagonal it returns ``theta``; with Nf = 2 N it is the prolongation.
+    """
+    check_int("N", N, 1)
+    check_int("Nf", Nf, 1)
+    if Nf % N:
+        raise ValueError(f"Nf must be a multiple of N, got N={N}, Nf={Nf}")
+    if theta.shape[1] != pair_count(N):
+        raise ValueError(f"theta must have {pair_count(N)} pairs on axis 1 for N={N}, "
+                         f"got shape {tuple(theta.shape)}")
+    src, w = _p1_stencil(N, Nf, bool(diagonal))
+    src = src.to(theta.device)
+    w = w.to(device=theta.device, dtype=theta.dtype)
+    shape = (1, -1, *([1] * (theta.dim() - 2)))
+    out = theta.index_select(1, src[0]) * w[0].view(shape)
+    out = out + theta.index_select(1, src[1]) * w[1].view(shape)
+    return out + theta.index_select(1, src[2]) * w[2].view(shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _triangles(N: int) -> tuple[Tensor, Tensor]:
+    """Vertex indices (into the full packed layout of grid N) of every triangle: lower triangles
+    (v00, v10, v11) and upper triangles (v00, v01, v11), each of shape (3, count)."""
+    lo, up = [], []
+    for k in range(1, N + 1):
+        for j in range(k):
+            lo.append((_full_index_int(k - 1, j), _full_index_int(k, j), _full_index_int(k, j + 1)))
+            if j <= k - 2:
+                up.append((_full_index_int(k - 1, j), _full_index_int(k - 1, j + 1),
+                           _full_index_int(k, j + 1)))
+    lo_t = torch.tensor(lo, dtype=torch.long).T
+    up_t = torch.tensor(up, dtype=torch.long).T if up else torch.zeros(3, 0, dtype=torch.long)
+    return lo_t, up_t
+
+
+def _full_index_int(k: int, j: int) -> int:
+    return k * (k + 1) // 2 + j
+
+
+def p1_norms(V: Tensor, N: int, horizon: float) -> tuple[Tensor, Tensor]:
+    """Exact int_Delta |f|^2 and int_Delta |grad f|^2 of the P1 function f with values ``V``
+    (B, (N + 1)(N + 2) / 2, ...) at every node of grid N (diagonal included): two (B,) tensors.
+
+    On a triangle of area a with vertex values v1, v2, v3: int f^2 = a / 6 (sum v_i^2 + sum_{i<j}
+    v_i v_j); the gradient is constant, and on the lower triangle (v00, v10, v11) of a cell
+    int |grad f|^2 = (|v10 - v00|^2 + |v11 - v10|^2) / 2 (independent of h), likewise on the upper.
+    """
+    if V.shape[1] != pair_count(N, diagonal=True):
+        raise ValueError(f"V must have {pair_count(N, True)} nodes on axis 1 for N={N}, "
+                         f"got shape {tuple(V.shape)}")
+    h = horizon / N
+    area = 0.5 * h * h
+    Vf = V.reshape(V.shape[0], V.shape[1], -1)
+    l2 = V.new_zeros(V.shape[0])
+    dirichlet = V.new_zeros(V.shape[0])
+    for tri in _triangles(N):
+        if tri.shape[1] == 0:
+            continue
+        a, b, c = (Vf.index_select(1, i.to(V.device)) for i in tri)
+        l2 = l2 + area / 6 * (a * a + b * b + c * c + a * b + a * c + b * c).sum((1, 2))
+        # lower (v00, v10, v11): edges v10 - v00 and v11 - v10; upper (v00, v01, v11): v01 - v00,
+        # v11 - v01. In both, the two edges are (b - a) and (c - b).
+        dirichlet = dirichlet + 0.5 * ((b - a).square() + (c - b).square()).sum((1, 2))
+    return l2, dirichlet
+
+
+# ----------------------------------------------------------------------------- smooth kernels
+
+
+@dataclass(frozen=True)
+class SmoothKernel:
+    """A smooth random kernel on the triangle, for initialisation and tests:
+
+        K(t, s) = sum_{a, b < J} coef[a, b] phi_a(t) phi_b(s),   coef[a, b] = std g_ab c_a c_b,
+
+    phi_0 = 1, phi_a(t) = sqrt(2) cos(pi a t / T), c_a = (1 + a)^{-1} / sqrt(sum_i (1 + i)^{-2}),
+    g_ab ~ N(0, 1): the two-dimensional analogue of ``resdyn.models.paths.SmoothPath``, with mean
+    square std^2 over the square [0, T]^2. The draws do not depend on any grid.
+    """
+
+    coef: Tensor
+    horizon: float
+
+    @classmethod
+    def sample(cls, generator: torch.Generator, shape: tuple[int, ...], std: float, horizon: float,
+               modes: int = 4) -> SmoothKernel:
+        g = torch.randn((modes, modes, *shape), generator=generator, dtype=torch.float64)
+        c = torch.tensor([1.0 / (1 + j) for j in range(modes)], dtype=torch.float64)
+        c = c / torch.sqrt((c * c).sum())
+        cc = (c[:, None] * c[None, :]).view(modes, modes, *([1] * len(shape)))
+        return cls(std * g * cc, horizon)
+
+    def _basis(self, t: Tensor) -> Tensor:
+        J = self.coef.shape[0]
+        j = torch.arange(J, dtype=self.coef.dtype)
+        phi = math.sqrt(2.0) * torch.cos(math.pi * t.to(self.coef)[:, None] * j / self.horizon)
+        phi[:, 0] = 1.0
+        return phi
+
+    def __call__(self, t: Tensor, s: Tensor) -> Tensor:
+        """K(t_i, s_i) for paired times: shape (len(t), *shape)."""
+        pt, ps = self._basis(t), self._basis(s)
+        return torch.einsum("pa,pb,ab...->p...", pt, ps, self.coef)
+
+
+# ----------------------------------------------------------------------------- the march
+
+
+@functools.lru_cache(maxsize=64)
+def _columns(N: int, diagonal: bool) -> tuple[Tensor, Tensor, list[int]]:
+    """Packed indices of the off-diagonal pairs in column order (j = 0..N-1, then k = j+1..N), of
+    the diagonal pairs (k, k), k = 0..N (empty without the diagonal), and the column lengths."""
+    def idx(k: int, j: int) -> int:
+        return k * (k + 1) // 2 + j if diagonal else k * (k - 1) // 2 + j
+
+    cols = [idx(k, j) for j in range(N) for k in range(j + 1, N + 1)]
+    diag = [idx(k, k) for k in range(N + 1)] if diagonal else []
+    return (torch.tensor(cols, dtype=torch.long), torch.tensor(diag, dtype=torch.long),
+            [N - j for j in range(N)])
+
+
+def march(
+    z0: Tensor,
+    weights: Tensor,
+    bias: Tensor | None,
+    steps: int,
+    scale: float,
+    act: Activation,
+    form: str = "A",
+    op: Operator | None = None,
+    op_params: Params | None = None,
+    rule: str = "rectangle",
+    implicit: str = "fixed_point",
+    tol: float = 1e-13,
+    max_iter: int = 100,
+    corrections: int = 1,
+) -> tuple[list[Tensor], int]:
+    """States [z_0, ..., z_N] of the quadrature scheme, and the most fixed-point iterations a step
+    took (0 for explicit steps).
+
+    z0: (B, n, m). weights: (B, P, C, F) pair weights K_{k,j}, packed without the diagonal for
+    'rectangle' and with it for 'trapezoid'. bias: (B, P, m) pair biases b_{k,j}, or None.
+    scale: the quadrature step h (1 for the unscaled DenseNet). See the module docstring.
+
+    The sum is accumulated by columns: once z_j is known, its terms w_{k,j} F(t_k, t_j, z_j) for
+    every later row k > j are computed in one product and added to a running accumulator of the
+    rows still to come (the off-diagonal weights of a column do not depend on k), so a forward
+    pass is O(N) tensor operations and its backward never scatters into O(N^2) pieces.
+    """
+    check_choice("form", form, FORMS)
+    check_choice("rule", rule, RULES)
+    check_choice("implicit", implicit, IMPLICIT)
+    check_int("steps", steps, 1)
+    diagonal = rule == "trapezoid"
+    if weights.shape[1] != pair_count(steps, diagonal):
+        raise ValueError(f"weights must have {pair_count(steps, diagonal)} pairs on axis 1 for "
+                         f"rule={rule!r} and {steps} steps, got shape {tuple(weights.shape)}")
+    B, n, m = z0.shape
+    op = Operator("dense", m) if op is None else op
+    op_params = {} if op_params is None else op_params
+    M, C = op.M, op.channels
+    cols, diag, sizes = _columns(steps, diagonal)
+    cols = cols.to(z0.device)
+    Wc = weights.index_select(1, cols).split(sizes, 1)
+    bc = None if bias is None else bias.index_select(1, cols).split(sizes, 1)
+    if diagonal:
+        Wd = weights.index_select(1, diag.to(z0.device)).unbind(1)
+        bd = None if bias is None else bias.index_select(1, diag.to(z0.device)).unbind(1)
+
+    def feat(z: Tensor) -> Tensor:
+        return op.features(op_params, act(z) if form == "A" else z)
+
+    def column(W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
+        """w F(t_k, t_j, z_j) for the rows k of a column: W (B, K, C, F), b (B, K, m), phi
+        (B, n M, F) -> (B, n, K, m)."""
+        K = W.shape[1]
+        if form == "A":  # w (W phi + b) = (w W) phi + w b: scale the small factors
+            W = w * W
+            b = None if b is None else w * b
+        out = torch.bmm(phi, W.permute(0, 3, 1, 2).reshape(B, W.shape[3], K * C))
+        out = out.view(B, n, M, K, C)
+        out = (out.squeeze(2) if M == 1 else out.transpose(2, 3)).reshape(B, n, K, m)
+        if b is not None:
+            out = out + b.unsqueeze(1)
+        return out if form == "A" else w * act(out)
+
+    def pair(W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
+        return column(W.unsqueeze(1), None if b is None else b.unsqueeze(1), phi, w).squeeze(2)
+
+    states = [z0]
+    acc: Tensor | None = None
+    most = 0
+    for j in range(steps):
+        w = 0.5 * scale if (diagonal and j == 0) else scale
+        contrib = column(Wc[j], None if bc is None else bc[j], feat(states[-1]), w)
+        acc = contrib if acc is None else acc[:, :, 1:] + contrib
+        z = z0 + acc[:, :, 0]
+        k = j + 1
+        if diagonal:
+            W_kk, b_kk = Wd[k], None if bias is None else bd[k]
+            if torch.any(W_kk != 0) or (b_kk is not None and torch.any(b_kk != 0)):
+                E, hw = z, 0.5 * scale
+                z = E + pair(W_kk, b_kk, feat(states[-1]), hw)  # predictor
+                n_iter = corrections if implicit == "pc" else max_iter
+                for it in range(n_iter):
+                    z_new = E + pair(W_kk, b_kk, feat(z), hw)
+                    delta = float((z_new - z).abs().max())
+                    z = z_new
+                    if implicit == "pc":
+                        continue
+                    if delta <= tol * (1.0 + float(z.abs().max())):
+                        most = max(most, it + 1)
+                        break
+                    if it == n_iter - 1 or not math.isfinite(delta):
+                        raise RuntimeError(
+                            f"trapezoid fixed-point iteration did not converge at step {k} of "
+                            f"{steps} within max_iter={max_iter} (last change {delta:.3e}); "
+                            "take more steps or use implicit='pc'")
+                if implicit == "pc":
+                    most = max(most, n_iter)
+        states.append(z)
+    return states, most
+
+
+@dataclass(frozen=True)
+class VolterraSolution:
+    """times: (N + 1,) grid t_k; states: (N + 1, B, n, m); iterations: most fixed-point
+    iterations of a step (0 when every step was explicit)."""
+
+    times: Tensor
+    states: Tensor
+    iterations: int
+
+
+def solve_volterra(
+    kernel: KernelFn,
+    z0: Tensor,
+    horizon: float,
+    steps: int,
+    *,
+    activation: str | Activation = "tanh",
+    form: str = "A",
+    rule: str = "rectangle",
+    bias: KernelFn | None = None,
+    operator: Operator | None = None,
+    op_params: Params | None = None,
+    implicit: str = "fixed_point",
+    tol: float = 1e-13,
+    max_iter: int = 100,
+    corrections: int = 1,
+) -> VolterraSolution:
+    """Solve the Volterra equation of the module docstring on the grid t_k = k T / N.
+
+    kernel(t, s): for paired 1-D tensors of times returns the weights K(t_i, s_i) of shape
+    (B, len(t), C, F) (for the dense operator C = F = m). bias(t, s): (B, len(t), m) or None.
+    z0: (B, n, m). activation: a name of ``resdyn.models.activations`` or an Activation.
+    rule: 'rectangle' or 'trapezoid'; implicit: 'fixed_point' (to ``tol``, at most ``max_iter``)
+    or 'pc' (predictor and ``corrections`` corrector steps).
+    """
+    check_positive("horizon", horizon)
+    check_int("steps", steps, 1)
+    check_choice("rule", rule, RULES)
+    act = activation if isinstance(activation, Activation) else get_activation(activation)
+    h = horizon / steps
+    k, j = pair_nodes(steps, diagonal=rule == "trapezoid")
+    t = k.to(z0.dtype) * h
+    s = j.to(z0.dtype) * h
+    W = kernel(t, s)
+    b = None if bias is None else bias(t, s)
+    states, iters = march(z0, W, b, steps, h, act, form, operator, op_params, rule, implicit, tol,
+                          max_iter, corrections)
+    times = torch.arange(steps + 1, dtype=z0.dtype, device=z0.device) * h
+    return VolterraSolution(times, torch.stack(states), iters)

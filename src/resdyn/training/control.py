@@ -1,0 +1,398 @@
+"""Training as optimal control: the regularised objective of a DNL network and its continuum limit
+(docs/dnl.md, section 4; resdyn's formulation, a reconstruction, not the paper's).
+
+Controls theta = (K, b) live on the pairs 0 <= j < k <= N of the depth grid, h = T / N; the readout
+W = (R, r) is regularised separately; the embedding (A, c) is fixed (``frozen``). For data
+(x_i, y_i), i = 1..n,
+
+    J_N(theta, W) = (1/n) sum_i loss(g_W(z_N^(i)), y_i) + R_N(theta) + gamma (|R|^2 + |r|^2),
+    R_N(theta)    = alpha h^2 sum_{j<k} |theta_{k,j}|^2
+                  + beta ( sum_{j<k<N} |theta_{k+1,j} - theta_{k,j}|^2
+                           + sum_{j+1<k} |theta_{k,j+1} - theta_{k,j}|^2 ),
+
+a discrete H^1(Delta) norm (the differences inside the index triangle; |.| the Frobenius norm,
+summed over K and b). Its continuum counterpart, for controls on the triangle Delta = {0 <= s <= t <= T},
+
+    J(theta, W) = (1/n) sum_i loss(g_W(z^(i)(T)), y_i) + alpha ||theta||^2_{L^2(Delta)}
+                  + beta ||grad_(t,s) theta||^2_{L^2(Delta)} + gamma (|R|^2 + |r|^2),
+
+with z solving the Volterra equation (``resdyn.models.volterra``), is evaluated at the P1 extension
+Pi theta_N of discrete controls: the norms exactly (``p1_norms``), the state equation by the
+trapezoid rule on a fine grid. ``prolongate`` maps theta_N to theta_{2N} = Pi theta_N at the nodes
+of grid 2N, the warm start of the deeper problem.
+
+The ResNet baseline (``ResNet(block='one_layer')``, per-layer controls theta_j, j < N) is the DNL
+restricted to theta_{k,j} = theta_j; R_N restricted to it is
+
+    alpha h^2 sum_j (N - j) |theta_j|^2 + beta sum_{j <= N-2} (N - j - 1) |theta_{j+1} - theta_j|^2,
+
+and its continuum counterpart alpha int_0^T (T - s) |theta(s)|^2 ds + beta int_0^T (T - s) |theta'(s)|^2 ds
+(the H^1(Delta) norm of theta(t, s) = theta(s)), with theta the P1 interpolant of the nodes s_j = j h,
+constant on [t_{N-1}, T].
+
+Training: Adam on all models of a group at once (``resdyn.training.optim.update``, per-model
+learning rates), then L-BFGS with a strong-Wolfe line search one model at a time (a line search is
+shared by everything one L-BFGS optimises, so models are never coupled through it).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .._checks import check_choice, check_int, check_positive
+from ..models.base import Params
+from ..models.dnl import DNLNet, VolterraDNL
+from ..models.resnet import ResNet
+from ..models.volterra import march, p1_at_grid, p1_norms, pair_count
+from .losses import LOSSES, correct, per_sample_loss
+from .optim import OptimizerSpec, init_state, update
+
+__all__ = [
+    "CONTROLS",
+    "READOUT",
+    "ControlResult",
+    "ControlWeights",
+    "continuous_objective",
+    "continuous_penalty",
+    "control_l2_distance",
+    "h1_penalty",
+    "h1_penalty_layers",
+    "objective",
+    "prolongate",
+    "train_control",
+]
+
+CONTROLS = ("K", "b")
+READOUT = ("R", "r")
+
+
+@dataclass(frozen=True)
+class ControlWeights:
+    """alpha (L^2 weight of the controls), beta (weight of their differences), gamma (readout)."""
+
+    alpha: float = 1e-3
+    beta: float = 1e-2
+    gamma: float = 1e-3
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "gamma"):
+            check_positive(name, getattr(self, name), allow_zero=True)
+
+
+def _check_model(model) -> str:
+    if isinstance(model, DNLNet):
+        if model.operator != "dense" and model.op.param_names:
+            raise ValueError("the control objective handles operators without shared parameters; "
+                             f"got operator={model.operator!r}")
+        return "triangle"
+    if isinstance(model, ResNet) and model.block == "one_layer" and not model.tied:
+        return "layers"
+    raise ValueError("model must be a DNLNet or a ResNet with block='one_layer' and tied=False, got "
+                     f"{type(model).__name__}")
+
+
+# ----------------------------------------------------------------------------- penalties
+
+
+@functools.lru_cache(maxsize=32)
+def _diff_pairs(N: int) -> tuple[Tensor, Tensor]:
+    """Packed index pairs of the k-differences and the j-differences of grid N, each (2, count)."""
+    kd, jd = [], []
+    for k in range(1, N + 1):
+        for j in range(k):
+            if k + 1 <= N:
+                kd.append((k * (k - 1) // 2 + j, (k + 1) * k // 2 + j))
+            if j + 1 < k:
+                jd.append((k * (k - 1) // 2 + j, k * (k - 1) // 2 + j + 1))
+    def as_t(x):
+        return torch.tensor(x, dtype=torch.long).T if x else torch.zeros(2, 0, dtype=torch.long)
+
+    return as_t(kd), as_t(jd)
+
+
+def h1_penalty(theta: Tensor, N: int, horizon: float, alpha: float, beta: float) -> Tensor:
+    """R_N(theta) of the module docstring for packed controls ``theta`` (B, N (N + 1) / 2, ...): (B,)."""
+    check_int("N", N, 1)
+    if theta.shape[1] != pair_count(N):
+        raise ValueError(f"theta must have {pair_count(N)} pairs on axis 1 for N={N}, "
+                         f"got shape {tuple(theta.shape)}")
+    h = horizon / N
+    flat = theta.reshape(theta.shape[0], theta.shape[1], -1)
+    out = alpha * h * h * flat.square().sum((1, 2))
+    for pairs in _diff_pairs(N):
+        if pairs.shape[1]:
+            p = pairs.to(theta.device)
+            out = out + beta * (flat.index_select(1, p[1]) - flat.index_select(1, p[0])).square().sum((1, 2))
+    return out
+
+
+def h1_penalty_layers(theta: Tensor, N: int, horizon: float, alpha: float, beta: float) -> Tensor:
+    """R_N restricted to theta_{k,j} = theta_j, for per-layer controls ``theta`` (B, N, ...): (B,)."""
+    check_int("N", N, 1)
+    if theta.shape[1] != N:
+        raise ValueError(f"theta must have N={N} layers on axis 1, got shape {tuple(theta.shape)}")
+    h = horizon / N
+    flat = theta.reshape(theta.shape[0], theta.shape[1], -1)
+    j = torch.arange(N, dtype=theta.dtype, device=theta.device)
+    out = alpha * h * h * ((N - j) * flat.square().sum(2)).sum(1)
+    if N > 1:
+        d = (flat[:, 1:] - flat[:, :-1]).square().sum(2)
+        out = out + beta * ((N - 1 - j[:-1]) * d).sum(1)
+    return out
+
+
+def _layer_p1(theta: Tensor, N: int, Nf: int) -> Tensor:
+    """The P1 interpolant of layer values at s_j = j h (constant after t_{N-1}) at s = j' T / Nf,
+    j' = 0..Nf: shape (B, Nf + 1, ...)."""
+    r = Nf // N
+    jf = torch.arange(Nf + 1)
+    q = torch.clamp(jf // r, max=N - 1)
+    w = ((jf - q * r).double() / r).clamp(max=1.0)
+    w = torch.where(q >= N - 1, torch.zeros_like(w), w)
+    q1 = torch.clamp(q + 1, max=N - 1)
+    shape = (1, -1, *([1] * (theta.dim() - 2)))
+    w = w.to(theta).view(shape)
+    lo = theta.index_select(1, q.to(theta.device))
+    return lo * (1 - w) + theta.index_select(1, q1.to(theta.device)) * w
+
+
+def continuous_penalty(model, theta: Tensor, alpha: float, beta: float) -> Tensor:
+    """alpha ||Pi theta||^2_{L^2(Delta)} + beta ||grad Pi theta||^2_{L^2(Delta)}, exact: (B,)."""
+    N, T = model.depth, model.horizon
+    if _check_model(model) == "triangle":
+        l2, dirichlet = p1_norms(p1_at_grid(theta, N, N, diagonal=True), N, T)
+        return alpha * l2 + beta * dirichlet
+    h = T / N
+    flat = theta.reshape(theta.shape[0], theta.shape[1], -1)
+    sq = flat.square().sum(2)  # (B, N)
+    s = torch.arange(N, dtype=theta.dtype, device=theta.device) * h
+    out = alpha * sq[:, -1] * h * h / 2  # last interval, theta constant, int (T - s) ds = h^2 / 2
+    if N > 1:
+        mid = 0.5 * (flat[:, 1:] + flat[:, :-1])
+        simpson = (T - s[:-1]) * sq[:, :-1] + 4 * (T - s[:-1] - h / 2) * mid.square().sum(2) \
+            + (T - s[1:]) * sq[:, 1:]
+        out = out + alpha * h / 6 * simpson.sum(1)
+        d = (flat[:, 1:] - flat[:, :-1]).square().sum(2)
+        out = out + beta * (d * (T - s[:-1] - h / 2) / h).sum(1)
+    return out
+
+
+def _penalties(model, params: Params, weights: ControlWeights, continuous: bool) -> Tensor:
+    layout = _check_model(model)
+    out = 0.0
+    for name in CONTROLS:
+        if continuous:
+            out = out + continuous_penalty(model, params[name], weights.alpha, weights.beta)
+        elif layout == "triangle":
+            out = out + h1_penalty(params[name], model.depth, model.horizon, weights.alpha, weights.beta)
+        else:
+            out = out + h1_penalty_layers(params[name], model.depth, model.horizon, weights.alpha,
+                                          weights.beta)
+    ro = sum(params[n].flatten(1).square().sum(1) for n in READOUT)
+    return out + weights.gamma * ro
+
+
+def _data_terms(out: Tensor, y: Tensor, loss: str) -> tuple[Tensor, Tensor]:
+    yy = y.expand(out.shape[0], -1)
+    return per_sample_loss(out, yy, loss).mean(1), correct(out, yy).mean(1)
+
+
+def _expand(x: Tensor, B: int) -> Tensor:
+    return x.unsqueeze(0).expand(B, *x.shape) if x.dim() == 2 else x
+
+
+def objective(model, params: Params, x: Tensor, y: Tensor, weights: ControlWeights,
+              loss: str = "cross_entropy") -> dict[str, Tensor]:
+    """J_N of every model (all on the same data ``x`` (n, d), labels ``y`` (n,)): a dict of (B,)
+    tensors 'J', 'loss', 'penalty', 'acc'."""
+    check_choice("loss", loss, LOSSES)
+    B = params["R"].shape[0]
+    out = model.forward(params, _expand(x, B))
+    data, acc = _data_terms(out, y, loss)
+    pen = _penalties(model, params, weights, continuous=False)
+    return {"J": data + pen, "loss": data, "penalty": pen, "acc": acc}
+
+
+def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: ControlWeights,
+                         fine_steps: int, loss: str = "cross_entropy", rule: str = "trapezoid"
+                         ) -> dict[str, Tensor]:
+    """J(Pi theta_N) of the module docstring: the state equation on ``fine_steps`` steps (a multiple
+    of N) by ``rule``, the penalties exactly. A dict of (B,) tensors 'J', 'loss', 'penalty', 'acc'."""
+    layout = _check_model(model)
+    check_int("fine_steps", fine_steps, 1)
+    if fine_steps % model.depth:
+        raise ValueError(f"fine_steps must be a multiple of depth, got {fine_steps} and {model.depth}")
+    B = params["R"].shape[0]
+    xb = _expand(x, B)
+    with torch.no_grad():
+        if layout == "triangle":
+            fine = VolterraDNL(in_dim=model.in_dim, out_dim=model.out_dim, width=model.width,
+                               depth=model.depth, horizon=model.horizon, activation=model.activation,
+                               tau=model.tau, form=model.form, steps=fine_steps, rule=rule)
+            out = fine.forward(params, xb)
+        else:
+            Nf, diag = fine_steps, rule == "trapezoid"
+            from ..models.volterra import pair_nodes  # local: only this path needs it
+
+            _, jf = pair_nodes(Nf, diagonal=diag)
+            jf = jf.to(params["K"].device)
+            K = _layer_p1(params["K"], model.depth, Nf).index_select(1, jf)
+            b = _layer_p1(params["b"], model.depth, Nf).index_select(1, jf)
+            z0 = torch.baddbmm(params["c"].unsqueeze(1), xb, params["A"].transpose(1, 2))
+            zs, _ = march(z0, K, b, Nf, model.horizon / Nf, model.act, "A", None, None, rule)
+            out = torch.baddbmm(params["r"].unsqueeze(1), zs[-1], params["R"].transpose(1, 2))
+        data, acc = _data_terms(out, y, loss)
+        pen = _penalties(model, params, weights, continuous=True)
+    return {"J": data + pen, "loss": data, "penalty": pen, "acc": acc}
+
+
+# ----------------------------------------------------------------------------- grids
+
+
+def prolongate(model, params: Params):
+    """(model of depth 2N, params): the controls Pi theta_N at the nodes of grid 2N; embedding and
+    readout copied. Works for DNLNet (P1 on the triangle) and the one-layer ResNet (P1 in s)."""
+    layout = _check_model(model)
+    N = model.depth
+    deeper = _replace(model, depth=2 * N)
+    out = dict(params)
+    for name in CONTROLS:
+        if layout == "triangle":
+            out[name] = p1_at_grid(params[name], N, 2 * N)
+        else:
+            out[name] = _layer_p1(params[name], N, 2 * N)[:, : 2 * N]
+    return deeper, out
+
+
+def _replace(model, **changes):
+    import dataclasses
+
+    return dataclasses.replace(model, **changes)
+
+
+def control_l2_distance(theta_a: Tensor, Na: int, theta_b: Tensor, Nb: int, horizon: float) -> Tensor:
+    """||Pi theta_a - Pi theta_b||_{L^2(Delta)} for packed triangle controls of grids Na and Nb (one
+    a multiple of the other, or both powers of two), exactly on the common refinement: (B,)."""
+    Nf = Na * Nb // _gcd(Na, Nb)
+    Va = p1_at_grid(theta_a, Na, Nf, diagonal=True)
+    Vb = p1_at_grid(theta_b, Nb, Nf, diagonal=True)
+    l2, _ = p1_norms(Va - Vb, Nf, horizon)
+    return l2.clamp(min=0).sqrt()
+
+
+def _gcd(a: int, b: int) -> int:
+    import math
+
+    return math.gcd(a, b)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class ControlResult:
+    """params: trained (leading axis E); per-model (E,) CPU tensors: J, loss, penalty, acc,
+    grad_norm (Euclidean norm of grad J_N over the trained parameters), adam_J (J after Adam),
+    lbfgs_iters (L-BFGS iterations taken); history: J of every model after each Adam step."""
+
+    params: Params
+    metrics: dict[str, Tensor] = field(default_factory=dict)
+    history: Tensor | None = None
+
+
+def _grad_norms(model, params: Params, x, y, weights, loss, trained) -> tuple[dict, Tensor]:
+    leaves = {k: (v.detach().requires_grad_(True) if k in trained else v.detach())
+              for k, v in params.items()}
+    res = objective(model, leaves, x, y, weights, loss)
+    grads = torch.autograd.grad(res["J"].sum(), [leaves[k] for k in trained])
+    gn = torch.sqrt(sum(g.flatten(1).square().sum(1) for g in grads))
+    return {k: v.detach() for k, v in res.items()}, gn.detach()
+
+
+def train_control(
+    model,
+    params: Params,
+    x: Tensor,
+    y: Tensor,
+    weights: ControlWeights,
+    *,
+    adam_steps: int = 1000,
+    lr: float | Tensor = 1e-2,
+    lbfgs_iters: int = 500,
+    frozen: tuple[str, ...] = ("A", "c"),
+    loss: str = "cross_entropy",
+    grad_tol: float = 1e-9,
+    history_size: int = 20,
+) -> ControlResult:
+    """Minimise J_N for every model of ``params`` (leading axis E): ``adam_steps`` of batched Adam
+    (learning rate ``lr``, one number or one per model), then up to ``lbfgs_iters`` L-BFGS iterations
+    (strong-Wolfe line search, stop when max |grad| < ``grad_tol``) one model at a time. ``frozen``
+    parameters are not trained. A model whose objective stops being finite under Adam is frozen
+    at its last finite parameters; an L-BFGS run that ends worse (or not finite) is discarded."""
+    _check_model(model)
+    check_int("adam_steps", adam_steps, 0)
+    check_int("lbfgs_iters", lbfgs_iters, 0)
+    check_choice("loss", loss, LOSSES)
+    unknown = sorted(set(frozen) - set(params))
+    if unknown:
+        raise ValueError(f"frozen names unknown parameters {unknown}; allowed: {sorted(params)}")
+    E = params["R"].shape[0]
+    dtype, device = params["R"].dtype, params["R"].device
+    trained = [k for k in params if k not in frozen]
+    fixed = {k: params[k].detach() for k in frozen}
+    cur = {k: params[k].detach().clone() for k in trained}
+    lr_t = torch.as_tensor(lr, dtype=dtype, device=device).flatten()
+    lr_t = lr_t.expand(E).clone() if lr_t.numel() == 1 else lr_t
+    if lr_t.numel() != E or not bool(torch.all(lr_t > 0)):
+        raise ValueError(f"lr must be one number > 0 or one per model ({E}), got {lr!r}")
+
+    spec = OptimizerSpec("adam")
+    state = init_state(spec, cur)
+    active = torch.ones(E, dtype=torch.bool, device=device)
+    hist = torch.full((adam_steps, E), float("nan"), dtype=dtype)
+    for t in range(adam_steps):
+        leaves = {k: v.requires_grad_(True) for k, v in ((k, v.detach()) for k, v in cur.items())}
+        J = objective(model, {**fixed, **leaves}, x, y, weights, loss)["J"]
+        grads = torch.autograd.grad(J.sum(), [leaves[k] for k in trained])
+        ok = torch.isfinite(J.detach())
+        for g in grads:
+            ok = ok & torch.isfinite(g).flatten(1).all(1)
+        active = active & ok
+        hist[t] = J.detach().cpu()
+        cur, state = update(spec, {k: v.detach() for k, v in leaves.items()},
+                            dict(zip(trained, grads, strict=True)), state, lr_t, t + 1, active)
+    after_adam, _ = _grad_norms(model, {**fixed, **cur}, x, y, weights, loss, trained)
+
+    iters = torch.zeros(E, dtype=torch.long)
+    if lbfgs_iters:
+        for e in range(E):
+            one_fixed = {k: v[e : e + 1] for k, v in fixed.items()}
+            leaves = [cur[k][e : e + 1].clone().requires_grad_(True) for k in trained]
+            opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=lbfgs_iters, max_eval=2 * lbfgs_iters,
+                                    tolerance_grad=grad_tol, tolerance_change=1e-16,
+                                    history_size=history_size, line_search_fn="strong_wolfe")
+
+            def closure(leaves=leaves, one_fixed=one_fixed, opt=opt):
+                opt.zero_grad()
+                p = {**one_fixed, **dict(zip(trained, leaves, strict=True))}
+                J = objective(model, p, x, y, weights, loss)["J"].sum()
+                J.backward()
+                return J
+
+            opt.step(closure)
+            with torch.no_grad():
+                p = {**one_fixed, **dict(zip(trained, leaves, strict=True))}
+                J_new = objective(model, p, x, y, weights, loss)["J"][0]
+            if torch.isfinite(J_new) and J_new <= after_adam["J"][e]:
+                for k, leaf in zip(trained, leaves, strict=True):
+                    cur[k][e] = leaf.detach()[0]
+            iters[e] = int(opt.state[opt._params[0]].get("n_iter", 0))
+    final = {**fixed, **cur}
+    res, gn = _grad_norms(model, final, x, y, weights, loss, trained)
+    metrics = {k: v.cpu() for k, v in res.items()}
+    metrics.update(grad_norm=gn.cpu(), adam_J=after_adam["J"].cpu(), lbfgs_iters=iters)
+    return ControlResult({k: v.detach() for k, v in final.items()}, metrics, hist)
