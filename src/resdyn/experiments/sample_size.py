@@ -115,8 +115,10 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
                 eg))
         pos = [(s, c) for s, c in zip(S, stats["error_gap"], strict=True) if c and c.mean > 0]
         if pos:
-            entry = {"label": f"{label} error gap", "x": [p[0] for p in pos],
-                     "y": [p[1].mean for p in pos], "lo": [max(p[1].lo, 1e-6) for p in pos],
+            entry = {"label": f"{label}", "x": [p[0] for p in pos],
+                     "y": [p[1].mean for p in pos],
+                     # A log axis has no room for an interval that reaches 0: clip at mean / 10.
+                     "lo": [max(p[1].lo, p[1].mean / 10) for p in pos],
                      "hi": [p[1].hi for p in pos], "style": "errorbar"}
             if eg["fit"] is not None:
                 entry["fit"] = _fit_line([p[0] for p in pos], eg["fit"])

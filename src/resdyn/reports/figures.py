@@ -32,17 +32,19 @@ def line_figure(
         if s.get("style") == "errorbar" and "lo" in s:
             yerr = [[y - lo for y, lo in zip(s["y"], s["lo"], strict=True)],
                     [hi - y for y, hi in zip(s["y"], s["hi"], strict=True)]]
-            ax.errorbar(s["x"], s["y"], yerr=yerr, marker="o", ms=4, capsize=3, label=s["label"])
+            color = ax.errorbar(s["x"], s["y"], yerr=yerr, marker="o", ms=4, capsize=3,
+                                label=s["label"])[0].get_color()
         else:
             (line,) = ax.plot(s["x"], s["y"], marker=s.get("marker", "o"), ms=4, label=s["label"],
                               ls=s.get("ls", "-"))
+            color = line.get_color()
             if "lo" in s:
-                ax.fill_between(s["x"], s["lo"], s["hi"], alpha=0.2, color=line.get_color())
+                ax.fill_between(s["x"], s["lo"], s["hi"], alpha=0.2, color=color)
         if "fit" in s:
             f = s["fit"]
-            (fl,) = ax.plot(f["x"], f["y"], ls="--", lw=1.2, label=f.get("label", "fit"))
+            ax.plot(f["x"], f["y"], ls="--", lw=1.2, color=color, label=f.get("label", "fit"))
             if "lo" in f:
-                ax.fill_between(f["x"], f["lo"], f["hi"], alpha=0.12, color=fl.get_color())
+                ax.fill_between(f["x"], f["lo"], f["hi"], alpha=0.12, color=color)
     if logx:
         ax.set_xscale("log", base=2)
     if logy:

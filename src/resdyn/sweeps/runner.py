@@ -60,6 +60,13 @@ def _join_states(parts: Sequence[dict[str, torch.Tensor]], steps: int, device) -
     return TrainState.from_tensors(flat, steps, torch.device(device))
 
 
+def _qualified(name: str, key: str) -> str:
+    """A measure's value names: ``name`` itself, or ``name.key`` (keys already so named kept)."""
+    if not key or key == name or key.startswith(name + "."):
+        return key or name
+    return f"{name}.{key}"
+
+
 def train_group(
     cells: Sequence[Cell],
     device: str = "cpu",
@@ -103,7 +110,7 @@ def train_group(
                                options)
             for key, vals in tracker(ctx).items():
                 for c, v in zip(cells, vals.detach().cpu().tolist(), strict=True):
-                    series[c.cell_id].setdefault(f"{name}.{key}" if key else name, []).append((step, v))
+                    series[c.cell_id].setdefault(_qualified(name, key), []).append((step, v))
 
         hooks.append((int(opts["every"]), record))
     if checkpoint is not None:
@@ -125,8 +132,7 @@ def train_group(
         ctx = MeasureContext(model, result.params, data, idx, train_cfg, result.metrics, seeds,
                              dict(opts))
         for key, vals in get_measure(name)(ctx).items():
-            measures[f"{name}.{key}" if key and key != name else name] = \
-                torch.as_tensor(vals).detach().cpu().double().tolist()
+            measures[_qualified(name, key)] = torch.as_tensor(vals).detach().cpu().double().tolist()
     t_all = time.perf_counter() - t0
     out = []
     for e, c in enumerate(cells):
