@@ -62,6 +62,32 @@ def _fit_line(S: list[int], fit: dict[str, Any]) -> dict[str, list[float]]:
             "label": f"fit slope {fit['slope']:.2f} [{fit['ci95'][0]:.2f}, {fit['ci95'][1]:.2f}]"}
 
 
+def _bound_claim(rows: list[dict], outcome: ExperimentOutcome) -> None:
+    """The assembled test-error bound (theory issue) must be at least the measured test error in
+    every cell where it applies; report the ratio bound / error gap across S."""
+    cells = []
+    for r in rows:
+        b = _bound_value(r)
+        if r["status"] == "done" and b is not None and math.isfinite(b):
+            cells.append((r["config"]["sample_size"], b, 1.0 - r["metrics"]["test_acc"],
+                          r["metrics"]["error_gap"]))
+    if not cells:
+        return
+    without = sum(1 for r in rows if r["status"] == "done") - len(cells)
+    ratios: dict[int, list[float]] = {}
+    for S, b, _, gap in cells:
+        if gap > 0:
+            ratios.setdefault(S, []).append(b / gap)
+    shown = "; ".join(f"S={S}: {min(v):.3g}-{max(v):.3g}" for S, v in sorted(ratios.items()))
+    held = all(b >= err for _, b, err, _ in cells)
+    note = f" ({without} cells have no finite bound: the class does not cover them)" if without else ""
+    outcome.claims.append(Claim(
+        "the assembled test-error bound is at least the measured test error",
+        f"{sum(b >= e for _, b, e, _ in cells)} of {len(cells)} cells{note}; bound / error gap: {shown}",
+        held, "bound >= 1 - test accuracy in every cell with a finite bound",
+        {"ratios": {str(k): v for k, v in sorted(ratios.items())}, "cells": len(cells)}))
+
+
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-size") -> ExperimentOutcome:
     """Tables, claims and figures from the store rows of a sample-size sweep."""
     outcome = ExperimentOutcome(name)
@@ -129,6 +155,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
             bound_series.append({"label": f"{label} test error", "x": S,
                                  "y": [c.mean for c in stats["test_error"]]})
     outcome.tables["gap against S"] = table
+    _bound_claim(rows, outcome)
     outcome.data["figures"] = {"gap": gap_series, "bound": bound_series}
     if out_dir is not None:
         from ..reports.figures import line_figure
