@@ -9,6 +9,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
+from helpers import count_rows
 from resdyn.cli.main import main
 from resdyn.data.fake import write_cifar, write_mnist
 from resdyn.data.integrity import use_manifest
@@ -64,16 +65,6 @@ def test_depth_quick_settles_toward_the_continuous_model(tmp_path):
     assert "[held] the depth study runs below saturation" in res.output
 
 
-def _rows(store):
-    import sqlite3
-
-    try:
-        with sqlite3.connect(store, timeout=5) as db:
-            return db.execute("SELECT count(*) FROM cells").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_interrupted_reproduction_resumes_to_identical_claims_and_figure_data(tmp_path):
     cmd = [sys.executable, "-m", "resdyn.cli", "reproduce", "dead-zone", "--quick", "--quiet",
            "--threads", "1", "--store"]
@@ -81,11 +72,11 @@ def test_interrupted_reproduction_resumes_to_identical_claims_and_figure_data(tm
     subprocess.run([*cmd, str(ref)], check=True, capture_output=True)
     proc = subprocess.Popen([*cmd, str(cut)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while _rows(cut) < 3 and time.time() < deadline:
+    while count_rows(cut) < 3 and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = _rows(cut)
+    partial = count_rows(cut)
     assert 3 <= partial < 18
     subprocess.run([*cmd, str(cut)], check=True, capture_output=True)
     reports = []

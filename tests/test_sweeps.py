@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import count_rows
 from resdyn.cli.main import main
 from resdyn.models.io import load_params
 from resdyn.sweeps import SpecError, Store, expand, group_cells, parse_spec, run_sweep
@@ -197,16 +198,6 @@ def _resdyn(*args):
     return [sys.executable, "-m", "resdyn.cli", *args]
 
 
-def _rows_count(store):
-    if not Path(store).is_file():
-        return 0
-    try:
-        with sqlite3.connect(store, timeout=5) as db:
-            return db.execute("SELECT count(*) FROM cells").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_run(tmp_path):
     spec = write_spec(tmp_path / "s.toml", SPEC_TOML.format(steps=400, group_size=2, ckpt=0.05))
     ref_store, store = tmp_path / "ref.sqlite", tmp_path / "killed.sqlite"
@@ -215,13 +206,13 @@ def test_sigkill_mid_sweep_then_rerun_equals_an_uninterrupted_run(tmp_path):
     proc = subprocess.Popen(_resdyn("run", str(spec), "--store", str(store), "--quiet",
                                     "--threads", "1"))
     deadline = time.time() + 120
-    while _rows_count(store) < 1 and time.time() < deadline:
+    while count_rows(store) < 1 and time.time() < deadline:
         time.sleep(0.05)
     # Let the next group get some way in (and checkpoint), then kill without warning.
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = _rows_count(store)
+    partial = count_rows(store)
     assert 1 <= partial < 9
     ckpts = list((Path(str(store) + ".d") / "checkpoints").glob("*.safetensors"))
     subprocess.run(_resdyn("run", str(spec), "--store", str(store), "--quiet", "--threads", "1"),

@@ -27,6 +27,7 @@ __all__ = [
     "BLOCKS",
     "INITS",
     "ResidualOptions",
+    "check_path_options",
     "embed",
     "layer_params",
     "readout",
@@ -35,6 +36,18 @@ __all__ = [
 
 BLOCKS = ("two_layer", "one_layer")
 INITS = ("smooth", "iid")
+
+
+def check_path_options(opts: object) -> None:
+    """Check the options every residual family shares: horizon, activation (and tau),
+    weight_init, init_scale, bias_scale, modes."""
+    check_positive("horizon", opts.horizon)
+    check_choice("activation", opts.activation, ACTIVATIONS)
+    check_choice("weight_init", opts.weight_init, INITS)
+    check_positive("init_scale", opts.init_scale, allow_zero=True)
+    check_positive("bias_scale", opts.bias_scale, allow_zero=True)
+    check_int("modes", opts.modes, 1)
+    get_activation(opts.activation, tau=opts.tau)  # validates tau
 
 
 @dataclass(frozen=True)
@@ -69,14 +82,8 @@ class ResidualOptions:
         check_int("width", self.width, 1)
         if self.hidden is not None:
             check_int("hidden", self.hidden, 1)
-        check_positive("horizon", self.horizon)
-        check_choice("activation", self.activation, ACTIVATIONS)
         check_choice("block", self.block, BLOCKS)
-        check_choice("weight_init", self.weight_init, INITS)
-        check_positive("init_scale", self.init_scale, allow_zero=True)
-        check_positive("bias_scale", self.bias_scale, allow_zero=True)
-        check_int("modes", self.modes, 1)
-        get_activation(self.activation, tau=self.tau)  # validates tau
+        check_path_options(self)
 
     @property
     def act(self) -> Activation:

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
-from .activations import ACTIVATIONS, Activation, get_activation
+from .._checks import check_int
+from .activations import Activation, get_activation
 from .base import Params
-from .blocks import INITS
+from .blocks import check_path_options
 from .paths import sample_layer_weights
 
 __all__ = ["ConvResNet"]
@@ -65,13 +65,7 @@ class ConvResNet:
         check_int("out_dim", self.out_dim, 1)
         check_int("channels", self.channels, 1)
         check_int("depth", self.depth, 1)
-        check_positive("horizon", self.horizon)
-        check_choice("activation", self.activation, ACTIVATIONS)
-        check_choice("weight_init", self.weight_init, INITS)
-        check_positive("init_scale", self.init_scale, allow_zero=True)
-        check_positive("bias_scale", self.bias_scale, allow_zero=True)
-        check_int("modes", self.modes, 1)
-        get_activation(self.activation, tau=self.tau)  # validates tau
+        check_path_options(self)
 
     @property
     def act(self) -> Activation:
