@@ -136,7 +136,8 @@ def bound_terms(
     E = next(iter(params.values())).shape[0]
     if E != 1:
         raise ValueError(f"bound_terms evaluates one model at a time; params have a model axis of {E}")
-    x = x.detach().to(torch.float64).flatten(1)
+    inputs = x.detach().to(torch.float64)  # as the model takes them (images stay images)
+    x = inputs.flatten(1)
     S = x.shape[0]
     if S < 1:
         raise ValueError("bound_terms needs a non-empty sample")
@@ -147,7 +148,8 @@ def bound_terms(
     nan = float("nan")
     out: dict[str, float] = {"sample_size": float(S), "x_rms": float((sq.mean()).sqrt())}
     with torch.no_grad():
-        f = model.forward({n: v.detach().to(torch.float64) for n, v in params.items()}, x.unsqueeze(0))[0]
+        f = model.forward({n: v.detach().to(torch.float64) for n, v in params.items()},
+                          inputs.unsqueeze(0))[0]
     rho = margins(f, y.to(f.device))
     gam = opts.gammas
     ramp = ramp_loss(rho, gam)
