@@ -200,3 +200,17 @@ def test_cli_download_verify_and_list(tmp_path, server):
     assert res.exit_code == 0 and "needs no download" in res.output
     res = runner.invoke(main, ["data", "verify", "cifar10", "--root", str(tmp_path / "none")])
     assert res.exit_code == 1 and "does not exist" in res.output
+
+
+def test_a_refusing_mirror_keeps_the_partial_file_for_the_next_one(tmp_path, server):
+    files, m = _mnist()
+    rel = next(iter(files))
+    part = tmp_path / (rel + ".part")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    part.write_bytes(files[rel][:50])  # an earlier run stopped here
+    empty, good = server({}), server(files)
+    download("mnist", tmp_path, mirrors=[_url(empty), _url(good)], manifest=m)
+    assert (tmp_path / rel).read_bytes() == files[rel]
+    # The 404 did not discard the partial file: the good mirror was asked for the rest only.
+    name = rel.rsplit("/", 1)[-1]
+    assert [r for p, r in good.log if p.endswith(name)] == ["bytes=50-"]

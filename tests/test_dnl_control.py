@@ -109,6 +109,9 @@ def test_a_model_trained_in_a_group_equals_the_model_trained_alone():
         assert torch.allclose(group.params[k][1], alone.params[k][0], atol=1e-10, rtol=0), k
     m = group.metrics
     assert torch.all(m["J"] <= m["adam_J"]) and torch.all(m["J"] < group.history[0])
+    # The reported optimum is the objective of the returned parameters, recomputed here.
+    J = objective(model, group.params, x, y, w)["J"]
+    assert torch.allclose(m["J"], J, rtol=1e-10, atol=0)
     assert torch.equal(group.params["A"], p["A"])  # the embedding is frozen
 
 
@@ -123,6 +126,7 @@ def test_quick_experiment_runs_and_reports_its_claims(tmp_path):
     assert out.claims[0].held  # every trained model reaches training accuracy >= 0.9
     assert all(p.exists() for p in out.figures.values())
     # the warm start is the prolongation: the coarse minimizer's value is attainable at 2N up to
-    # the discretisation, so J*_N changes by a few percent per doubling at most on this task
+    # the discretisation, so J*_N changes by well under a quarter per doubling on this task
+    # (about 16%, 11%, 7% in the runs seen)
     J = [r["J_star"] for r in rows]
     assert all(abs(a - b) < 0.25 * a for a, b in itertools.pairwise(J))

@@ -158,12 +158,22 @@ def test_trackers_and_measures_through_the_sweep_interface():
     assert torch.all(g["lambda_min_total"] >= g["lambda_min_G2"] - 1e-12)
     mv = get_tracker("displacement")(ctx)
     assert torch.all(mv["w2_enc"] <= mv["move_max_enc"]) and torch.all(mv["w2_enc"] > 0)
+    # Independently: w2 is the root-mean-square distance moved by the encoder particles.
+    def enc(p):
+        return torch.cat([p["u"], p["w"], p["b"].unsqueeze(-1)], -1)
+
+    rms = (enc(res.params) - enc(p0)).norm(dim=-1).square().flatten(1).mean(1).sqrt()
+    assert torch.allclose(mv["w2_enc"], rms)
     mctx = MeasureContext(m, res.params, data, idx, TrainConfig(), res.metrics, [4, 9], {})
     # The measure regenerates the initial parameters from the seeds: same displacement.
     assert torch.allclose(MEASURES["displacement"](mctx)["w2_pred"], mv["w2_pred"])
     b = get_measure("meanfield_kl_bound")(mctx)
-    assert b["bound"].shape == (2,) and torch.all(b["bound"] > b["bound.train_ramp"])
-    assert torch.all(b["bound.r1"] >= 0)
+    # The confidence term is 3 sqrt(log(2/delta) / (2n)) at each model's own n (24 and 40).
+    conf = torch.tensor([3 * math.sqrt(math.log(2 / 0.05) / (2 * n)) for n in (24, 40)], dtype=torch.float64)
+    assert b["bound"].shape == (2,) and torch.allclose(b["bound.confidence"], conf)
+    # r1 is the encoder KL estimate of the trained particles, clipped at 0.
+    kl = get_tracker("kl")(ctx)
+    assert torch.allclose(b["bound.r1"], kl["kl_enc_knn"].clamp_min(0.0))
 
 
 def test_displacement_and_linear_rate_on_known_values():

@@ -2,7 +2,14 @@
 
 import tomllib
 
+import pytest
+import torch
+
+from resdyn.analysis.gram import gram_matrices, lambda_min
+from resdyn.data import load, subsample
 from resdyn.experiments.registry import spec_path
+from resdyn.models.base import init_params
+from resdyn.models.registry import build_model
 from resdyn.sweeps import Store, parse_spec, run_sweep
 
 
@@ -25,5 +32,13 @@ def test_shipped_diagnostics_spec_records_gram_and_kl_series(tmp_path):
         kl = {s[2]: s[3] for s in mine if s[1] == "kl.kl_enc_knn"}
         # Particles start as N(0, I) draws (KL near 0) and move away while training.
         assert abs(kl[0]) < 0.2 and kl[40] > kl[0] + 0.1
-        g2 = [s[3] for s in mine if s[1] == "gram.lambda_min_G2"]
-        assert min(g2) > -1e-9  # a Gram matrix is positive semi-definite up to rounding
+        # At step 0 the recorded lambda_min(G2) is that of the initial network on the cell's own
+        # sample, recomputed here from its seed without the sweep.
+        cfg = row["config"]
+        model = build_model(**cfg["model"])
+        data = load(cfg["data"]["name"])
+        idx = subsample(data, cfg["sample_size"], cfg["seed"])
+        x = data.prepare(data.x[idx], torch.float64, "cpu")
+        G = gram_matrices(model, init_params(model, [cfg["seed"]], torch.float64), x)
+        g2 = {s[2]: s[3] for s in mine if s[1] == "gram.lambda_min_G2"}
+        assert g2[0] == pytest.approx(float(lambda_min(G["G2"])), rel=1e-9, abs=1e-18)

@@ -151,6 +151,9 @@ def test_flow_map_returns_states_at_knots():
         (lambda: ODEResNet(knots=0), "knots must be an integer >= 1"),
         (lambda: ConvResNet(channels=0), "channels must be an integer >= 1"),
         (lambda: ResNet(activation="soft_threshold", tau=-0.1), "tau must be a finite number"),
+        (lambda: ResNet(tied=1), "tied must be true or false, got 1"),
+        (lambda: ConvResNet(tied="yes"), "tied must be true or false"),
+        (lambda: ODEResNet(adjoint=0), "adjoint must be true or false, got 0"),
     ],
 )
 def test_invalid_arguments_name_the_argument_and_the_allowed_values(factory, match):

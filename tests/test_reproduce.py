@@ -90,5 +90,9 @@ def test_interrupted_reproduction_resumes_to_identical_claims_and_figure_data(tm
 
 
 @pytest.mark.parametrize("name", ["mean-field", "dnl-convergence"])
-def test_custom_reproductions_are_registered(name):
-    assert REPRODUCTIONS[name].run is not None
+def test_custom_reproductions_take_what_reproduce_passes(name):
+    import inspect
+
+    params = inspect.signature(REPRODUCTIONS[name].load("run")).parameters
+    # `resdyn reproduce` calls run(quick=, out_dir=, device=, threads=[, dtype=]) by keyword.
+    assert {"quick", "out_dir", "device", "threads", "dtype"} <= set(params)

@@ -216,6 +216,8 @@ def test_dead_zone_term(capsys):
         fracs.append(t["dead_zone.dead_fraction"])
         assert 0.0 <= t["dead_zone"] <= t["path_norm_bound"]
         assert t["dead_zone.refined"] == pytest.approx(t["path_norm_bound"] - t["dead_zone"])
+        # Removing dead samples never takes the bound below its depth-0 reduction.
+        assert t["dead_zone.refined"] >= t["path_norm_bound.depth0"] * (1 - 1e-12)
     with capsys.disabled():
         print("\n[dead zone] tau: term (dead fraction) " +
               ", ".join(f"{a}: {v:.4g} ({f:.2f})" for a, v, f in zip(taus, vals, fracs, strict=True)))

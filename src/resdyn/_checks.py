@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_choice", "check_int", "check_positive", "resolve_device", "resolve_dtype"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_positive", "resolve_device",
+           "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -19,6 +20,13 @@ def check_int(name: str, value: Any, minimum: int = 0) -> int:
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r}")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` as a bool; 0/1 and strings are not bools here."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be true or false, got {value!r}")
     return value
 
 

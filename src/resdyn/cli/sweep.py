@@ -44,7 +44,7 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
             bar.update(task, advance=len(results),
                        rate=f"{len(results) / secs:.2f}" if secs > 0 else "-")
 
-        summary = run_sweep(spec, store, ex, device, on_group=on_group)
+        summary = run_sweep(spec, store, ex, device, on_group=on_group, cells=cells)
     return summary
 
 

@@ -87,9 +87,11 @@ def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: 
     part = dest.with_name(dest.name + ".part")
     problems: list[str] = []
     for url in urls:
+        done = False  # only a complete transfer is checked; a refused one keeps its .part
         for attempt in range(retries + 1):
             try:
                 _attempt(url, part, timeout)
+                done = True
                 break
             except urllib.error.HTTPError as err:
                 if err.code == 416 and part.exists():  # our .part is not a prefix of this file
@@ -102,9 +104,7 @@ def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: 
                 problems.append(f"{url}: {type(err).__name__}: {err} (have {have} bytes)")
                 if attempt < retries:
                     log(f"  connection lost after {have} bytes; resuming")
-        else:
-            continue
-        if not part.exists():
+        if not done or not part.exists():
             continue
         got = md5_file(part)
         if got != md5:

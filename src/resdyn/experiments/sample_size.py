@@ -31,8 +31,7 @@ def _label(key: tuple[str, str]) -> str:
 
 
 def _bound_value(row: dict) -> float | None:
-    m = row["measures"]
-    return m.get("test_error_bound", m.get("test_error_bound.value"))
+    return row["measures"].get("test_error_bound")
 
 
 def fit_positive(S: list[int], means: list[float]) -> dict[str, Any]:

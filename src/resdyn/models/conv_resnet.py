@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from .activations import Activation, get_activation
 from .base import Params
 from .blocks import check_path_options
@@ -66,6 +66,7 @@ class ConvResNet:
         check_int("channels", self.channels, 1)
         check_int("depth", self.depth, 1)
         check_path_options(self)
+        check_bool("tied", self.tied)
 
     @property
     def act(self) -> Activation:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_bool, check_choice, check_int, check_positive
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import Params
 from .blocks import embed, readout
@@ -92,8 +92,7 @@ class DNLNet:
         check_positive("init_scale", self.init_scale, allow_zero=True)
         check_positive("bias_scale", self.bias_scale, allow_zero=True)
         check_int("modes", self.modes, 1)
-        if not isinstance(self.scaled, bool):
-            raise TypeError(f"scaled must be true or false, got {self.scaled!r}")
+        check_bool("scaled", self.scaled)
         get_activation(self.activation, tau=self.tau)
         _ = self.op  # validates the operator options
 

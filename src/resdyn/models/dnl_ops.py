@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F_
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
 
 __all__ = ["OPERATORS", "Operator"]
@@ -70,8 +70,7 @@ class Operator:
         if self.kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be an odd integer >= 1, got {self.kernel_size!r}")
         check_positive("bandwidth", self.bandwidth)
-        if not isinstance(self.normalize, bool):
-            raise TypeError(f"normalize must be true or false, got {self.normalize!r}")
+        check_bool("normalize", self.normalize)
         if self.att_dim is not None:
             check_int("att_dim", self.att_dim, 1)
         if self.kind != "dense" and self.width % self.positions:

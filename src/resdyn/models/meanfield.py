@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_bool, check_choice, check_int, check_positive
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import Params
 
@@ -74,9 +74,8 @@ class MeanFieldResNet:
         check_positive("alpha", self.alpha, allow_zero=True)
         check_positive("beta", self.beta)
         check_choice("activation", self.activation, ACTIVATIONS)
-        for name in ("tied", "mean_field_lr"):
-            if not isinstance(getattr(self, name), bool):
-                raise TypeError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        check_bool("tied", self.tied)
+        check_bool("mean_field_lr", self.mean_field_lr)
 
     # -- shape ---------------------------------------------------------------------------------
     @property

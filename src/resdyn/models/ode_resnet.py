@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint, odeint_adjoint
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
 
@@ -60,6 +60,7 @@ class ODEResNet(ResidualOptions):
         check_int("steps_per_knot", self.steps_per_knot, 1)
         check_positive("rtol", self.rtol)
         check_positive("atol", self.atol)
+        check_bool("adjoint", self.adjoint)
 
     @property
     def knot_step(self) -> float:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_int
+from .._checks import check_bool, check_int
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
 
@@ -31,8 +31,7 @@ class ResNet(ResidualOptions):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("depth", self.depth, 1)
-        if not isinstance(self.tied, bool):
-            raise TypeError(f"tied must be true or false, got {self.tied!r}")
+        check_bool("tied", self.tied)
 
     @property
     def step(self) -> float:

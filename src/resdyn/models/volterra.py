@@ -304,6 +304,9 @@ def march(
     if diagonal:
         Wd = weights.index_select(1, diag.to(z0.device)).unbind(1)
         bd = None if bias is None else bias.index_select(1, diag.to(z0.device)).unbind(1)
+        # Which steps have a diagonal term depends on the weights only: decide once, not per step.
+        implicit_at = [bool(torch.any(W != 0)) or (b is not None and bool(torch.any(b != 0)))
+                       for W, b in zip(Wd, bd if bd is not None else [None] * len(Wd), strict=True)]
 
     def feat(z: Tensor) -> Tensor:
         return op.features(op_params, act(z) if form == "A" else z)
@@ -330,22 +333,24 @@ def march(
     most = 0
     for j in range(steps):
         w = 0.5 * scale if (diagonal and j == 0) else scale
-        contrib = column(Wc[j], None if bc is None else bc[j], feat(states[-1]), w)
+        phi = feat(states[-1])
+        contrib = column(Wc[j], None if bc is None else bc[j], phi, w)
         acc = contrib if acc is None else acc[:, :, 1:] + contrib
         z = z0 + acc[:, :, 0]
         k = j + 1
         if diagonal:
             W_kk, b_kk = Wd[k], None if bias is None else bd[k]
-            if torch.any(W_kk != 0) or (b_kk is not None and torch.any(b_kk != 0)):
+            if implicit_at[k]:
                 E, hw = z, 0.5 * scale
-                z = E + pair(W_kk, b_kk, feat(states[-1]), hw)  # predictor
+                z = E + pair(W_kk, b_kk, phi, hw)  # predictor
                 n_iter = corrections if implicit == "pc" else max_iter
                 for it in range(n_iter):
                     z_new = E + pair(W_kk, b_kk, feat(z), hw)
+                    if implicit == "pc":
+                        z = z_new
+                        continue
                     delta = float((z_new - z).abs().max())
                     z = z_new
-                    if implicit == "pc":
-                        continue
                     if delta <= tol * (1.0 + float(z.abs().max())):
                         most = max(most, it + 1)
                         break

@@ -33,18 +33,17 @@ def _indices(data, cell: Cell) -> torch.Tensor:
     return subsample(data, cell.sample_size, cell.seed)
 
 
-def _split_state(state: TrainState, e: int) -> dict[str, torch.Tensor]:
-    """Model e's share of a group's state, as a flat dict for a checkpoint file."""
+def _split_state(state: TrainState) -> list[dict[str, torch.Tensor]]:
+    """Each model's share of a group's state, as flat dicts for checkpoint files."""
     flat = state.tensors()
-    out = {}
-    for k, v in flat.items():
+    E = len(state.active)
+
+    def share(k: str, v: torch.Tensor, e: int) -> torch.Tensor:
         if k == "step":
-            out[k] = v
-        elif k == "loss_history":
-            out[k] = v[:, e : e + 1].contiguous()
-        else:
-            out[k] = v[e : e + 1].contiguous()
-    return out
+            return v
+        return (v[:, e : e + 1] if k == "loss_history" else v[e : e + 1]).contiguous()
+
+    return [{k: share(k, v, e) for k, v in flat.items()} for e in range(E)]
 
 
 def _join_states(parts: Sequence[dict[str, torch.Tensor]], steps: int, device) -> TrainState:
@@ -119,8 +118,8 @@ def train_group(
         def save(step: int, st: TrainState) -> None:
             if step in (0, train_cfg.steps) or time.perf_counter() - last[0] < checkpoint_seconds:
                 return
-            for e, c in enumerate(cells):
-                checkpoint[1](c.cell_id, _split_state(st, e), {"series": series[c.cell_id]})
+            for c, part in zip(cells, _split_state(st), strict=True):
+                checkpoint[1](c.cell_id, part, {"series": series[c.cell_id]})
             last[0] = time.perf_counter()
 
         hooks.append((max(1, min(50, train_cfg.steps // 20 or 1)), save))

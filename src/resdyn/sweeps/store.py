@@ -296,7 +296,8 @@ class Store:
         path = self.checkpoint_path(cell_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+        step = str(int(tensors["step"][0]))
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "step": step})
         os.replace(tmp, path)
 
     def load_checkpoint(self, cell_id: str) -> tuple[dict[str, torch.Tensor], dict] | None:
@@ -310,11 +311,15 @@ class Store:
         return load_file(str(path)), meta
 
     def checkpoint_steps(self, cell_ids: Iterable[str]) -> dict[str, int]:
+        """The step each cell's checkpoint was taken at (from the file header only)."""
+        from safetensors import safe_open
+
         out = {}
         for cid in cell_ids:
-            ck = self.load_checkpoint(cid)
-            if ck is not None:
-                out[cid] = int(ck[0]["step"][0])
+            path = self.checkpoint_path(cid)
+            if path.is_file():
+                with safe_open(str(path), framework="pt") as f:
+                    out[cid] = int((f.metadata() or {})["step"])
         return out
 
 

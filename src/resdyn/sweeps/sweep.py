@@ -41,14 +41,15 @@ def run_sweep(
     executor: LocalExecutor | RayExecutor | None = None,
     device: str = "cpu",
     on_group: Callable[[list[CellResult]], None] | None = None,
+    cells: list[Cell] | None = None,
 ) -> SweepSummary:
     """Train every cell of ``spec`` that ``store_path`` does not have yet.
 
     Validation (the spec, its data sets, every cell's model, the store path) happens before
     anything is written. Cells held by another live run are left to it and listed in the
-    summary.
+    summary. ``cells``: the spec's expansion, when the caller already has it.
     """
-    cells = expand(spec)
+    cells = expand(spec) if cells is None else cells
     check_store_path(store_path)
     executor = executor or LocalExecutor(device)
     owner = Store.new_owner()
@@ -70,7 +71,7 @@ def run_sweep(
         try:
             for _, results in executor.run(groups, checkpoint, spec.run.checkpoint_seconds):
                 for r in results:
-                    r.provenance = {**prov, "threads": prov["threads"]}
+                    r.provenance = dict(prov)
                     if store.write(spec.name, r, owner):
                         summary.trained += 1
                         summary.diverged += int(r.diverged)

@@ -184,7 +184,11 @@ def bound_terms(
         out["path_norm_bound.depth0"] = float(path_norm_rademacher(P, sq, kappa, residual=False))
         out["flow_bound"] = float(path_norm_rademacher(flow.P[0], sq, kappa))
         out["flow_bound.path_norm"] = float(flow.P[0])
-        active = (mu * sq.sqrt() > band) if band > 0 else torch.ones_like(sq, dtype=torch.bool)
+        # The dead-zone certificate needs mu bounding every unit's level. The flow's mu is taken at
+        # the start of each ODE piece, where N(t) (non-decreasing) is smallest: not a bound there,
+        # so continuous-time models get no dead-zone refinement.
+        certified = band > 0 and model.family == "resnet"
+        active = (mu * sq.sqrt() > band) if certified else torch.ones_like(sq, dtype=torch.bool)
         refined = float(path_norm_rademacher(P, sq, kappa, active=active))
         out["dead_zone"] = max(out["path_norm_bound"] - refined, 0.0)
         out["dead_zone.dead_fraction"] = float(1.0 - active.to(torch.float64).mean())
@@ -193,7 +197,7 @@ def bound_terms(
         out["dead_zone.refined"] = out["path_norm_bound"] - out["dead_zone"]
         # test-error bound at grid levels (Q, and mu* when the activation has a dead band)
         Qg = _round_up(st.P, opts)[0]
-        if band > 0:
+        if certified:
             mug = _round_up(st.mu, opts)[0]
             active_g = mug * sq.sqrt() > band
             ln_grid = 2 * ln_level + ln_gamma

@@ -37,8 +37,11 @@ _cache: dict[str, object] = {}
 
 
 def model_bounds(ctx: MeasureContext) -> list[dict[str, float]]:
-    """:func:`bound_terms` of every model of the group on its own sample (cached per context)."""
-    if _cache.get("ctx") is ctx:
+    """:func:`bound_terms` of every model of the group on its own sample (cached per group)."""
+    # The runner gives each measure its own context over the same trained group: key on the group
+    # (its params, sample and options), so the six measures share one evaluation of the bounds.
+    key = (id(ctx.params), id(ctx.train_indices), repr(sorted(ctx.options.items())))
+    if _cache.get("key") == key:
         return _cache["value"]  # type: ignore[return-value]
     opts = BoundOptions.from_dict(ctx.options)
     E = next(iter(ctx.params.values())).shape[0]
@@ -57,7 +60,8 @@ def model_bounds(ctx: MeasureContext) -> list[dict[str, float]]:
                 row["test_error_bound.measured_gap"] = (float(ctx.metrics["train_acc"][e])
                                                         - float(ctx.metrics["test_acc"][e]))
         rows.append(row)
-    _cache["ctx"], _cache["value"] = ctx, rows
+    # Holding the keyed objects keeps their ids from being reused by a later group.
+    _cache["key"], _cache["value"], _cache["refs"] = key, rows, (ctx.params, ctx.train_indices)
     return rows
 
 

@@ -37,6 +37,7 @@ shared by everything one L-BFGS optimises, so models are never coupled through i
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 
@@ -45,9 +46,11 @@ from torch import Tensor
 
 from .._checks import check_choice, check_int, check_positive
 from ..models.base import Params
+from ..models.blocks import embed, readout
 from ..models.dnl import DNLNet, VolterraDNL
 from ..models.resnet import ResNet
 from ..models.volterra import march, p1_at_grid, p1_norms, pair_count
+from .engine import per_model_finite, per_model_lr
 from .losses import LOSSES, correct, per_sample_loss
 from .optim import OptimizerSpec, init_state, update
 
@@ -230,9 +233,9 @@ def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: C
     xb = _expand(x, B)
     with torch.no_grad():
         if layout == "triangle":
-            fine = VolterraDNL(in_dim=model.in_dim, out_dim=model.out_dim, width=model.width,
-                               depth=model.depth, horizon=model.horizon, activation=model.activation,
-                               tau=model.tau, form=model.form, steps=fine_steps, rule=rule)
+            # every option of the discrete model (operator included) carries over
+            fine = VolterraDNL(**{f.name: getattr(model, f.name) for f in dataclasses.fields(DNLNet)},
+                               steps=fine_steps, rule=rule)
             out = fine.forward(params, xb)
         else:
             Nf, diag = fine_steps, rule == "trapezoid"
@@ -242,9 +245,9 @@ def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: C
             jf = jf.to(params["K"].device)
             K = _layer_p1(params["K"], model.depth, Nf).index_select(1, jf)
             b = _layer_p1(params["b"], model.depth, Nf).index_select(1, jf)
-            z0 = torch.baddbmm(params["c"].unsqueeze(1), xb, params["A"].transpose(1, 2))
-            zs, _ = march(z0, K, b, Nf, model.horizon / Nf, model.act, "A", None, None, rule)
-            out = torch.baddbmm(params["r"].unsqueeze(1), zs[-1], params["R"].transpose(1, 2))
+            zs, _ = march(embed(params, xb), K, b, Nf, model.horizon / Nf, model.act, "A", None, None,
+                          rule)
+            out = readout(params, zs[-1])
         data, acc = _data_terms(out, y, loss)
         pen = _penalties(model, params, weights, continuous=True)
     return {"J": data + pen, "loss": data, "penalty": pen, "acc": acc}
@@ -345,24 +348,18 @@ def train_control(
     trained = [k for k in params if k not in frozen]
     fixed = {k: params[k].detach() for k in frozen}
     cur = {k: params[k].detach().clone() for k in trained}
-    lr_t = torch.as_tensor(lr, dtype=dtype, device=device).flatten()
-    lr_t = lr_t.expand(E).clone() if lr_t.numel() == 1 else lr_t
-    if lr_t.numel() != E or not bool(torch.all(lr_t > 0)):
-        raise ValueError(f"lr must be one number > 0 or one per model ({E}), got {lr!r}")
+    lr_t = per_model_lr(lr, E, dtype, device)
 
     spec = OptimizerSpec("adam")
     state = init_state(spec, cur)
     active = torch.ones(E, dtype=torch.bool, device=device)
-    hist = torch.full((adam_steps, E), float("nan"), dtype=dtype)
+    hist = torch.full((adam_steps, E), float("nan"), dtype=dtype, device=device)
     for t in range(adam_steps):
         leaves = {k: v.requires_grad_(True) for k, v in ((k, v.detach()) for k, v in cur.items())}
         J = objective(model, {**fixed, **leaves}, x, y, weights, loss)["J"]
         grads = torch.autograd.grad(J.sum(), [leaves[k] for k in trained])
-        ok = torch.isfinite(J.detach())
-        for g in grads:
-            ok = ok & torch.isfinite(g).flatten(1).all(1)
-        active = active & ok
-        hist[t] = J.detach().cpu()
+        active = active & per_model_finite(J.detach(), grads)
+        hist[t] = J.detach()  # stays on the device: no host sync per step
         cur, state = update(spec, {k: v.detach() for k, v in leaves.items()},
                             dict(zip(trained, grads, strict=True)), state, lr_t, t + 1, active)
     after_adam, _ = _grad_norms(model, {**fixed, **cur}, x, y, weights, loss, trained)
@@ -395,4 +392,4 @@ def train_control(
     res, gn = _grad_norms(model, final, x, y, weights, loss, trained)
     metrics = {k: v.cpu() for k, v in res.items()}
     metrics.update(grad_norm=gn.cpu(), adam_J=after_adam["J"].cpu(), lbfgs_iters=iters)
-    return ControlResult({k: v.detach() for k, v in final.items()}, metrics, hist)
+    return ControlResult({k: v.detach() for k, v in final.items()}, metrics, hist.cpu())

@@ -30,7 +30,8 @@ from .layout import ChunkLayout, chunk_layout
 from .losses import LOSSES, correct, per_sample_loss
 from .optim import OPTIMIZERS, OptimizerSpec, init_state, update
 
-__all__ = ["TrainConfig", "TrainResult", "TrainState", "evaluate", "train"]
+__all__ = ["TrainConfig", "TrainResult", "TrainState", "evaluate", "per_model_finite", "per_model_lr",
+           "train"]
 
 Hook = Callable[[int, "TrainState"], None]
 
@@ -116,7 +117,8 @@ class TrainResult:
         return self.state.params
 
 
-def _as_lr(lr: float | Sequence[float] | Tensor, E: int, dtype: torch.dtype, device) -> Tensor:
+def per_model_lr(lr: float | Sequence[float] | Tensor, E: int, dtype: torch.dtype, device) -> Tensor:
+    """One learning rate per model, shape (E,): ``lr`` is one number or one per model, all > 0."""
     out = torch.as_tensor(lr, dtype=dtype).flatten().to(device)
     if out.numel() == 1:
         out = out.expand(E).clone()
@@ -192,7 +194,8 @@ class _Minibatches:
         return out
 
 
-def _per_model_finite(model_loss: Tensor, grads: Sequence[Tensor]) -> Tensor:
+def per_model_finite(model_loss: Tensor, grads: Sequence[Tensor]) -> Tensor:
+    """(E,) bool: model e's loss and every gradient entry of model e are finite."""
     ok = torch.isfinite(model_loss)
     for g in grads:
         ok = ok & torch.isfinite(g).flatten(1).all(1)
@@ -228,7 +231,7 @@ def train(
         raise ValueError(f"seeds has {len(seeds)} entries for {E} models")
     p0 = next(iter(params.values()))
     dtype, device = p0.dtype, p0.device
-    lr_t = _as_lr(lr, E, dtype, device)
+    lr_t = per_model_lr(lr, E, dtype, device)
     spec = config.optimizer_spec
     scales = getattr(model, "lr_scales", lambda: {})()
 
@@ -272,7 +275,7 @@ def train(
         model_loss = lay.per_model_mean(per_sample_loss(out, y, config.loss))
         grads = torch.autograd.grad(model_loss.sum(), list(leaves.values()))
         model_loss = model_loss.detach()
-        ok = _per_model_finite(model_loss, grads)
+        ok = per_model_finite(model_loss, grads)
         newly = state.active & ~ok
         state.diverged_step = torch.where(newly, t, state.diverged_step)
         state.active = state.active & ok
