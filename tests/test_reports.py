@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from resdyn.experiments.base import Claim, ExperimentOutcome
-from resdyn.reports.figures import line_figure
+from resdyn.plotting import line_figure
 from resdyn.reports.render import write_report
 
 

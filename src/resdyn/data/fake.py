@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.base import generator_for
+from .._seeds import generator_for
 from .formats import dumps_like_cifar, write_idx
 from .integrity import md5_bytes
 

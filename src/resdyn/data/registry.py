@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..models.base import derive_seed
+from .._seeds import derive_seed
 from .base import Dataset
 from .files import load_cifar, load_mnist
 from .synthetic import circles, teacher, two_spirals

@@ -15,7 +15,7 @@ once j - 1 < t n_c / N (upper quota, its release) and must be placed by step cei
 Young's quota method is house-monotone and satisfies quota), and for unit jobs EDF finds one.
 
 Within class c, points are taken in the order of one random permutation of the pool drawn from
-the ``(seed, 'subsample')`` stream of :func:`resdyn.models.base.generator_for`: the sample of
+the ``(seed, 'subsample')`` stream of :func:`resdyn._seeds.generator_for`: the sample of
 size S is the first q_c(S) class-c points in that order, for every c. Hence (S, seed) always gives
 the same indices, and S < S' gives nested samples (q_c is nondecreasing in S). The indices are
 returned sorted ascending.
@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int
-from ..models.base import generator_for
+from .._seeds import generator_for
 from .base import Dataset
 
 __all__ = ["class_quotas", "class_sequence", "stratified_indices", "subsample"]

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from .._checks import check_int, check_positive
-from ..models.base import generator_for
+from .._seeds import generator_for
 
 __all__ = ["circles", "teacher", "teacher_weights", "two_spirals"]
 

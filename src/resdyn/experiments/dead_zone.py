@@ -58,7 +58,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zon
             {"dead_zone": dz_ci.as_dict(), **{a: c.as_dict() for a, c in base_ci.items()},
              "intervals_separate": separate}))
     if out_dir is not None and table:
-        from ..reports.figures import line_figure
+        from ..plotting import line_figure
 
         series = []
         for act in dict.fromkeys(r["activation"] for r in table):

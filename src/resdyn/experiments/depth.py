@@ -61,7 +61,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
             f"continuous-model test accuracy {cont_ci['test_acc']}", 0.7 <= acc <= 0.95,
             "mean continuous-model test accuracy within [0.7, 0.95]", {"acc": acc}))
     if out_dir is not None and Ls:
-        from ..reports.figures import line_figure
+        from ..plotting import line_figure
 
         for m, title in (("test_acc", "Test accuracy"), ("train_loss", "Training loss"),
                          ("test_loss", "Test loss"), ("train_acc", "Training accuracy")):

@@ -157,7 +157,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
     _bound_claim(rows, outcome)
     outcome.data["figures"] = {"gap": gap_series, "bound": bound_series}
     if out_dir is not None:
-        from ..reports.figures import line_figure
+        from ..plotting import line_figure
 
         if gap_series:
             outcome.figures["gap against S (log-log)"] = line_figure(

@@ -12,12 +12,13 @@ generator, so that a model's initial weights depend on its seed only, never on i
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
+
+from .._seeds import derive_seed, generator_for
 
 __all__ = ["Model", "Params", "derive_seed", "generator_for", "init_params", "num_parameters"]
 
@@ -37,28 +38,6 @@ class Model(Protocol):
         ...
 
     def forward(self, params: Params, x: Tensor) -> Tensor: ...
-
-
-def derive_seed(seed: int, stream: str) -> int:
-    """A 63-bit seed for the named random stream of ``seed`` (init, data, minibatch ...).
-
-    Streams are independent by construction (a hash), so adding a new stream never shifts the
-    numbers an existing one draws.
-    """
-    digest = hashlib.sha256(f"{int(seed)}/{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-def generator_for(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded for ``(seed, stream)``.
-
-    Draws happen on the CPU and are moved afterwards, so a seed gives the same numbers on every
-    device.
-    """
-    del device  # draws always happen on the CPU; see docstring
-    g = torch.Generator(device="cpu")
-    g.manual_seed(derive_seed(seed, stream))
-    return g
 
 
 def init_params(

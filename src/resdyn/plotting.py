@@ -1,4 +1,4 @@
-"""Figures for the report: matplotlib (Agg) to PNG files."""
+"""Figures: matplotlib (Agg) to PNG files, below experiments and reports so every layer can plot."""
 
 from __future__ import annotations
 
