@@ -25,11 +25,11 @@ from resdyn.theory.pathnorm import continuous_path_norm, flow_path_norm, path_no
 from resdyn.theory.rademacher import (
     exact_linear_rademacher,
     frobenius_member,
-    mc_rademacher,
     path_norm_member,
     spectral_member,
 )
 from resdyn.training import TrainConfig
+from resdyn.training.rademacher import mc_rademacher
 
 SQRT2 = math.sqrt(2.0)
 

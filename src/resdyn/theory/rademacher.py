@@ -5,7 +5,8 @@ Rad_S(F) = E_eps sup_{f in F} (1/S) sum_i eps_i f(x_i), eps uniform on {-1, +1}^
 
 * :func:`exact_linear_rademacher`: F = {x -> v . x~ : ||v||_2 <= Q}, where the supremum is
   Q ||sum_i eps_i x~_i||_2 in closed form, averaged over all 2^S sign vectors (S <= 20).
-* :func:`mc_rademacher`: n_signs sign vectors drawn from a seed; for each, the supremum is
+* ``resdyn.training.rademacher.mc_rademacher`` (it trains, so it lives in the training layer and
+  uses the members defined here): n_signs sign vectors drawn from a seed; for each, the supremum is
   approximated from below by training ``restarts`` members of the class (scalar-output ResNets of
   the given shape, all at once on the model axis) to maximise (1/S) sum_i eps_i f(x_i), each kept
   inside the class by a map ``member`` (rescaling the readout to path norm Q, or scaling every
@@ -16,14 +17,13 @@ Rad_S(F) = E_eps sup_{f in F} (1/S) sum_i eps_i f(x_i), eps uniform on {-1, +1}^
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..models.base import Params, init_params
+from ..models.base import Params
 from ..models.resnet import ResNet
 from .pathnorm import DEFAULT_KAPPA, path_norm_state
 
@@ -31,7 +31,6 @@ __all__ = [
     "MCResult",
     "exact_linear_rademacher",
     "frobenius_member",
-    "mc_rademacher",
     "path_norm_member",
     "spectral_member",
 ]
@@ -130,44 +129,3 @@ def _mats(model: ResNet, p: Params) -> list[Tensor]:
         out.append(p["V"][:, l])
     out.append(torch.cat([p["R"], p["r"].unsqueeze(-1)], -1))
     return out
-
-
-def mc_rademacher(
-    model: ResNet,
-    x: Tensor,
-    member: Member,
-    n_signs: int = 32,
-    restarts: int = 2,
-    steps: int = 300,
-    lr: float = 0.05,
-    seed: int = 0,
-) -> MCResult:
-    """Monte-Carlo lower estimate of Rad_S of the class that ``member`` maps into (module
-    docstring). ``model`` must have out_dim = 1 (the coordinate class Pi_1); its ``depth``
-    counts stored layers (a tied model stores one)."""
-    if model.out_dim != 1:
-        raise ValueError(f"mc_rademacher needs a scalar-output model (out_dim=1), got {model.out_dim}")
-    for name, v in (("n_signs", n_signs), ("restarts", restarts), ("steps", steps)):
-        if not (isinstance(v, int) and v >= 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-    x = x.to(torch.float64).flatten(1)
-    S = x.shape[0]
-    g = torch.Generator().manual_seed(int(seed))
-    eps = torch.randint(0, 2, (n_signs, S), generator=g).to(torch.float64) * 2 - 1
-    E = n_signs * restarts
-    params = init_params(model, [seed * 100003 + i for i in range(E)], torch.float64)
-    eps_e = eps.repeat_interleave(restarts, 0)  # (E, S)
-    xb = x.unsqueeze(0).expand(E, S, x.shape[1])
-    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    opt = torch.optim.Adam(list(leaves.values()), lr=lr)
-    best = torch.full((E,), -math.inf, dtype=torch.float64)
-    for _ in range(steps + 1):
-        f = model.forward(member(leaves), xb)[..., 0]
-        corr = (eps_e * f).mean(-1)
-        best = torch.maximum(best, corr.detach())
-        opt.zero_grad()
-        (-corr.sum()).backward()
-        opt.step()
-    values = best.view(n_signs, restarts).amax(-1)
-    se = float(values.std(unbiased=True) / math.sqrt(n_signs)) if n_signs > 1 else float("nan")
-    return MCResult(float(values.mean()), se, values)

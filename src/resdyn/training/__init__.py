@@ -2,6 +2,8 @@
 
 from .engine import TrainConfig, TrainResult, TrainState, evaluate, train
 from .layout import ChunkLayout, chunk_layout
+from .objective import Objective
+from .optim import LBFGS, SGD, Adam, Optimizer, StepContext
 
-__all__ = ["ChunkLayout", "TrainConfig", "TrainResult", "TrainState", "chunk_layout", "evaluate",
-           "train"]
+__all__ = ["LBFGS", "SGD", "Adam", "ChunkLayout", "Objective", "Optimizer", "StepContext",
+           "TrainConfig", "TrainResult", "TrainState", "chunk_layout", "evaluate", "train"]

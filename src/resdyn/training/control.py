@@ -30,9 +30,9 @@ and its continuum counterpart alpha int_0^T (T - s) |theta(s)|^2 ds + beta int_0
 (the H^1(Delta) norm of theta(t, s) = theta(s)), with theta the P1 interpolant of the nodes s_j = j h,
 constant on [t_{N-1}, T].
 
-Training: Adam on all models of a group at once (``resdyn.training.optim.update``, per-model
-learning rates), then L-BFGS with a strong-Wolfe line search one model at a time (a line search is
-shared by everything one L-BFGS optimises, so models are never coupled through it).
+Training: the engine (``resdyn.training.train``) with :func:`control_objective`: batched Adam on
+all models of a group (per-model learning rates), then the engine's batched L-BFGS (each model its
+own history and Armijo step, ``resdyn.training.optim.LBFGS``).
 """
 
 from __future__ import annotations
@@ -45,14 +45,16 @@ import torch
 from torch import Tensor
 
 from .._checks import check_choice, check_int, check_positive
+from ..data.base import Dataset
 from ..models.base import Params
 from ..models.blocks import embed, readout
 from ..models.dnl import DNLNet, VolterraDNL
 from ..models.resnet import ResNet
 from ..models.volterra import march, p1_at_grid, p1_norms, pair_count
-from .engine import per_model_finite, per_model_lr
+from .engine import TrainConfig, train
 from .losses import LOSSES, correct, per_sample_loss
-from .optim import OptimizerSpec, init_state, update
+from .objective import Objective
+from .optim import LBFGS, Adam
 
 __all__ = [
     "CONTROLS",
@@ -62,6 +64,7 @@ __all__ = [
     "continuous_objective",
     "continuous_penalty",
     "control_l2_distance",
+    "control_objective",
     "h1_penalty",
     "h1_penalty_layers",
     "objective",
@@ -208,6 +211,16 @@ def _expand(x: Tensor, B: int) -> Tensor:
     return x.unsqueeze(0).expand(B, *x.shape) if x.dim() == 2 else x
 
 
+def control_objective(model, weights: ControlWeights, loss: str = "cross_entropy",
+                      frozen: tuple[str, ...] = ("A", "c")) -> Objective:
+    """J_N as the engine's :class:`Objective`: per-sample ``loss``, penalty R_N(theta) + gamma
+    (|R|^2 + |r|^2) per model, ``frozen`` names not trained."""
+    _check_model(model)
+    return Objective(loss=loss, penalty=functools.partial(_penalties, model, weights=weights,
+                                                          continuous=False),
+                     frozen=frozenset(frozen))
+
+
 def objective(model, params: Params, x: Tensor, y: Tensor, weights: ControlWeights,
               loss: str = "cross_entropy") -> dict[str, Tensor]:
     """J_N of every model (all on the same data ``x`` (n, d), labels ``y`` (n,)): a dict of (B,)
@@ -331,65 +344,44 @@ def train_control(
     grad_tol: float = 1e-9,
     history_size: int = 20,
 ) -> ControlResult:
-    """Minimise J_N for every model of ``params`` (leading axis E): ``adam_steps`` of batched Adam
-    (learning rate ``lr``, one number or one per model), then up to ``lbfgs_iters`` L-BFGS iterations
-    (strong-Wolfe line search, stop when max |grad| < ``grad_tol``) one model at a time. ``frozen``
-    parameters are not trained. A model whose objective stops being finite under Adam is frozen
-    at its last finite parameters; an L-BFGS run that ends worse (or not finite) is discarded."""
+    """Minimise J_N for every model of ``params`` (leading axis E) with the engine: ``adam_steps``
+    of batched Adam (learning rate ``lr``, one number or one per model), then ``lbfgs_iters`` steps
+    of the engine's batched L-BFGS (``resdyn.training.optim.LBFGS``: each model its own history of
+    ``history_size`` pairs and its own Armijo step from length 1; a model stops moving once
+    max |grad| <= ``grad_tol``). ``frozen`` parameters are not trained. The objective is
+    :func:`control_objective` (data loss + R_N + readout penalty). A model whose objective stops
+    being finite is frozen at its last finite parameters; an L-BFGS run that ends worse (or not
+    finite) is discarded."""
     _check_model(model)
     check_int("adam_steps", adam_steps, 0)
     check_int("lbfgs_iters", lbfgs_iters, 0)
     check_choice("loss", loss, LOSSES)
-    unknown = sorted(set(frozen) - set(params))
-    if unknown:
-        raise ValueError(f"frozen names unknown parameters {unknown}; allowed: {sorted(params)}")
-    E = params["R"].shape[0]
-    dtype, device = params["R"].dtype, params["R"].device
-    trained = [k for k in params if k not in frozen]
+    obj = control_objective(model, weights, loss, frozen)
+    trained, _ = obj.split(params)
     fixed = {k: params[k].detach() for k in frozen}
-    cur = {k: params[k].detach().clone() for k in trained}
-    lr_t = per_model_lr(lr, E, dtype, device)
-
-    spec = OptimizerSpec("adam")
-    state = init_state(spec, cur)
-    active = torch.ones(E, dtype=torch.bool, device=device)
-    hist = torch.full((adam_steps, E), float("nan"), dtype=dtype, device=device)
-    for t in range(adam_steps):
-        leaves = {k: v.requires_grad_(True) for k, v in ((k, v.detach()) for k, v in cur.items())}
-        J = objective(model, {**fixed, **leaves}, x, y, weights, loss)["J"]
-        grads = torch.autograd.grad(J.sum(), [leaves[k] for k in trained])
-        active = active & per_model_finite(J.detach(), grads)
-        hist[t] = J.detach()  # stays on the device: no host sync per step
-        cur, state = update(spec, {k: v.detach() for k, v in leaves.items()},
-                            dict(zip(trained, grads, strict=True)), state, lr_t, t + 1, active)
+    E = params["R"].shape[0]
+    data = Dataset("control", x, y, x[:0], y[:0], max(int(y.max()) + 1, 2) if len(y) else 2)
+    idx = [torch.arange(len(y))] * E
+    cfg = TrainConfig(steps=adam_steps, loss=loss, chunk_size=max(len(y), 1))
+    adam = train(model, params, data, idx, lr, cfg, evaluate_test=False, objective=obj,
+                 optimizer=Adam())
+    cur = {k: adam.params[k] for k in trained}
     after_adam, _ = _grad_norms(model, {**fixed, **cur}, x, y, weights, loss, trained)
 
     iters = torch.zeros(E, dtype=torch.long)
     if lbfgs_iters:
-        for e in range(E):
-            one_fixed = {k: v[e : e + 1] for k, v in fixed.items()}
-            leaves = [cur[k][e : e + 1].clone().requires_grad_(True) for k in trained]
-            opt = torch.optim.LBFGS(leaves, lr=1.0, max_iter=lbfgs_iters, max_eval=2 * lbfgs_iters,
-                                    tolerance_grad=grad_tol, tolerance_change=1e-16,
-                                    history_size=history_size, line_search_fn="strong_wolfe")
-
-            def closure(leaves=leaves, one_fixed=one_fixed, opt=opt):
-                opt.zero_grad()
-                p = {**one_fixed, **dict(zip(trained, leaves, strict=True))}
-                J = objective(model, p, x, y, weights, loss)["J"].sum()
-                J.backward()
-                return J
-
-            opt.step(closure)
-            with torch.no_grad():
-                p = {**one_fixed, **dict(zip(trained, leaves, strict=True))}
-                J_new = objective(model, p, x, y, weights, loss)["J"][0]
-            if torch.isfinite(J_new) and J_new <= after_adam["J"][e]:
-                for k, leaf in zip(trained, leaves, strict=True):
-                    cur[k][e] = leaf.detach()[0]
-            iters[e] = int(opt.state[opt._params[0]].get("n_iter", 0))
+        second = train(model, {**fixed, **cur}, data, idx, 1.0,
+                       dataclasses.replace(cfg, steps=lbfgs_iters), evaluate_test=False,
+                       objective=obj, optimizer=LBFGS(history=history_size, grad_tol=grad_tol))
+        with torch.no_grad():
+            J_new = objective(model, second.params, x, y, weights, loss)["J"]
+        better = torch.isfinite(J_new) & (J_new <= after_adam["J"])
+        cur = {k: torch.where(better.view(-1, *([1] * (v.dim() - 1))), second.params[k], v)
+               for k, v in cur.items()}
+        iters = torch.where(better, second.state.opt_state["lbfgs.iters"], 0).cpu()
     final = {**fixed, **cur}
     res, gn = _grad_norms(model, final, x, y, weights, loss, trained)
     metrics = {k: v.cpu() for k, v in res.items()}
     metrics.update(grad_norm=gn.cpu(), adam_J=after_adam["J"].cpu(), lbfgs_iters=iters)
-    return ControlResult({k: v.detach() for k, v in final.items()}, metrics, hist.cpu())
+    return ControlResult({k: v.detach() for k, v in final.items()}, metrics,
+                         adam.state.loss_history.cpu())

@@ -28,7 +28,9 @@ from ..data.base import Dataset
 from ..models.base import Model, Params, generator_for
 from .layout import ChunkLayout, chunk_layout
 from .losses import LOSSES, correct, per_sample_loss
-from .optim import OPTIMIZERS, OptimizerSpec, init_state, update
+from .objective import Objective
+from .optim import OPTIMIZERS, Optimizer, OptimizerSpec, StepContext
+from .progress import ProgressFn, make_progress
 
 __all__ = ["TrainConfig", "TrainResult", "TrainState", "evaluate", "per_model_finite", "per_model_lr",
            "train"]
@@ -213,15 +215,24 @@ def train(
     state: TrainState | None = None,
     hooks: Sequence[tuple[int, Hook]] = (),
     evaluate_test: bool = True,
+    objective: Objective | None = None,
+    optimizer: Optimizer | None = None,
+    progress: bool | ProgressFn = False,
 ) -> TrainResult:
     """Train the E models in ``params`` (leading axis E) and report per-model metrics.
 
     train_indices[e]: model e's rows of ``data``'s training pool (its sample of size S_e).
-    lr: one rate or one per model. seeds[e]: orders model e's minibatches (default: e).
-    state: resume from a :class:`TrainState` (``params`` is then ignored). hooks: pairs
-    (every, fn); fn(step, state) runs at step 0, every ``every`` steps, and at the last step.
+    lr: one rate or one per model. seeds[e]: orders model e's minibatches and names its random
+    streams (default: e). state: resume from a :class:`TrainState` (``params`` is then ignored).
+    hooks: pairs (every, fn); fn(step, state) runs at step 0, every ``every`` steps, and at the
+    last step. objective: what is minimised (:class:`Objective`; default: ``config.loss``, no
+    penalty); ``loss_history[t, e]`` holds model e's objective J_e before update t+1. optimizer:
+    an :class:`~resdyn.training.optim.Optimizer` (default: built from ``config``). progress: True
+    for a progress bar, or a callable fn(step, total, objective (E,)) called after every step.
     Metrics: train_loss, train_acc, test_loss, test_acc, loss_gap = test_loss - train_loss,
-    error_gap = train_acc - test_acc, diverged (0/1), diverged_step (-1: none).
+    error_gap = train_acc - test_acc, diverged (0/1), diverged_step (-1: none); losses are the
+    objective's per-sample loss, at the forward parameters of ``objective.sample`` (if any) at
+    step ``config.steps``.
     """
     E = next(iter(params.values())).shape[0]
     if len(train_indices) != E:
@@ -229,17 +240,19 @@ def train(
     seeds = list(range(E)) if seeds is None else list(seeds)
     if len(seeds) != E:
         raise ValueError(f"seeds has {len(seeds)} entries for {E} models")
+    objective = Objective(loss=config.loss) if objective is None else objective
+    opt = config.optimizer_spec.build() if optimizer is None else optimizer
+    trainable, frozen = objective.split(params)
     p0 = next(iter(params.values()))
     dtype, device = p0.dtype, p0.device
     lr_t = per_model_lr(lr, E, dtype, device)
-    spec = config.optimizer_spec
     scales = getattr(model, "lr_scales", lambda: {})()
 
     if state is None:
         params = {k: v.detach().clone() for k, v in params.items()}
         state = TrainState(
             params=params,
-            opt_state=init_state(spec, params),
+            opt_state=opt.init_state({k: params[k] for k in trainable}),
             step=0,
             active=torch.ones(E, dtype=torch.bool, device=device),
             diverged_step=torch.full((E,), -1, dtype=torch.long, device=device),
@@ -260,42 +273,67 @@ def train(
             if step == 0 or final or (every > 0 and step % every == 0):
                 fn(step, state)
 
+    report = make_progress(progress, E, config.steps, state.step)
     if state.step == 0:
         run_hooks(0)
-    for t in range(state.step, config.steps):
-        if full is not None:
-            lay, x, y = full
-        else:
-            lay = chunk_layout(batches.at(t), config.chunk_size)
-            x = data.prepare(data.x[lay.index], dtype, device)
-            y = data.y[lay.index].to(device)
-            lay = lay.to(device)
-        leaves = {k: v.detach().requires_grad_(True) for k, v in state.params.items()}
-        out = _batched_outputs(model, leaves, x, lay.owner)
-        model_loss = lay.per_model_mean(per_sample_loss(out, y, config.loss))
-        grads = torch.autograd.grad(model_loss.sum(), list(leaves.values()))
-        model_loss = model_loss.detach()
-        ok = per_model_finite(model_loss, grads)
-        newly = state.active & ~ok
-        state.diverged_step = torch.where(newly, t, state.diverged_step)
-        state.active = state.active & ok
-        state.loss_history[t] = model_loss
-        state.params, state.opt_state = update(
-            spec, state.params, dict(zip(leaves, grads, strict=True)), state.opt_state,
-            lr_t, t + 1, state.active, scales,
-        )
-        state.step = t + 1
-        run_hooks(state.step, final=state.step == config.steps)
+    try:
+        for t in range(state.step, config.steps):
+            if full is not None:
+                lay, x, y = full
+            else:
+                lay = chunk_layout(batches.at(t), config.chunk_size)
+                x = data.prepare(data.x[lay.index], dtype, device)
+                y = data.y[lay.index].to(device)
+                lay = lay.to(device)
+            fixed = {k: state.params[k] for k in frozen}
 
-    metrics = _final_metrics(model, state, data, train_indices, config, evaluate_test)
+            def J_of(theta: Params, t=t, lay=lay, x=x, y=y, fixed=fixed) -> Tensor:
+                fwd = objective.forward_params(theta, fixed, t, seeds)
+                out = _batched_outputs(model, fwd, x, lay.owner)
+                return objective.value(lay.per_model_mean(per_sample_loss(out, y, objective.loss)),
+                                       theta)
+
+            def evaluate_at(theta: Params, J_of=J_of) -> Tensor:
+                with torch.no_grad():
+                    return J_of(theta)
+
+            leaves = {k: state.params[k].detach().requires_grad_(True) for k in trainable}
+            J = J_of(leaves)
+            grads = torch.autograd.grad(J.sum(), list(leaves.values()), allow_unused=True)
+            grads = [torch.zeros_like(v) if g is None else g
+                     for v, g in zip(leaves.values(), grads, strict=True)]
+            J = J.detach()
+            ok = per_model_finite(J, grads)
+            newly = state.active & ~ok
+            state.diverged_step = torch.where(newly, t, state.diverged_step)
+            state.active = state.active & ok
+            state.loss_history[t] = J
+            ctx = StepContext(lr_t, t + 1, state.active, scales, J, evaluate_at)
+            new, state.opt_state = opt.step({k: v.detach() for k, v in leaves.items()},
+                                            dict(zip(leaves, grads, strict=True)), state.opt_state, ctx)
+            state.params = {k: new[k] if k in new else state.params[k] for k in state.params}
+            state.step = t + 1
+            run_hooks(state.step, final=state.step == config.steps)
+            report(state.step, J)
+    finally:
+        report.close()
+
+    metrics = _final_metrics(model, state, data, train_indices, config, evaluate_test, objective,
+                             seeds, frozen)
     return TrainResult(state=state, metrics=metrics)
 
 
-def _final_metrics(model, state, data, train_indices, config, evaluate_test) -> dict[str, Tensor]:
-    tr = evaluate(model, state.params, data, train_indices, config.loss, config.chunk_size)
+def _final_metrics(model, state, data, train_indices, config, evaluate_test, objective, seeds,
+                   frozen) -> dict[str, Tensor]:
+    params = state.params
+    if objective.sample is not None:
+        with torch.no_grad():
+            params = objective.forward_params({k: v for k, v in params.items() if k not in frozen},
+                                              {k: params[k] for k in frozen}, config.steps, seeds)
+    tr = evaluate(model, params, data, train_indices, objective.loss, config.chunk_size)
     m = {"train_loss": tr["loss"], "train_acc": tr["acc"]}
     if evaluate_test and len(data.y_test):
-        te = evaluate(model, state.params, data, None, config.loss, config.chunk_size, "test")
+        te = evaluate(model, params, data, None, objective.loss, config.chunk_size, "test")
         m.update(test_loss=te["loss"], test_acc=te["acc"],
                  loss_gap=te["loss"] - tr["loss"], error_gap=tr["acc"] - te["acc"])
     m["diverged"] = (state.diverged_step >= 0).cpu().to(torch.long)

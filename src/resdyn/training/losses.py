@@ -3,6 +3,8 @@
 cross_entropy: -log softmax(f)_y.
 squared: (1/2) ||f - t||^2 with t the one-hot code of y when k > 1, and t = 2y - 1 in {-1, +1}
 when k = 1 (binary labels, the mean-field family's convention).
+correlation: -t f for a scalar output f (k = 1) and t = 2y - 1 in {-1, +1}: its mean over a sample
+is minus the correlation (1/S) sum_i t_i f(x_i) that the Rademacher estimator maximises.
 Correct: argmax f = y for k > 1, sign(f) = t for k = 1.
 """
 
@@ -13,7 +15,7 @@ from torch import Tensor
 
 __all__ = ["LOSSES", "correct", "per_sample_loss"]
 
-LOSSES = ("cross_entropy", "squared")
+LOSSES = ("cross_entropy", "squared", "correlation")
 
 
 def _targets(out: Tensor, y: Tensor) -> Tensor:
@@ -29,6 +31,10 @@ def per_sample_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
         return -torch.log_softmax(out, dim=-1).gather(-1, y.unsqueeze(-1)).squeeze(-1)
     if loss == "squared":
         return 0.5 * (out - _targets(out, y)).square().sum(-1)
+    if loss == "correlation":
+        if out.shape[-1] != 1:
+            raise ValueError(f"loss 'correlation' needs out_dim = 1, got {out.shape[-1]}")
+        return -(_targets(out, y) * out).squeeze(-1)
     raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}; got {loss!r}")
 
 
