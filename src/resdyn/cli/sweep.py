@@ -87,7 +87,7 @@ def run(spec_path, store, executor, ray_address, device, threads, quiet) -> None
 def _read(store: Path, read):
     """``read(store)`` on the opened store; any StoreError is one line on stderr and exit 1."""
     try:
-        with Store(store, create=False) as st:
+        with Store(store, create=False, readonly=True) as st:
             return read(st)
     except StoreError as err:
         _fail(str(err))

@@ -36,7 +36,7 @@ def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
 def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[ExperimentOutcome]:
     """Analyse every reproduction the store holds (sweep rows by spec name, and stored outcomes)."""
     fig_dir = Path(fig_dir)
-    with Store(store_path, create=False) as st:
+    with Store(store_path, create=False, readonly=True) as st:
         rows = st.rows()
         stored = st.outcomes()
     by_spec: dict[str, list] = {}

@@ -202,9 +202,7 @@ class Store:
         self.path = path if self.readonly else check_store_path(path)
         try:
             if self.readonly:
-                uri = "file:" + _uri_path(self.path) + "?mode=ro"
-                self.db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
-                self.db.execute("PRAGMA busy_timeout = 60000")
+                self.db = _connect_readonly(self.path)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
@@ -586,10 +584,26 @@ def _wait_nonempty(path: Path, wait: float = 2.0) -> None:
         time.sleep(0.05)
 
 
-def _uri_path(path: Path) -> str:
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """SQLite ``mode=ro``. A WAL store in a folder this process cannot write cannot get its
+    shared-memory file; when no write-ahead log holds data beyond the main file, it is then
+    opened ``immutable`` (the main file is all there is to read)."""
     from urllib.parse import quote
 
-    return quote(str(path.resolve()))
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 60000")
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        wal = Path(str(path) + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"store {path} cannot be read: its write-ahead log {wal} holds data "
+                             "and the folder is not writable; open it once where it is writable") from None
+    db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return db
 
 
 class _Tx:
