@@ -207,14 +207,15 @@ class Store:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
                 self.db.execute("PRAGMA busy_timeout = 60000")
-                self.db.execute("PRAGMA journal_mode = WAL")
-            self._check()
+            self._check()  # before anything is written: a foreign or damaged file stays as it was
             if not self.readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
                 self.db.executescript(SCHEMA)
                 self._migrate()
         except sqlite3.DatabaseError as err:
             self._close_quietly()
-            raise StoreError(f"cannot open store {self.path}: {err}") from None
+            raise StoreError(f"store {self.path} cannot be opened ({err}); it is damaged or not a "
+                             "resdyn store") from None
         except StoreError:
             self._close_quietly()
             raise
@@ -573,7 +574,7 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str
     return tensors, head
 
 
-def _wait_nonempty(path: Path, wait: float = 2.0) -> None:
+def _wait_nonempty(path: Path, wait: float = 1.0) -> None:
     """A 0-byte file is not a store; one that another process has just created gets ``wait``
     seconds to receive its header before it is refused."""
     deadline = time.monotonic() + wait
