@@ -79,7 +79,8 @@ class SpecError(ValueError):
 
 
 def _fail(path: str, msg: str) -> SpecError:
-    return SpecError(f"spec key {path}: {msg}")
+    shown = path if path.isprintable() else repr(path)  # a key with a newline stays one line
+    return SpecError(f"spec key {shown}: {msg}")
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,6 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
             raise _fail("name", str(err).removeprefix("name ")) from None
     else:
         name = safe_file_name(Path(source).stem if source else "spec")
-    _check_finite(raw, "")
     data, model, train = _table(raw, "data"), _table(raw, "model"), _table(raw, "train")
     sweep = _table(raw, "sweep")
     if "name" not in data:
@@ -223,6 +223,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     run = _run_options(run_raw)
     description = raw.get("description", "")
     _check_type("description", description, (str,), "a string")
+    _check_finite(raw, "")  # the rest: data options, measure options, model floats
     return Spec(name, data, model, train, sweep, measures, trackers, run, description, source)
 
 
