@@ -119,7 +119,7 @@ def _attempt(url: str, part: Path, timeout: float, max_bytes: int, deadline: flo
         _source(part).write_text(url)
         received = 0
         with open(part, mode) as f:
-            while chunk := resp.read(1 << 16):
+            while chunk := resp.read1(1 << 16):  # returns what has arrived: a trickle meets the deadline
                 received += len(chunk)
                 if written + received > max_bytes:
                     raise _TooLarge(written + received)
