@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from resdyn.cli.main import main
 from resdyn.data import MissingFileError, fake, load
-from resdyn.data.download import DownloadError, download
+from resdyn.data.download import DownloadError, download, fetch
 from resdyn.data.integrity import md5_bytes
 
 MAX_REQUESTS = 40
@@ -29,7 +29,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(503 if len(srv.log) > MAX_REQUESTS else 404)
             return
         body = srv.files[name]
-        if srv.mode == "wrong":
+        if srv.mode in ("endless", "trickle", "badlength"):
+            self._hostile(srv.mode)
+            return
+        if srv.mode == "baddrop" and srv.dropped:  # after dropping mid-file, the mirror is down
+            self.send_error(503)
+            return
+        if srv.mode in ("wrong", "baddrop"):
             body = body[:-1] + bytes([body[-1] ^ 1])
         start, status = 0, 200
         rng = self.headers.get("Range")
@@ -41,12 +47,33 @@ class _Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
         self.end_headers()
-        if srv.mode == "drop" and name not in srv.dropped:
+        if srv.mode in ("drop", "baddrop") and name not in srv.dropped:
             srv.dropped[name] = len(payload) // 2
             self.wfile.write(payload[: len(payload) // 2])
             self.close_connection = True  # the connection drops mid-file
             return
         self.wfile.write(payload)
+
+    def _hostile(self, mode):
+        import time
+
+        self.send_response(200)
+        if mode == "badlength":
+            self.send_header("Content-Length", "abc")
+            self.end_headers()
+            self.wfile.write(b"x" * 100)
+            return
+        self.send_header("Connection", "close")  # no length: the body ends when the server says
+        self.end_headers()
+        try:
+            for _ in range(100_000):
+                self.wfile.write(b"\0" * (1 << 16) if mode == "endless" else b"x")
+                self.wfile.flush()
+                if mode == "trickle":
+                    time.sleep(0.05)
+        except OSError:  # the client hung up
+            pass
+        self.close_connection = True
 
     def log_message(self, *args):
         pass
@@ -214,3 +241,75 @@ def test_a_refusing_mirror_keeps_the_partial_file_for_the_next_one(tmp_path, ser
     # The 404 did not discard the partial file: the good mirror was asked for the rest only.
     name = rel.rsplit("/", 1)[-1]
     assert [r for p, r in good.log if p.endswith(name)] == ["bytes=50-"]
+
+
+# -- hostile mirrors ------------------------------------------------------------------------------
+
+def _leftovers(folder):
+    return sorted(p.name for p in folder.rglob("*") if p.is_file())
+
+
+def test_a_body_with_no_length_and_no_end_stops_at_the_size_cap(tmp_path, server):
+    srv = server({"f.bin": b""}, mode="endless")
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match=r"f.bin.*sends more than 1048576 bytes .*; discarded"):
+        fetch([_url(srv) + "f.bin"], dest, "0" * 32, retries=0, timeout=5, max_bytes=1 << 20)
+    assert _leftovers(tmp_path) == []
+
+
+def test_the_manifest_size_caps_a_real_download(tmp_path, server):
+    files, m = _mnist()
+    rel = "MNIST/raw/train-labels-idx1-ubyte.gz"
+    srv = server({**files, rel: b"\0" * 40_000})  # the real file has 28881 bytes
+    with pytest.raises(DownloadError, match=r"sends more than 28881 bytes \(40000 so far\)"):
+        download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m, retries=0)
+    assert not list(tmp_path.rglob("*.part*"))
+
+
+def test_a_trickle_stops_at_the_overall_deadline(tmp_path, server):
+    srv = server({"f.bin": b""}, mode="trickle")
+    dest = tmp_path / "f.bin"
+    with pytest.raises(DownloadError, match=r"after the overall deadline of 0.5 s \(have \d+ bytes\)"):
+        fetch([_url(srv) + "f.bin"], dest, "0" * 32, retries=3, timeout=5, deadline=0.5)
+    assert not dest.exists()
+
+
+def test_a_malformed_content_length_is_that_mirrors_fault_not_a_traceback(tmp_path, server):
+    files, m = _mnist()
+    bad, good = server(files, mode="badlength"), server(files)
+    rel = "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    with pytest.raises(DownloadError, match=r"malformed Content-Length header 'abc'"):
+        fetch([_url(bad) + rel.rsplit("/", 1)[1]], tmp_path / "x.gz", m[rel], retries=0)
+    download("mnist", tmp_path, mirrors=[_url(bad), _url(good)], manifest=m, retries=0)
+    for r, data in files.items():
+        assert (tmp_path / r).read_bytes() == data
+    res = CliRunner().invoke(main, ["data", "download", "mnist", "--root", str(tmp_path / "b"),
+                                    "--mirror", _url(bad), "--retries", "0"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "FAILED: could not fetch" in res.output and "malformed Content-Length" in res.output
+
+
+def test_a_bad_mirror_dropping_mid_file_does_not_poison_the_good_one(tmp_path, server):
+    files, m = _mnist()
+    bad, good = server(files, mode="baddrop"), server(files)
+    download("mnist", tmp_path, mirrors=[_url(bad), _url(good)], manifest=m, retries=1)
+    for rel, data in files.items():
+        assert (tmp_path / rel).read_bytes() == data
+        name = rel.rsplit("/", 1)[1]
+        # The good mirror started afresh: the bad mirror's partial bytes were not resumed.
+        assert [r for p, r in good.log if p.endswith(name)] == [None]
+    assert not list(tmp_path.rglob("*.part*"))
+
+
+def test_a_resumed_part_that_fails_its_checksum_is_fetched_once_afresh(tmp_path, server):
+    files, m = _mnist()
+    rel = "MNIST/raw/train-labels-idx1-ubyte.gz"
+    part = tmp_path / (rel + ".part")
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"not the start of the file")  # of unknown origin
+    srv = server(files)
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m)
+    assert (tmp_path / rel).read_bytes() == files[rel]
+    name = rel.rsplit("/", 1)[1]
+    assert [r for p, r in srv.log if p.endswith(name)] == ["bytes=25-", None]
+    assert not list(tmp_path.rglob("*.part*"))

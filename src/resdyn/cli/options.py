@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -10,7 +13,7 @@ import torch
 
 from .._checks import resolve_device, resolve_dtype
 
-__all__ = ["compute_options", "setup_compute"]
+__all__ = ["compute_options", "setup_compute", "terminate_like_interrupt"]
 
 
 def compute_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,3 +36,21 @@ def setup_compute(device: str, dtype: str, threads: int | None) -> tuple[torch.d
     if threads is not None:
         torch.set_num_threads(threads)
     return dev, dt
+
+
+@contextlib.contextmanager
+def terminate_like_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt as SIGINT does, so a terminated run
+    unwinds: its claims are released and it says so, instead of vanishing mid-write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -11,12 +11,16 @@ from pathlib import Path
 import click
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from .._paths import check_name, inside
 from ..sweeps.spec import SpecError, load_spec
 from ..sweeps.store import Store, StoreError
-from .options import setup_compute
+from .options import setup_compute, terminate_like_interrupt
 
 
 def default_store(spec_name: str) -> Path:
+    """``runs/<spec name>.sqlite``; the name is checked against the name pattern and the path to
+    stay inside ``runs/``."""
+    inside("runs", f"{check_name('spec name', spec_name)}.sqlite")
     return Path("runs") / f"{spec_name}.sqlite"
 
 
@@ -64,9 +68,14 @@ def run(spec_path, store, executor, ray_address, device, threads, quiet) -> None
     try:
         spec = load_spec(spec_path)
         store = store or default_store(spec.name)
-        summary = execute_spec(spec, store, executor, device, threads, ray_address, quiet)
+        with terminate_like_interrupt():
+            summary = execute_spec(spec, store, executor, device, threads, ray_address, quiet)
     except (SpecError, StoreError) as err:
         _fail(str(err))
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: finished cells are in {store}, this run's claims are released; "
+                   "run the same command again to resume", err=True)
+        sys.exit(130)
     click.echo(f"{spec.name}: {summary.total} cells; {summary.already_done} already in the store, "
                f"{summary.trained} trained now ({summary.diverged} diverged) in {summary.groups} "
                f"groups; store: {store}")
@@ -75,12 +84,13 @@ def run(spec_path, store, executor, ray_address, device, threads, quiet) -> None
                    "run again once it has finished")
 
 
-def _open(store: Path) -> Store:
+def _read(store: Path, read):
+    """``read(store)`` on the opened store; any StoreError is one line on stderr and exit 1."""
     try:
-        return Store(store, create=False)
+        with Store(store, create=False, readonly=True) as st:
+            return read(st)
     except StoreError as err:
         _fail(str(err))
-        raise
 
 
 def flatten_row(row: dict) -> dict:
@@ -103,8 +113,11 @@ def flatten_row(row: dict) -> dict:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
 def results(store, fmt) -> None:
     """Print one row per finished cell of STORE."""
-    with _open(store) as st:
-        rows = [flatten_row(r) for r in st.rows()]
+    try:
+        rows = [flatten_row(r) for r in _read(store, Store.rows)]
+    except (KeyError, TypeError, AttributeError) as err:
+        _fail(f"store {store}: a row lacks the settings of a resdyn cell ({type(err).__name__}: "
+              f"{err}); the store is damaged or foreign")
     if fmt == "json":
         click.echo(json.dumps(rows, indent=1))
         return
@@ -122,13 +135,14 @@ def results(store, fmt) -> None:
 @click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--spec", "spec_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="The spec, to say which of its cells are missing.")
-def status(store, spec_path) -> None:
+@click.option("--verify", is_flag=True,
+              help="Check every row's weights file against the sha256 in its row.")
+def status(store, spec_path, verify) -> None:
     """Say what STORE has done and, given --spec, what is missing."""
     import time
 
-    with _open(store) as st:
-        rows = st.rows()
-        leases = st.leases()
+    rows, leases, checks = _read(store, lambda st: (st.rows(), st.leases(),
+                                                    st.verify() if verify else []))
     by_spec: dict[str, list] = {}
     for r in rows:
         by_spec.setdefault(r["spec"], []).append(r)
@@ -155,3 +169,11 @@ def status(store, spec_path) -> None:
                        f"model={c.config['model']['family']}")
         if len(missing) > 20:
             click.echo(f"  ... and {len(missing) - 20} more")
+    if verify:
+        bad = [(cid, state) for cid, state in checks if state != "ok"]
+        click.echo(f"verify: {len(checks) - len(bad)} of {len(checks)} weights files match their "
+                   "row's sha256")
+        for cid, state in bad:
+            click.echo(f"  {cid}: {state}")
+        if any(not state.startswith("unrecorded") for _, state in bad):
+            sys.exit(1)

@@ -8,7 +8,14 @@ standard library only (urllib) and
   already in ``DEST.part`` (a server that answers 200 instead of 206 restarts the file);
 - checks the md5 of the finished ``.part`` against the manifest, and only then renames it onto
   ``DEST`` with ``os.replace`` (atomic on one file system); a wrong checksum deletes the
-  ``.part`` and tries the next mirror.
+  ``.part`` and tries the next mirror (after one fresh attempt when the ``.part`` was resumed:
+  its prefix may have been the fault);
+- ties a ``.part`` to the URL that wrote it (``DEST.part.src``): another mirror, which may serve
+  other bytes, starts the file afresh (a ``.part`` of unknown origin is resumed, then checked);
+- never writes more than the manifest's size of the file (``size``; else :data:`DEFAULT_MAX_BYTES`)
+  and gives up after an overall deadline, however slowly the bytes trickle in;
+- reads ``Content-Length`` and ``Content-Range`` defensively: a malformed header is that
+  mirror's fault, not a traceback.
 
 CIFAR archives are then unpacked member by member (only the expected names, each checked
 against its own md5) into a temporary folder that is renamed into place.
@@ -19,8 +26,10 @@ from __future__ import annotations
 import http.client
 import io
 import os
+import re
 import shutil
 import tarfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -43,6 +52,11 @@ __all__ = ["DownloadError", "download", "extract_cifar", "fetch", "verify"]
 
 Log = Callable[[str], None]
 
+#: Most bytes written for a file whose manifest entry gives no size.
+DEFAULT_MAX_BYTES = 2 * 2**30
+#: Seconds one file may take in all, over every mirror and retry, by default.
+DEFAULT_DEADLINE = 3600.0
+
 
 class DownloadError(DataError, OSError):
     """No mirror delivered a file with the expected checksum."""
@@ -52,7 +66,39 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _attempt(url: str, part: Path, timeout: float) -> None:
+class _Deadline(Exception):  # noqa: N818 - internal signal, never escapes fetch
+    pass
+
+
+class _TooLarge(Exception):  # noqa: N818 - internal signal, never escapes fetch
+    pass
+
+
+def _content_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not re.fullmatch(r"\s*\d{1,18}\s*", value):
+        raise http.client.HTTPException(f"malformed Content-Length header {value[:40]!r}")
+    return int(value)
+
+
+def _range_start(value: str | None) -> int:
+    m = re.fullmatch(r"\s*bytes\s+(\d{1,18})-\d{1,18}/(\d{1,18}|\*)\s*", value or "")
+    if m is None:
+        raise http.client.HTTPException(f"malformed Content-Range header {str(value)[:60]!r}")
+    return int(m.group(1))
+
+
+def _source(part: Path) -> Path:
+    return part.with_name(part.name + ".src")
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _source(part).unlink(missing_ok=True)
+
+
+def _attempt(url: str, part: Path, timeout: float, max_bytes: int, deadline: float) -> None:
     """One request for ``url``, appending to ``part`` from its current size (Range resume)."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": "resdyn-data/1", "Accept-Encoding": "identity"}
@@ -62,58 +108,94 @@ def _attempt(url: str, part: Path, timeout: float) -> None:
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         mode = "wb"
         if offset and resp.status == 206:
-            start = resp.headers.get("Content-Range", "").removeprefix("bytes ").split("-")[0]
-            if start.strip() != str(offset):
-                raise http.client.HTTPException(f"server resumed at {start!r}, asked for {offset}")
+            start = _range_start(resp.headers.get("Content-Range"))
+            if start != offset:
+                raise http.client.HTTPException(f"server resumed at {start}, asked for {offset}")
             mode = "ab"
-        length = resp.headers.get("Content-Length")
+        length = _content_length(resp.headers.get("Content-Length"))
+        written = offset if mode == "ab" else 0
+        if length is not None and written + length > max_bytes:
+            raise _TooLarge(written + length)
+        _source(part).write_text(url)
         received = 0
         with open(part, mode) as f:
-            while chunk := resp.read(1 << 16):
-                f.write(chunk)
+            while chunk := resp.read1(1 << 16):  # returns what has arrived: a trickle meets the deadline
                 received += len(chunk)
+                if written + received > max_bytes:
+                    raise _TooLarge(written + received)
+                f.write(chunk)
+                if time.monotonic() > deadline:
+                    raise _Deadline
         # http.client returns b"" (no error) when the connection closes early: check the length.
-        if length is not None and received < int(length):
-            raise http.client.IncompleteRead(b"", int(length) - received)
+        if length is not None and received < length:
+            raise http.client.IncompleteRead(b"", length - received)
 
 
 def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: float = 30.0,
-          log: Log = _quiet) -> Path:
+          log: Log = _quiet, max_bytes: int = DEFAULT_MAX_BYTES,
+          deadline: float = DEFAULT_DEADLINE) -> Path:
     """Download ``dest`` from the first of ``urls`` that delivers it with md5 ``md5``.
 
-    Each mirror gets ``retries`` resumed attempts after a dropped connection. Returns ``dest``.
+    Each mirror gets ``retries`` resumed attempts after a dropped connection. At most
+    ``max_bytes`` are written and the whole call takes at most about ``deadline`` seconds (plus
+    one ``timeout``). Returns ``dest``.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     problems: list[str] = []
+    end = time.monotonic() + deadline
     for url in urls:
+        src = _source(part)
+        if part.exists() and src.exists() and src.read_text(errors="replace") != url:
+            _discard(part)  # written by another mirror, which may serve other bytes
+        resumed = part.exists() and part.stat().st_size > 0
         done = False  # only a complete transfer is checked; a refused one keeps its .part
-        for attempt in range(retries + 1):
+        attempt = 0
+        while attempt <= retries:
+            attempt += 1
             try:
-                _attempt(url, part, timeout)
+                _attempt(url, part, timeout, max_bytes, end)
                 done = True
-                break
             except urllib.error.HTTPError as err:
                 if err.code == 416 and part.exists():  # our .part is not a prefix of this file
-                    part.unlink()
+                    _discard(part)
                     continue
                 problems.append(f"{url}: HTTP {err.code} {err.reason}")
+                break
+            except _TooLarge as err:
+                _discard(part)
+                problems.append(f"{url}: sends more than {max_bytes} bytes ({err.args[0]} so far), "
+                                "the most this file may have; discarded")
+                break
+            except _Deadline:
+                problems.append(f"{url}: gave up after the overall deadline of {deadline:g} s "
+                                f"(have {part.stat().st_size if part.exists() else 0} bytes)")
                 break
             except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
                 have = part.stat().st_size if part.exists() else 0
                 problems.append(f"{url}: {type(err).__name__}: {err} (have {have} bytes)")
-                if attempt < retries:
+                if attempt <= retries and time.monotonic() < end:
                     log(f"  connection lost after {have} bytes; resuming")
-        if not done or not part.exists():
-            continue
-        got = md5_file(part)
-        if got != md5:
-            part.unlink()
-            problems.append(f"{url}: md5 {got}, expected {md5}; discarded")
-            continue
-        os.replace(part, dest)
-        return dest
+                    continue
+                break
+            if done and md5_file(part) != md5:
+                got = md5_file(part)
+                _discard(part)
+                problems.append(f"{url}: md5 {got}, expected {md5}; discarded")
+                done = False
+                if resumed:  # the resumed prefix may have been the fault: once more, afresh
+                    resumed = False
+                    continue
+            break
+        if time.monotonic() > end and not done:
+            break
+        if done:
+            os.replace(part, dest)
+            _source(part).unlink(missing_ok=True)
+            return dest
     kept = f"; the partial file {str(part)!r} is kept for the next attempt" if part.exists() else ""
+    if not part.exists():
+        _source(part).unlink(missing_ok=True)
     raise DownloadError(f"could not fetch {dest.name} (md5 {md5}) into {str(dest.parent)!r}: "
                         + "; ".join(problems or ["no mirror given"]) + kept)
 
@@ -162,7 +244,7 @@ def _mirrors(name: str, mirrors: Sequence[str] | None) -> list[str]:
 
 def download(name: str, root: str | Path, mirrors: Sequence[str] | None = None,
              manifest: Mapping[str, str] | None = None, retries: int = 3, timeout: float = 30.0,
-             log: Log = _quiet) -> list[Path]:
+             log: Log = _quiet, deadline: float = DEFAULT_DEADLINE) -> list[Path]:
     """Fetch the files of ``name`` ('mnist', 'cifar10', 'cifar100') into ``root``.
 
     ``mirrors``: base URLs tried in order (default: the official ones in the manifest); a file's
@@ -180,8 +262,9 @@ def download(name: str, root: str | Path, mirrors: Sequence[str] | None = None,
             log(f"{rel}: present, md5 ok")
         else:
             log(f"{rel}: fetching")
+            cap = int(entry.get("size", {}).get(rel, DEFAULT_MAX_BYTES))
             fetch([u + Path(rel).name for u in _mirrors(name, mirrors)], dest, want, retries,
-                  timeout, log)
+                  timeout, log, max_bytes=cap, deadline=deadline)
             log(f"{rel}: done, md5 {want}")
         out.append(dest)
     if name in CIFAR:

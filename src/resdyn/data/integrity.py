@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import gzip
 import hashlib
 import io
 import json
 import pickletools
 import tarfile
+import zlib
 from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
@@ -180,7 +180,8 @@ def read_verified(root: Path, relpath: str, name: str, manifest: Manifest | None
 
 
 def idx_declared_size(data: bytes) -> int | None:
-    """Bytes an IDX file should have according to its header, or None if it has no header."""
+    """Bytes an IDX file should have according to its header, or None if it has no header
+    (Python integers: a header of huge sizes cannot overflow)."""
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         return None
     ndim = data[3]
@@ -193,35 +194,92 @@ def idx_declared_size(data: bytes) -> int | None:
     return 4 + 4 * ndim + itemsize * size
 
 
+#: The explanation of a failed checksum decompresses at most this many bytes (or 8 times the
+#: file's size, if more): a decompression bomb costs bounded memory and time, never its full size.
+EXPLAIN_MIN_BYTES = 64 * 2**20
+
+
+class _TooBigError(Exception):
+    pass
+
+
+class _BoundedGunzip(io.RawIOBase):
+    """A gzip stream decompressed piece by piece, refusing to produce more than ``cap`` bytes;
+    EOFError when the input ends before the stream does. Holds one piece in memory at a time."""
+
+    def __init__(self, data: bytes, cap: int):
+        self.src, self.pos, self.cap, self.out = memoryview(data), 0, cap, 0
+        self.z = zlib.decompressobj(wbits=31)
+        self.pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:  # type: ignore[override]
+        while not self.pending:
+            if self.z.eof:
+                rest = self.z.unused_data + bytes(self.src[self.pos:])
+                if not rest.strip(b"\0"):
+                    return 0
+                # Another gzip member follows (gzip allows concatenation).
+                self.z, self.src, self.pos = zlib.decompressobj(wbits=31), memoryview(rest), 0
+            chunk = self.z.unconsumed_tail or bytes(self.src[self.pos : self.pos + (1 << 16)])
+            if not self.z.unconsumed_tail:
+                self.pos += len(chunk)
+            if not chunk:
+                raise EOFError("compressed stream ends early")
+            self.pending = self.z.decompress(chunk, 1 << 20)
+            self.out += len(self.pending)
+            if self.out > self.cap:
+                raise _TooBigError
+        n = min(len(buf), len(self.pending))
+        buf[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+
 def truncation(relpath: str, data: bytes) -> str | None:
     """Why ``data`` (a file that failed its checksum) looks cut short, or None.
 
-    Only parses, never executes: gzip streams are decompressed, tar archives listed, IDX
-    headers compared with the length, and pickles walked with ``pickletools.genops``.
+    Only parses, never executes, and reads a bounded amount: gzip streams are decompressed
+    piece by piece up to ``max(EXPLAIN_MIN_BYTES, 8 len(data))`` bytes (beyond that no reason
+    is given), tar archives listed as a stream, IDX headers compared with the length, and
+    pickles walked with ``pickletools.genops``.
     """
+    cap = max(EXPLAIN_MIN_BYTES, 8 * len(data))
     try:
         if relpath.endswith(".tar.gz"):
-            with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-                for member in tar:
-                    if member.isfile():
-                        tar.extractfile(member).read()  # type: ignore[union-attr]
+            with tarfile.open(fileobj=io.BufferedReader(_BoundedGunzip(data, cap)), mode="r|") as tar:
+                for _ in tar:
+                    pass
             return None
-        raw = data
         if relpath.endswith(".gz"):
-            raw = gzip.decompress(data)
+            stream = io.BufferedReader(_BoundedGunzip(data, cap))
+            head = stream.read(64)
+            total = len(head)
+            while chunk := stream.read(1 << 20):
+                total += len(chunk)
+            if "idx" in Path(relpath).name:
+                declared = idx_declared_size(head)
+                if declared is None:
+                    return "no IDX header" if total < 8 else None
+                return None if total >= declared else f"the IDX header declares {declared} bytes"
+            return None
         if "idx" in Path(relpath).name:
-            declared = idx_declared_size(raw)
+            declared = idx_declared_size(data[:64])
             if declared is None:
-                return "no IDX header" if len(raw) < 8 else None
-            return None if len(raw) >= declared else f"the IDX header declares {declared} bytes"
-        if relpath.endswith(".gz"):
-            return None
+                return "no IDX header" if len(data) < 8 else None
+            return None if len(data) >= declared else f"the IDX header declares {declared} bytes"
         for _ in pickletools.genops(io.BytesIO(data)):
             pass
+        return None
+    except _TooBigError:
         return None
     except EOFError:
         return "the compressed stream ends early"
     except tarfile.ReadError as err:
+        if "unexpected end" in str(err) or "truncated" in str(err):
+            return "the compressed stream ends early"
         return f"the archive cannot be read to its end ({err})"
     except ValueError as err:
         # pickletools: "pickle exhausted before seeing STOP", "expected N bytes ... only M remain"

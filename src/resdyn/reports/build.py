@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from .._paths import inside, safe_file_name
 from ..experiments.base import Claim, ExperimentOutcome
 from ..experiments.registry import reproduction_of_spec
 from ..sweeps.store import Store
@@ -24,7 +25,7 @@ def outcome_to_json(o: ExperimentOutcome) -> dict[str, Any]:
 def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
     figures = {}
     for i, (k, b64) in enumerate(d.get("figures", {}).items()):
-        path = fig_dir / f"{d['name']}-{i}.png"
+        path = inside(fig_dir, f"{safe_file_name(d['name'])}-{i}.png")  # a stored name is untrusted
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(b64))
         figures[k] = path
@@ -35,7 +36,7 @@ def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
 def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[ExperimentOutcome]:
     """Analyse every reproduction the store holds (sweep rows by spec name, and stored outcomes)."""
     fig_dir = Path(fig_dir)
-    with Store(store_path, create=False) as st:
+    with Store(store_path, create=False, readonly=True) as st:
         rows = st.rows()
         stored = st.outcomes()
     by_spec: dict[str, list] = {}

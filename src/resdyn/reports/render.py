@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._paths import inside, safe_file_name
 from ..experiments.base import ExperimentOutcome
 
 __all__ = ["write_report"]
@@ -96,7 +97,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
             data = base64.b64encode(Path(path).read_bytes()).decode()
             parts.append(f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>"
                          f"<figcaption>{html.escape(name)}</figcaption></figure>")
-            target = out / Path(path).name
+            target = inside(out, safe_file_name(Path(path).name))
             if Path(path).resolve() != target.resolve():
                 target.write_bytes(Path(path).read_bytes())
             md.append(f"![{name}]({target.name})")

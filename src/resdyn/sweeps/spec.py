@@ -34,18 +34,25 @@ trackers to compute, and a ``[sweep]`` table whose lists span the grid::
     checkpoint_seconds = 120      # a long group writes per-cell checkpoints this often
     lease_seconds = 900           # how long a claim on a cell lasts without renewal
 
-Every error names its key path and what is allowed, and validation happens once, here.
+Every error names its key path and what is allowed, and validation happens once, here, before
+any file is created: every number anywhere in the spec is finite; optimiser constants lie in their
+valid intervals (``lr > 0``, ``eps > 0``, ``betas`` two numbers in ``[0, 1)``, ``momentum`` in
+``[0, 1)``, ``weight_decay >= 0``); sizes have upper limits (:data:`LIMITS`), and a model whose
+parameters and Adam state would need more than :data:`MAX_MODEL_BYTES` is refused with the memory it
+would need; ``name`` matches :data:`resdyn._paths.NAME_PATTERN` (it names the default store file).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._paths import check_name, safe_file_name
 from ..training.engine import TrainConfig
 
 __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
@@ -54,13 +61,26 @@ TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "tracke
 CELL_KEYS = ("sample_size", "seed")
 TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr")
 
+#: Upper limits of sizes (inclusive). Model sizes not listed are bounded by MAX_MODEL_BYTES.
+LIMITS: dict[str, int] = {
+    "train.steps": 10_000_000, "train.batch_size": 10_000_000, "train.chunk_size": 1_000_000,
+    "sample_size": 100_000_000, "run.group_size": 100_000, "trackers.every": 10_000_000,
+    "model": 1_000_000,
+}
+#: Most bytes one model's parameters, gradients and Adam moments (4 copies, float64) may need.
+MAX_MODEL_BYTES = 16 * 2**30
+#: A lease must outlive the renewal interval (``max(1 s, lease / 3)``) with room to spare.
+MIN_LEASE_SECONDS = 5.0
+SEED_MAX = 2**63 - 1
+
 
 class SpecError(ValueError):
     """A spec that cannot be run; the message names the key path and what is allowed."""
 
 
 def _fail(path: str, msg: str) -> SpecError:
-    return SpecError(f"spec key {path}: {msg}")
+    shown = path if path.isprintable() else repr(path)  # a key with a newline stays one line
+    return SpecError(f"spec key {shown}: {msg}")
 
 
 @dataclass(frozen=True)
@@ -142,18 +162,26 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise _fail(unknown[0], f"unknown top-level key; allowed: {', '.join(TOP_KEYS)}")
-    name = raw.get("name", Path(source).stem if source else "spec")
-    _check_type("name", name, (str,), "a string")
+    if "name" in raw:
+        _check_type("name", raw["name"], (str,), "a string")
+        try:
+            name = check_name("name", raw["name"])
+        except ValueError as err:
+            raise _fail("name", str(err).removeprefix("name ")) from None
+    else:
+        name = safe_file_name(Path(source).stem if source else "spec")
     data, model, train = _table(raw, "data"), _table(raw, "model"), _table(raw, "train")
     sweep = _table(raw, "sweep")
     if "name" not in data:
         raise _fail("data.name", "missing; name the data set (see `resdyn data list`)")
     from ..data import DATASETS
 
+    _check_type("data.name", data["name"], (str,), "a string naming a data set")
     if data["name"] not in DATASETS:
         raise _fail("data.name", f"unknown data set {data['name']!r}; allowed: {', '.join(DATASETS)}")
     if "family" not in model:
         raise _fail("model.family", "missing; name the model family")
+    _check_type("model.family", model["family"], (str,), "a string naming a model family")
     fields = _model_fields(model["family"])
     for k in model:
         if k != "family" and k not in fields:
@@ -162,40 +190,146 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     for k, v in train.items():
         if k not in TRAIN_KEYS:
             raise _fail(f"train.{k}", f"unknown key; allowed: {', '.join(TRAIN_KEYS)}")
-        if k == "lr":
-            _check_type("train.lr", v, (int, float), "a number > 0")
-            if v <= 0:
-                raise _fail("train.lr", f"must be a number > 0, got {v!r}")
+        _check_train(f"train.{k}", k, v)
     for k, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise _fail(f"sweep.{k}", f"must be a non-empty list of values, got {values!r}")
         target = _sweep_target(k, fields)
         if k == "sample_size":
             for i, s in enumerate(values):
-                _check_type(f"sweep.sample_size[{i}]", s, (int,), "an integer >= 1")
-                if s < 1:
-                    raise _fail(f"sweep.sample_size[{i}]", f"must be an integer >= 1, got {s!r}")
+                _check_int(f"sweep.sample_size[{i}]", s, 1, LIMITS["sample_size"])
         if k == "seed":
             for i, s in enumerate(values):
-                _check_type(f"sweep.seed[{i}]", s, (int,), "an integer")
+                _check_int(f"sweep.seed[{i}]", s, -SEED_MAX - 1, SEED_MAX)
         if target == "variants":
             for i, v in enumerate(values):
                 _check_type(f"sweep.{k}[{i}]", v, (dict,), "a table (inline {key = value})")
+                for kk, vv in v.items():
+                    _check_key(k, kk, vv, f"sweep.{k}[{i}].{kk}", fields)
+        elif target in ("train", "model"):
+            short = k.split(".", 1)[1] if "." in k else k
+            for i, v in enumerate(values):
+                _check_key(target, short, v, f"sweep.{k}[{i}]", fields)
     if "sample_size" not in sweep:
         raise _fail("sweep.sample_size", "missing; list the training-set sizes S to run")
     sweep.setdefault("seed", [0])
-    measures = {k: dict(v) for k, v in _table(raw, "measures", required=False).items()}
-    trackers = {k: dict(v) for k, v in _table(raw, "trackers", required=False).items()}
-    for section, table in (("measures", measures), ("trackers", trackers)):
-        for k, v in table.items():
-            if not isinstance(v, dict):
-                raise _fail(f"{section}.{k}", "must be a table of options ([{section}.{k}])")
+    measures, trackers = _options(raw, "measures"), _options(raw, "trackers")
     _check_names(measures, trackers)
+    for k, v in model.items():
+        if k != "family":
+            _check_key("model", k, v, f"model.{k}", fields)
+    _check_model_memory(model, sweep)
     run_raw = _table(raw, "run", required=False)
     run = _run_options(run_raw)
     description = raw.get("description", "")
     _check_type("description", description, (str,), "a string")
+    _check_finite(raw, "")  # the rest: data options, measure options, model floats
     return Spec(name, data, model, train, sweep, measures, trackers, run, description, source)
+
+
+def _check_finite(value: Any, path: str) -> None:
+    """Every float anywhere in ``value`` is finite (TOML admits nan and inf; no setting wants them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(path or "(top)", f"must be a finite number, got {value!r}")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _check_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_finite(v, f"{path}[{i}]")
+
+
+def _check_int(path: str, value: Any, lo: int, hi: int) -> int:
+    _check_type(path, value, (int,), f"an integer in [{lo}, {hi}]")
+    if not lo <= value <= hi:
+        raise _fail(path, f"must be an integer in [{lo}, {hi}], got {value!r}")
+    return value
+
+
+def _check_number(path: str, value: Any, what: str, ok: Any) -> float:
+    _check_type(path, value, (int, float), what)
+    if not math.isfinite(value) or not ok(value):
+        raise _fail(path, f"must be {what}, got {value!r}")
+    return float(value)
+
+
+def _check_train(path: str, key: str, value: Any) -> None:
+    """The valid interval of each training setting (TrainConfig checks names and choices)."""
+    if key in ("lr", "eps"):
+        _check_number(path, value, "a number > 0 and finite", lambda v: v > 0)
+    elif key == "momentum":
+        _check_number(path, value, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    elif key == "weight_decay":
+        _check_number(path, value, "a number >= 0 and finite", lambda v: v >= 0)
+    elif key == "betas":
+        if not isinstance(value, list) or len(value) != 2:
+            raise _fail(path, f"must be a list of two numbers in [0, 1), got {value!r}")
+        for i, b in enumerate(value):
+            _check_number(f"{path}[{i}]", b, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    elif key in ("steps", "chunk_size"):
+        _check_int(path, value, 0 if key == "steps" else 1, LIMITS[f"train.{key}"])
+    elif key == "batch_size" and value is not None:
+        _check_int(path, value, 1, LIMITS["train.batch_size"])
+    elif key in ("loss", "optimizer"):
+        _check_type(path, value, (str,), "a string")
+
+
+def _check_key(section: str, key: str, value: Any, path: str, fields: set[str]) -> None:
+    """One setting of ``section`` ('train', 'model' or 'data'), wherever it appears."""
+    if section == "train":
+        if key not in TRAIN_KEYS:
+            raise _fail(path, f"unknown key; allowed: {', '.join(TRAIN_KEYS)}")
+        _check_train(path, key, value)
+    elif section == "model":
+        if key == "family":
+            _check_type(path, value, (str,), "a string naming a model family")
+        elif isinstance(value, int) and not isinstance(value, bool) and value > LIMITS["model"]:
+            raise _fail(path, f"must be at most {LIMITS['model']:,}, got {value!r}")
+        elif isinstance(value, list | dict):
+            raise _fail(path, f"must be a single value, got {type(value).__name__} {value!r}")
+    elif section == "data" and key == "name":
+        _check_type(path, value, (str,), "a string naming a data set")
+
+
+# Input size assumed for the memory estimate when the spec does not give one: a CIFAR image.
+_ASSUMED_IN = 3 * 32 * 32
+
+
+def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list]) -> None:
+    """Refuse a model whose parameters (and their gradients and two Adam moments, float64) would
+    need more than :data:`MAX_MODEL_BYTES`. The estimate takes each size at its largest value over
+    the base table and the sweep: P ~ D (W + in) + L W^2 (times L/2 for the dense non-local family,
+    whose every layer reads every earlier one) + K W, with W the width (or channels), L the depth
+    (or knots), K the predictor width."""
+
+    def biggest(key: str, default: int) -> int:
+        vals = [model.get(key, default)]
+        vals += list(sweep.get(key, [])) + list(sweep.get(f"model.{key}", []))
+        vals += [v.get(key) for v in sweep.get("model", []) if isinstance(v, Mapping)]
+        ints = [v for v in vals if isinstance(v, int) and not isinstance(v, bool)]
+        return max(ints, default=default)
+
+    W = max(biggest("width", 16), biggest("channels", 0), biggest("att_dim", 0))
+    L = max(biggest("depth", 8), biggest("knots", 0))
+    K = biggest("predictor_width", 0)
+    in_dim = max(biggest("in_dim", 0), _ASSUMED_IN)
+    layers = L * max(1, L // 2) if model.get("family") == "dnl" else L
+    n = W * (W + in_dim) + layers * W * W * 2 + K * (W + 1)
+    need = 4 * 8 * n
+    if need > MAX_MODEL_BYTES:
+        raise _fail("model", f"a model of width {W} and depth {L} has about {n:,} parameters and "
+                    f"would need about {need / 2**30:,.1f} GiB for its parameters, gradients and "
+                    f"optimiser state; at most {MAX_MODEL_BYTES / 2**30:.0f} GiB is allowed")
+
+
+def _options(raw: Mapping[str, Any], section: str) -> dict[str, dict[str, Any]]:
+    out = {}
+    for k, v in _table(raw, section, required=False).items():
+        if not isinstance(v, Mapping):
+            raise _fail(f"{section}.{k}", f"must be a table of options ([{section}.{k}]), got "
+                        f"{type(v).__name__}")
+        out[k] = dict(v)
+    return out
 
 
 def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> None:
@@ -208,9 +342,9 @@ def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> No
     for k, opts in trackers.items():
         if k not in known_t:
             raise _fail(f"trackers.{k}", f"unknown tracker; allowed: {', '.join(known_t) or 'none'}")
-        every = opts.get("every", 0)
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise _fail(f"trackers.{k}.every", f"must be an integer >= 1 (steps), got {every!r}")
+        if "every" not in opts:
+            raise _fail(f"trackers.{k}.every", "missing; the number of steps between records")
+        _check_int(f"trackers.{k}.every", opts["every"], 1, LIMITS["trackers.every"])
 
 
 def _run_options(raw: Mapping[str, Any]) -> RunOptions:
@@ -219,14 +353,14 @@ def _run_options(raw: Mapping[str, Any]) -> RunOptions:
         if k not in allowed:
             raise _fail(f"run.{k}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
     opts = RunOptions(**raw)
-    if opts.dtype not in ("float32", "float64"):
+    if not isinstance(opts.dtype, str) or opts.dtype not in ("float32", "float64"):
         raise _fail("run.dtype", f"must be 'float32' or 'float64', got {opts.dtype!r}")
-    if isinstance(opts.group_size, bool) or not isinstance(opts.group_size, int) or opts.group_size < 1:
-        raise _fail("run.group_size", f"must be an integer >= 1, got {opts.group_size!r}")
-    for k in ("checkpoint_seconds", "lease_seconds"):
-        v = getattr(opts, k)
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-            raise _fail(f"run.{k}", f"must be a number of seconds > 0, got {v!r}")
+    _check_int("run.group_size", opts.group_size, 1, LIMITS["run.group_size"])
+    _check_number("run.checkpoint_seconds", opts.checkpoint_seconds,
+                  "a finite number of seconds > 0", lambda v: v > 0)
+    _check_number("run.lease_seconds", opts.lease_seconds,
+                  f"a finite number of seconds >= {MIN_LEASE_SECONDS:g} (a lease is renewed every "
+                  "third of it, at most once a second)", lambda v: v >= MIN_LEASE_SECONDS)
     return opts
 
 

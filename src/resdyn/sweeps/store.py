@@ -5,24 +5,36 @@ parameters) and ``checkpoints/<cell>.safetensors`` (training state of unfinished
 
 Guarantees:
 
-* a row is written in one transaction, after its weights file is complete (written beside its
-  target and renamed), so a row never points to a partial file;
-* ``INSERT OR IGNORE`` on the cell id: two runs that finish the same cell keep one row;
+* a row is written in one transaction, after its weights file is complete, so a row never points
+  to a partial file; the row records the file's sha256 (``resdyn status --verify`` checks it);
+* ``INSERT OR IGNORE`` on the cell id: two runs that finish the same cell keep one row. Each
+  finisher writes its weights under a cell- and process-unique temporary name; only the one whose
+  insert won moves its file into place (inside the transaction), the other deletes its file, so
+  the row and the weights file always come from the same finisher;
 * a run claims cells with a lease (owner, expiry) before training them; a live lease keeps other
   runs off the cell; an expired one, or one whose holder was a process on this host that no
   longer exists (killed, say), is taken over;
-* the busy timeout makes concurrent writers wait instead of failing.
+* the busy timeout makes concurrent writers wait instead of failing;
+* a checkpoint carries the sha256 of its contents; a damaged one is named in a warning, set aside
+  under ``checkpoints/damaged/`` and its cell restarts from scratch;
+* temporary files of runs that died (their process on this host is gone) are removed on open;
+* a store that is damaged (SQLite's ``quick_check``), empty (0 bytes), foreign (no resdyn
+  schema) or holds undecodable rows raises one :class:`StoreError` naming the file and the fault;
+  a store that cannot be written (read-only file or folder) is opened read-only for reading.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
+import re
 import sqlite3
 import subprocess
 import time
 import uuid
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +42,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .._paths import PathEscapeError, check_name, inside
 
 __all__ = ["CellResult", "Store", "StoreError", "check_store_path", "provenance"]
 
@@ -46,7 +60,8 @@ CREATE TABLE IF NOT EXISTS cells (
     weights TEXT,
     timing TEXT NOT NULL,
     provenance TEXT NOT NULL,
-    finished_at REAL NOT NULL
+    finished_at REAL NOT NULL,
+    sha256 TEXT
 );
 CREATE TABLE IF NOT EXISTS series (
     cell_id TEXT NOT NULL,
@@ -68,8 +83,39 @@ CREATE TABLE IF NOT EXISTS leases (
 """
 
 
+COLUMNS = ("cell_id", "spec", "status", "config", "metrics", "measures", "diverged",
+           "diverged_step", "weights", "timing", "provenance", "finished_at", "sha256")
+_REQUIRED = {"cells": set(COLUMNS[:-1]), "series": {"cell_id", "name", "step", "value"},
+             "outcomes": {"name", "outcome", "finished_at"}, "leases": {"cell_id", "owner", "expires"}}
+_JSON_COLUMNS = ("config", "metrics", "measures", "timing", "provenance")
+_HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
+# Temporary files this module writes carry "<host tag>-<pid>-" so a later open can tell whether
+# their writer is gone; the older names "<cell>.<pid>.tmp" and mkstemp's ".<name>.XXXX.tmp" too.
+_TMP_OWNED = re.compile(r"\.([0-9a-f]{8})-(\d+)-[0-9a-f]+\.")
+_TMP_OLD_PID = re.compile(r"^[0-9a-f]+\.(\d+)\.tmp$")
+_TMP_AGE = 24 * 3600.0
+
+
 class StoreError(RuntimeError):
-    """A store that cannot be opened or written; the message names the path."""
+    """A store that cannot be opened, read or written; the message names the path and the fault."""
+
+
+def sha256_file(path: str | Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _pid_dead(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        return False
+    return False
 
 
 @dataclass
@@ -138,19 +184,87 @@ class Store:
     """An open store; see the module docstring. ``Store(path, create=False)`` opens an existing
     one only."""
 
-    def __init__(self, path: str | Path, create: bool = True):
-        self.path = check_store_path(path)
-        if not create and not self.path.is_file():
-            raise StoreError(f"no store at {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.files = Path(str(self.path) + ".d")
+    def __init__(self, path: str | Path, create: bool = True, readonly: bool | None = None):
+        """``create``: make the store if absent. ``readonly``: open for reading only (SQLite
+        ``mode=ro``); by default a store opened with ``create=False`` that this process cannot
+        write (a read-only file or folder) is opened read-only."""
+        path = Path(path)
+        self.files = Path(str(path) + ".d")
+        if not create:
+            if path.exists() and not path.is_file():
+                raise StoreError(f"store path {path} exists and is not a file")
+            if not path.is_file():
+                raise StoreError(f"no store at {path}")
+            if readonly is None:
+                readonly = not (os.access(path, os.W_OK) and os.access(path.parent, os.W_OK | os.X_OK))
+            _wait_nonempty(path)
+        self.readonly = bool(readonly)
+        self.path = path if self.readonly else check_store_path(path)
         try:
-            self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            self.db.execute("PRAGMA busy_timeout = 60000")
-            self.db.execute("PRAGMA journal_mode = WAL")
-            self.db.executescript(SCHEMA)
+            if self.readonly:
+                self.db = _connect_readonly(self.path)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+                self.db.execute("PRAGMA busy_timeout = 60000")
+            self._check()  # before anything is written: a foreign or damaged file stays as it was
+            if not self.readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.executescript(SCHEMA)
+                self._migrate()
         except sqlite3.DatabaseError as err:
-            raise StoreError(f"cannot open store {self.path}: {err}") from None
+            self._close_quietly()
+            raise StoreError(f"store {self.path} cannot be opened ({err}); it is damaged or not a "
+                             "resdyn store") from None
+        except StoreError:
+            self._close_quietly()
+            raise
+        if not self.readonly:
+            self.remove_orphans()
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
+    def _check(self) -> None:
+        """SQLite's quick check, then the resdyn schema (a foreign database is refused)."""
+        problems = [r[0] for r in self.db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StoreError(f"store {self.path} is damaged (SQLite quick_check: {problems[0]}"
+                             f"{f' and {len(problems) - 1} more problems' if len(problems) > 1 else ''})"
+                             "; restore it from a copy or start a new store")
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        for table, need in _REQUIRED.items():
+            if table not in tables:
+                continue
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if not need <= have:
+                raise StoreError(f"store {self.path} is not a resdyn store: table {table!r} lacks "
+                                 f"column(s) {', '.join(sorted(need - have))}")
+        if "cells" not in tables:
+            raise StoreError(f"store {self.path} is not a resdyn store: it has tables "
+                             f"{', '.join(sorted(tables))} but no 'cells' table")
+
+    def _migrate(self) -> None:
+        """Stores written before rows carried the weights' sha256 get the column (NULL for old
+        rows): old stores stay readable and writable."""
+        have = {r[1] for r in self.db.execute("PRAGMA table_info(cells)")}
+        if "sha256" not in have:
+            with self._transaction():
+                have = {r[1] for r in self.db.execute("PRAGMA table_info(cells)")}
+                if "sha256" not in have:
+                    self.db.execute("ALTER TABLE cells ADD COLUMN sha256 TEXT")
+
+    def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
+        """Run a read; a damaged file or undecodable text becomes a :class:`StoreError`."""
+        try:
+            return self.db.execute(sql, args).fetchall()
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
+            raise StoreError(f"store {self.path} cannot be read ({type(err).__name__}: {err}); "
+                             "it is damaged: restore it from a copy or start a new store") from None
 
     def close(self) -> None:
         self.db.close()
@@ -163,35 +277,104 @@ class Store:
 
     # -- paths -------------------------------------------------------------------------------
     def weights_path(self, cell_id: str) -> Path:
-        return self.files / "weights" / f"{cell_id}.safetensors"
+        return self.files / "weights" / f"{check_name('cell id', cell_id)}.safetensors"
 
     def checkpoint_path(self, cell_id: str) -> Path:
-        return self.files / "checkpoints" / f"{cell_id}.safetensors"
+        return self.files / "checkpoints" / f"{check_name('cell id', cell_id)}.safetensors"
+
+    @staticmethod
+    def _tmp_tag() -> str:
+        """``<host tag>-<pid>-<random>``: unique to one writer, and tells a later open whether
+        the writer is gone."""
+        return f"{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files whose writer was a process on this host that no longer exists
+        (and nameless old ones over a day old). Returns what was removed."""
+        removed = []
+        now = time.time()
+        for folder in (self.files / "weights", self.files / "checkpoints"):
+            if not folder.is_dir():
+                continue
+            for p in folder.iterdir():
+                if not p.is_file() or not (p.name.endswith(".tmp") or ".pending" in p.name):
+                    continue
+                m, old = _TMP_OWNED.search(p.name), _TMP_OLD_PID.match(p.name)
+                if m is not None:
+                    dead = m.group(1) == _HOST_TAG and _pid_dead(int(m.group(2)))
+                elif old is not None:
+                    dead = _pid_dead(int(old.group(1)))
+                else:
+                    try:
+                        dead = now - p.stat().st_mtime > _TMP_AGE
+                    except OSError:
+                        continue
+                if dead:
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+        return removed
 
     # -- reading ------------------------------------------------------------------------------
     def done_ids(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT cell_id FROM cells")}
+        return {r[0] for r in self._query("SELECT cell_id FROM cells")}
 
     def rows(self) -> list[dict[str, Any]]:
-        cur = self.db.execute("SELECT * FROM cells ORDER BY finished_at, cell_id")
-        names = [d[0] for d in cur.description]
+        """Every finished cell as a dict of the ``cells`` columns, JSON columns decoded;
+        ``sha256`` is None for rows of stores written before it was recorded."""
+        have = [r[1] for r in self._query("PRAGMA table_info(cells)")]
+        cols = [c for c in COLUMNS if c in have]
         out = []
-        for r in cur.fetchall():
-            row = dict(zip(names, r, strict=True))
-            for k in ("config", "metrics", "measures", "timing", "provenance"):
-                row[k] = json.loads(row[k])
+        for r in self._query(f"SELECT {', '.join(cols)} FROM cells ORDER BY finished_at, cell_id"):
+            row = dict(zip(cols, r, strict=True))
+            row.setdefault("sha256", None)
+            for k in _JSON_COLUMNS:
+                row[k] = self._decode(row[k], f"row {row['cell_id']!r} column {k!r}")
             out.append(row)
         return out
+
+    def _decode(self, text: Any, where: str) -> Any:
+        try:
+            return json.loads(text)
+        except (TypeError, ValueError) as err:
+            raise StoreError(f"store {self.path}: {where} is not valid JSON ({err}); the store is "
+                             "damaged: restore it from a copy or start a new store") from None
 
     def series(self, cell_id: str | None = None) -> list[tuple[str, str, int, float]]:
         q = "SELECT cell_id, name, step, value FROM series"
         args: tuple = ()
         if cell_id is not None:
             q, args = q + " WHERE cell_id = ?", (cell_id,)
-        return list(self.db.execute(q + " ORDER BY cell_id, name, step", args))
+        return self._query(q + " ORDER BY cell_id, name, step", args)
 
     def leases(self) -> list[tuple[str, str, float]]:
-        return list(self.db.execute("SELECT cell_id, owner, expires FROM leases"))
+        return self._query("SELECT cell_id, owner, expires FROM leases")
+
+    def verify(self) -> list[tuple[str, str]]:
+        """(cell id, state) for every row with weights: 'ok', 'missing', 'damaged (sha256 X,
+        expected Y)', or 'unrecorded' (a row written before sha256 was recorded)."""
+        out = []
+        for cid, rel, want in self._query("SELECT cell_id, weights, sha256 FROM cells "
+                                          "WHERE weights IS NOT NULL ORDER BY cell_id"
+                                          if self._has_sha() else
+                                          "SELECT cell_id, weights, NULL FROM cells "
+                                          "WHERE weights IS NOT NULL ORDER BY cell_id"):
+            try:
+                path = inside(self.files, rel)
+            except (PathEscapeError, TypeError):
+                out.append((cid, f"damaged (weights path {rel!r} is outside {self.files})"))
+                continue
+            if not path.is_file():
+                out.append((cid, f"missing ({path})"))
+            elif want is None:
+                out.append((cid, "unrecorded (no sha256 in the row)"))
+            else:
+                got = sha256_file(path)
+                out.append((cid, "ok" if got == want else
+                            f"damaged ({path}: sha256 {got}, expected {want})"))
+        return out
+
+    def _has_sha(self) -> bool:
+        return "sha256" in {r[1] for r in self._query("PRAGMA table_info(cells)")}
 
     # -- leases -------------------------------------------------------------------------------
     @staticmethod
@@ -249,36 +432,50 @@ class Store:
         from ..models.registry import build_model
 
         wpath = self.weights_path(result.cell_id)
+        pending, digest = None, None
         if result.weights:
+            # Cell- and writer-unique: a second finisher (a lapsed lease) cannot overwrite the
+            # kept row's weights; only the finisher whose insert wins moves its file into place.
+            pending = wpath.with_name(f".{result.cell_id}.{self._tmp_tag()}.pending")
             model = build_model(**result.config["model"])
-            save_params(wpath, model, result.weights, {"cell_id": result.cell_id,
-                                                       "config": result.config})
+            save_params(pending, model, result.weights, {"cell_id": result.cell_id,
+                                                         "config": result.config})
+            digest = sha256_file(pending)
         status = "diverged" if result.diverged else "done"
-        with self._transaction():
-            cur = self.db.execute(
-                "INSERT OR IGNORE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (result.cell_id, spec_name, status, json.dumps(result.config, sort_keys=True),
-                 json.dumps(result.metrics, sort_keys=True),
-                 json.dumps(result.measures, sort_keys=True), int(result.diverged),
-                 int(result.metrics.get("diverged_step", -1)),
-                 str(wpath.relative_to(self.files)) if result.weights else None,
-                 json.dumps(result.timing), json.dumps(result.provenance), time.time()),
-            )
-            inserted = cur.rowcount == 1
-            if inserted:
-                self.db.executemany(
-                    "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?)",
-                    [(result.cell_id, name, int(s), _finite_or_none(v))
-                     for name, pts in result.series.items() for s, v in pts],
+        try:
+            with self._transaction():
+                cur = self.db.execute(
+                    f"INSERT OR IGNORE INTO cells ({', '.join(COLUMNS)}) VALUES "
+                    f"({', '.join('?' * len(COLUMNS))})",
+                    (result.cell_id, spec_name, status, json.dumps(result.config, sort_keys=True),
+                     json.dumps(result.metrics, sort_keys=True),
+                     json.dumps(result.measures, sort_keys=True), int(result.diverged),
+                     int(result.metrics.get("diverged_step", -1)),
+                     str(wpath.relative_to(self.files)) if result.weights else None,
+                     json.dumps(result.timing), json.dumps(result.provenance), time.time(), digest),
                 )
-            if owner is not None:
-                self.db.execute("DELETE FROM leases WHERE cell_id = ? AND owner = ?",
-                                (result.cell_id, owner))
+                inserted = cur.rowcount == 1
+                if inserted:
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO series VALUES (?, ?, ?, ?)",
+                        [(result.cell_id, name, int(s), _finite_or_none(v))
+                         for name, pts in result.series.items() for s, v in pts],
+                    )
+                    if pending is not None:
+                        # Before COMMIT: a crash in between leaves a file without a row (the
+                        # cell reruns), never a row without its file.
+                        os.replace(pending, wpath)
+                if owner is not None:
+                    self.db.execute("DELETE FROM leases WHERE cell_id = ? AND owner = ?",
+                                    (result.cell_id, owner))
+        finally:
+            if pending is not None:
+                pending.unlink(missing_ok=True)
         self.checkpoint_path(result.cell_id).unlink(missing_ok=True)
         return inserted
 
     def _transaction(self) -> _Tx:
-        return _Tx(self.db)
+        return _Tx(self.db, self.path)
 
     # -- outcomes of experiments that are not sweeps ------------------------------------------
     def save_outcome(self, name: str, outcome: dict[str, Any]) -> None:
@@ -288,52 +485,146 @@ class Store:
                             (name, json.dumps(outcome, sort_keys=True), time.time()))
 
     def outcomes(self) -> dict[str, dict[str, Any]]:
-        return {n: json.loads(o) for n, o in
-                self.db.execute("SELECT name, outcome FROM outcomes ORDER BY name")}
+        if "outcomes" not in {r[0] for r in self._query("SELECT name FROM sqlite_master")}:
+            return {}
+        return {n: self._decode(o, f"outcome {n!r}") for n, o in
+                self._query("SELECT name, outcome FROM outcomes ORDER BY name")}
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, cell_id: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         path = self.checkpoint_path(cell_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        step = str(int(tensors["step"][0]))
-        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta), "step": step})
-        os.replace(tmp, path)
+        tmp = path.with_name(f".{cell_id}.{self._tmp_tag()}.tmp")
+        head = {"meta": json.dumps(meta), "step": str(int(tensors["step"][0]))}
+        head["sha256"] = _checkpoint_digest(tensors, head)
+        try:
+            save_file(tensors, str(tmp), metadata=head)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     def load_checkpoint(self, cell_id: str) -> tuple[dict[str, torch.Tensor], dict] | None:
-        from safetensors import safe_open
-
+        """The checkpoint's tensors and metadata; None when there is none, or when it is damaged
+        (it is then set aside with a warning naming it, and the cell restarts from scratch)."""
         path = self.checkpoint_path(cell_id)
         if not path.is_file():
             return None
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads((f.metadata() or {}).get("meta", "{}"))
-        return load_file(str(path)), meta
+        try:
+            tensors, head = _read_checkpoint(path)
+            return tensors, json.loads(head["meta"])
+        except Exception as err:  # any fault of an untrusted file means: set it aside
+            self._set_aside(path, err)
+            return None
 
     def checkpoint_steps(self, cell_ids: Iterable[str]) -> dict[str, int]:
-        """The step each cell's checkpoint was taken at (from the file header only)."""
+        """The step each cell's checkpoint was taken at (from the file header only); a damaged
+        header sets the file aside (see :meth:`load_checkpoint`)."""
         from safetensors import safe_open
 
         out = {}
         for cid in cell_ids:
             path = self.checkpoint_path(cid)
-            if path.is_file():
+            if not path.is_file():
+                continue
+            try:
                 with safe_open(str(path), framework="pt") as f:
-                    out[cid] = int((f.metadata() or {})["step"])
+                    step = int((f.metadata() or {})["step"])
+                if step < 0:
+                    raise ValueError(f"negative step {step}")
+                out[cid] = step
+            except Exception as err:  # see load_checkpoint
+                self._set_aside(path, err)
         return out
+
+    def _set_aside(self, path: Path, err: BaseException) -> None:
+        aside = path.parent / "damaged" / f"{path.stem}.{int(time.time())}.safetensors"
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, aside)
+            where = f"moved to {aside}"
+        except OSError:
+            where = "could not be moved aside"
+        warnings.warn(f"damaged checkpoint {path} ({type(err).__name__}: {err}); {where}; its cell "
+                      "restarts from scratch", RuntimeWarning, stacklevel=3)
+
+
+def _checkpoint_digest(tensors: dict[str, torch.Tensor], head: dict[str, str]) -> str:
+    """sha256 over the header fields and every tensor's name, dtype, shape and bytes."""
+    h = hashlib.sha256(json.dumps({k: head[k] for k in ("meta", "step")}, sort_keys=True).encode())
+    for k in sorted(tensors):
+        t = tensors[k].detach().cpu().contiguous()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        head = dict(f.metadata() or {})
+    tensors = load_file(str(path))
+    missing = {"meta", "step", "sha256"} - set(head)
+    if missing:
+        raise ValueError(f"header lacks {', '.join(sorted(missing))}")
+    if _checkpoint_digest(tensors, head) != head["sha256"]:
+        raise ValueError("contents do not match the sha256 in its header")
+    if "step" not in tensors or int(tensors["step"][0]) != int(head["step"]):
+        raise ValueError("step tensor disagrees with the header")
+    return tensors, head
+
+
+def _wait_nonempty(path: Path, wait: float = 1.0) -> None:
+    """A 0-byte file is not a store; one that another process has just created gets ``wait``
+    seconds to receive its header before it is refused."""
+    deadline = time.monotonic() + wait
+    while path.stat().st_size == 0:
+        if time.monotonic() > deadline:
+            raise StoreError(f"store {path} is empty (0 bytes): not a resdyn store; delete it or "
+                             "pass another path")
+        time.sleep(0.05)
+
+
+def _connect_readonly(path: Path) -> sqlite3.Connection:
+    """SQLite ``mode=ro``. A WAL store in a folder this process cannot write cannot get its
+    shared-memory file; when no write-ahead log holds data beyond the main file, it is then
+    opened ``immutable`` (the main file is all there is to read)."""
+    from urllib.parse import quote
+
+    uri = "file:" + quote(str(path.resolve())) + "?mode=ro"
+    db = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
+    db.execute("PRAGMA busy_timeout = 60000")
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return db
+    except sqlite3.OperationalError:
+        db.close()
+        wal = Path(str(path) + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StoreError(f"store {path} cannot be read: its write-ahead log {wal} holds data "
+                             "and the folder is not writable; open it once where it is writable") from None
+    db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+    return db
 
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): takes the write lock up front."""
 
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
+    def __init__(self, db: sqlite3.Connection, path: Path | None = None):
+        self.db, self.path = db, path
 
     def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.DatabaseError as err:
+            raise StoreError(f"cannot write store {self.path}: {err}") from None
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        except sqlite3.DatabaseError as err:
+            if exc_type is None:
+                raise StoreError(f"cannot write store {self.path}: {err}") from None
 
 
 def _finite_or_none(v: float) -> float | None:
