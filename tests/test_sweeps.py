@@ -247,9 +247,10 @@ def test_an_expired_lease_is_taken_over(tmp_path):
     spec = spec_of()
     cells = expand(spec)
     with Store(tmp_path / "l.sqlite") as st:
-        assert len(st.claim([c.cell_id for c in cells], "dead-run", seconds=0.01)) == 4
+        # A lease long enough to outlast the next claim on a loaded machine.
+        assert len(st.claim([c.cell_id for c in cells], "dead-run", seconds=1.0)) == 4
         assert st.claim([c.cell_id for c in cells], "other", seconds=60) == []
-    time.sleep(0.05)
+    time.sleep(1.1)
     with Store(tmp_path / "l.sqlite") as st:
         assert len(st.claim([c.cell_id for c in cells], "live-run", seconds=60)) == 4
         assert st.claim([c.cell_id for c in cells], "third", seconds=60) == []

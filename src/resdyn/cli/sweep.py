@@ -48,7 +48,8 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
             bar.update(task, advance=len(results),
                        rate=f"{len(results) / secs:.2f}" if secs > 0 else "-")
 
-        summary = run_sweep(spec, store, ex, device, on_group=on_group, cells=cells)
+        with terminate_like_interrupt():  # SIGTERM unwinds like SIGINT: claims are released
+            summary = run_sweep(spec, store, ex, device, on_group=on_group, cells=cells)
     return summary
 
 
@@ -68,8 +69,7 @@ def run(spec_path, store, executor, ray_address, device, threads, quiet) -> None
     try:
         spec = load_spec(spec_path)
         store = store or default_store(spec.name)
-        with terminate_like_interrupt():
-            summary = execute_spec(spec, store, executor, device, threads, ray_address, quiet)
+        summary = execute_spec(spec, store, executor, device, threads, ray_address, quiet)
     except (SpecError, StoreError) as err:
         _fail(str(err))
     except KeyboardInterrupt:
