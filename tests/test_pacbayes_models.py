@@ -41,6 +41,10 @@ def test_linear_knots_interpolate_and_hit_every_knot():
     p = init_params(knot, [0, 1], D64)
     W = knot.layer_params(p)["W"]
     assert W.shape[:2] == (2, 16)
+    # The forward forms each layer on the fly; it is the inner network on the expanded layers.
+    x = _x(7, seed=3).expand(2, 7, 2)
+    assert torch.allclose(knot.forward(p, x), knot.inner.forward(knot.layer_params(p), x), rtol=0,
+                          atol=1e-13)
     for j in range(4):  # layer 4 j sits on knot j
         assert torch.equal(W[:, 4 * j], p["W"][:, j])
     assert torch.allclose(W[:, 2], 0.5 * (p["W"][:, 0] + p["W"][:, 1]), rtol=0, atol=1e-15)

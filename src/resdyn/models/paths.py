@@ -191,7 +191,26 @@ class KnotResNet:
         return out
 
     def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return self.inner.forward(self.layer_params(params), x)
+        """Outputs of the depth-L network. For the MLP ResNet, layer k's weights
+        theta_left + s_k (theta_right - theta_left) are formed when the layer runs, so no
+        (B, L, ...) stack is ever built (the same arithmetic as :meth:`layer_params`, elementwise)."""
+        if self.inner.family != "resnet":
+            return self.inner.forward(self.layer_params(params), x)
+        from .blocks import embed, readout, residual_map
+
+        left, right, s = knot_layer_weights(self.knots, self.inner.depth, self.interpolation)
+        names = self.layer_names
+        knots = {n: params[n].unbind(1) for n in names}
+        if len(knots[names[0]]) != self.knot_sets:
+            raise ValueError(f"KnotResNet: parameter {names[0]} has {len(knots[names[0]])} knot "
+                             f"entries, expected {self.knot_sets}")
+        act, h = self.inner.act, self.inner.step
+        z = embed(params, x.flatten(2))
+        for a, b, w in zip(left.tolist(), right.tolist(), s.tolist(), strict=True):
+            theta = {n: knots[n][a] if w == 0 else knots[n][a] + w * (knots[n][b] - knots[n][a])
+                     for n in names}
+            z = z + h * residual_map(theta, z, act)
+        return readout(params, z)
 
 
 def at_depth(model: Any, depth: int) -> Any:
