@@ -48,7 +48,11 @@ def posterior_parts(post: Params) -> tuple[Params, Params]:
         raise ValueError("a posterior has keys mu.<name> and rho.<name> for the same names, got "
                          f"{sorted(post)}")
     mu = {n: post[f"mu.{n}"] for n in names}
-    sigma = {n: torch.nn.functional.softplus(post[f"rho.{n}"]) for n in names}
+    # softplus one model at a time: a vectorised transcendental kernel may round the tail of a
+    # tensor differently from its body, so a model's sigma must not depend on where its
+    # entries sit in a stack of E models.
+    sigma = {n: torch.stack([torch.nn.functional.softplus(r) for r in post[f"rho.{n}"].unbind(0)])
+             for n in names}
     return mu, sigma
 
 

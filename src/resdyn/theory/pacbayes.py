@@ -110,9 +110,17 @@ def gaussian_kl(mu_q: Tensor, sigma_q: Tensor, mu_p: Tensor, sigma_p: Tensor | f
     Per coordinate: ln(sigma_p / sigma_q) + (sigma_q^2 + (mu_q - mu_p)^2) / (2 sigma_p^2) - 1/2.
     """
     sigma_p = torch.as_tensor(sigma_p, dtype=mu_q.dtype, device=mu_q.device)
-    per = (torch.log(sigma_p) - torch.log(sigma_q)
-           + (sigma_q.square() + (mu_q - mu_p).square()) / (2 * sigma_p.square()) - 0.5)
-    return per.flatten(1).sum(1)
+    sigma_p = sigma_p.expand(mu_q.shape[:1] + sigma_p.shape[1:]) if sigma_p.dim() else sigma_p.expand(
+        mu_q.shape[:1])
+
+    def one(mq: Tensor, sq: Tensor, mp: Tensor, sp: Tensor) -> Tensor:
+        per = torch.log(sp) - torch.log(sq) + (sq.square() + (mq - mp).square()) / (2 * sp.square()) - 0.5
+        return per.sum()
+
+    # One model at a time: a vectorised kernel (log, a reduction) may round differently with the
+    # model's entries at another offset of a stack of E, and a model's KL must not depend on its
+    # batch-mates.
+    return torch.stack([one(mu_q[e], sigma_q[e], mu_p[e], sigma_p[e]) for e in range(mu_q.shape[0])])
 
 
 def posterior_kl(mu: Mapping[str, Tensor], sigma: Mapping[str, Tensor], prior_mu: Mapping[str, Tensor],
