@@ -126,3 +126,47 @@ def test_shipped_specs_load_and_errors_name_the_key(tmp_path):
     with pytest.raises(ValueError, match="must be one of the grid"):
         load_certificate_spec(p)
     assert dataclasses.fields(CertificateSpec)
+
+
+def test_data_independent_prior_certifies_on_all_of_S(tmp_path):
+    spec = dataclasses.replace(_tiny_spec(), prior="init", depths=(4,), name="certificates-init")
+    rows = run_spec(spec, tmp_path / "i.sqlite")
+    assert sorted(r["metrics"]["n"] for r in rows) == [60, 120]
+    assert all(r["config"]["prior_fraction"] == 0.0 for r in rows)
+
+
+TINY_TOML = """
+name = "certificates-quick"
+[run]
+depths = [2, 16]
+rounds = 2
+test_rounds = 1
+prior_scales = [0.01, 0.03]
+train_prior_scale = 0.01
+[[data]]
+name = "two_spirals"
+sample_sizes = [60, 120]
+options = { pool_size = 300, test_size = 100 }
+model = { width = 6, knots = 2 }
+prior_steps = 100
+posterior_steps = 10
+batch_size = 32
+"""
+
+
+def test_reproduce_certificates_writes_cells_into_the_given_store(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from resdyn.cli.main import main
+    from resdyn.experiments import registry
+
+    spec_file = tmp_path / "certificates-quick.toml"
+    spec_file.write_text(TINY_TOML)
+    monkeypatch.setattr(registry, "spec_path", lambda name: spec_file)
+    store = tmp_path / "r.sqlite"
+    res = CliRunner().invoke(main, ["reproduce", "certificates", "--quick", "--store", str(store)])
+    assert res.exit_code == 0, res.output
+    assert "certificate above" in res.output or "certificate is above" in res.output
+    assert any(line.split()[:3] == ["two_spirals", "120", "16"] for line in res.output.splitlines())
+    with Store(store, create=False) as st:
+        assert len(st.rows()) == 4 and "certificates-quick" in st.outcomes()
