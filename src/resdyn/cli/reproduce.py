@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 import tempfile
 from pathlib import Path
@@ -58,6 +59,8 @@ def run_reproduction(name: str, quick: bool, store: Path, executor: str, device:
             kwargs = {"quick": quick, "out_dir": Path(tmp), "device": device, "threads": threads}
             if dtype is not None:
                 kwargs["dtype"] = getattr(torch, dtype)
+            if "store" in inspect.signature(repro.load("run")).parameters:  # runs that write cells
+                kwargs.update(store=store, say=say)
             outcome = repro.load("run")(**kwargs)
             outcome.name = label
             with Store(store) as st:  # the report reads the outcome back from the store

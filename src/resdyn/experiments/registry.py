@@ -52,6 +52,8 @@ REPRODUCTIONS: dict[str, Reproduction] = {
                      ("dead-zone",), "resdyn.experiments.dead_zone:analyze"),
         Reproduction("mean-field", "mean-field ResNet on two spirals: Gram, KL, error vs n",
                      run="resdyn.experiments.meanfield:run"),
+        Reproduction("certificates", "PAC-Bayes risk certificates against S and depth L (knot paths)",
+                     run="resdyn.experiments.certificates:run"),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
                      run="resdyn.experiments.dnl_convergence:run"),
     )
