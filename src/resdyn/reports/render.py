@@ -23,6 +23,7 @@ h1{font-size:1.6rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.held{color:#116611;font-weight:bold}.failed{color:#aa1111;font-weight:bold}
+.open{color:#8a6d00;font-weight:bold}
 figure{display:inline-block;margin:.5rem}figcaption{font-size:.8rem;color:#555}
 """
 
@@ -57,9 +58,14 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# A claim's three-valued verdict (experiments.base.VERDICTS) as the claims table shows it.
+_VERDICT_WORD = {"held": "yes", "not held": "no", "inconclusive": "inconclusive"}
+_VERDICT_CLASS = {"yes": "held", "no": "failed", "inconclusive": "open"}
+
+
 def claims_rows(outcomes: Sequence[ExperimentOutcome]) -> list[dict]:
     return [{"experiment": o.name, "claim": c.text, "measured": c.measured, "test": c.test,
-             "held": "yes" if c.held else "no"} for o in outcomes for c in o.claims]
+             "held": _VERDICT_WORD[c.verdict]} for o in outcomes for c in o.claims]
 
 
 def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
@@ -77,7 +83,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
         rows = "".join(
             f"<tr><td>{html.escape(c['experiment'])}</td><td>{html.escape(c['claim'])}</td>"
             f"<td>{html.escape(c['measured'])}</td><td>{html.escape(c['test'])}</td>"
-            f"<td class='{'held' if c['held'] == 'yes' else 'failed'}'>{c['held']}</td></tr>"
+            f"<td class='{_VERDICT_CLASS[c['held']]}'>{c['held']}</td></tr>"
             for c in claims)
         parts.append("<table id='claims-table'><tr><th>experiment</th><th>claim</th>"
                      f"<th>measured</th><th>test</th><th>held</th></tr>{rows}</table>")
