@@ -32,7 +32,8 @@ def _rows():
     rows = []
     for w, S, seed in itertools.product([8, 16, 32], [32, 64, 128, 256], [0, 1, 2]):
         gap = 0.02 * w ** 0.5 / S ** 0.5 + 0.002 * rng.standard_normal()
-        rows.append({"status": "done", "config": {"seed": seed, "sample_size": S, "model": {"width": w, "depth": 4}},
+        config = {"seed": seed, "sample_size": S, "model": {"width": w, "depth": 4}}
+        rows.append({"status": "done", "config": config,
                      "metrics": {"error_gap": gap},
                      "measures": {"good": gap + 0.001 * rng.standard_normal(), "anti": -gap,
                                   "width_only": float(w), "test_error_bound.measured_gap": gap}})
