@@ -43,7 +43,7 @@ def _claims(path, tmp_path):
 
 def test_bound_claim_on_a_store_with_every_bound_vacuous_is_not_held(tmp_path):
     _store(tmp_path / "v.sqlite", lambda S, e: 2.83 + 0.1 * np.log(S))
-    out, claims = _claims(tmp_path / "v.sqlite", tmp_path)
+    _, claims = _claims(tmp_path / "v.sqlite", tmp_path)
     c = claims["the assembled test-error bound is a non-vacuous upper bound on the test error"]
     assert c.verdict == "not held" and not c.held
     assert c.measured.startswith("vacuous in every cell (30 of 30 have bound >= 1)")

@@ -41,6 +41,26 @@ def _bound_value(row: dict) -> float | None:
     return row["measures"].get("test_error_bound")
 
 
+def certificate(row: dict) -> str:
+    """Which path-norm certificate covers the cell's model, or why none does (docs/theory.md, 2.6)."""
+    model = row["config"]["model"]
+    family = model.get("family")
+    if family == "resnet":
+        return "path norm (discrete)"
+    if family == "ode_resnet":
+        method = model.get("method", "rk4")
+        return "flow (Euler)" if method == "euler" else f"not covered: solver {method}"
+    return f"not applicable: family {family}"
+
+
+def _log_path_norm(row: dict) -> float | None:
+    m = row["measures"]
+    v = m.get("path_norm_bound.log_path_norm")
+    if v is None or not math.isfinite(v):
+        v = m.get("flow_bound.log_path_norm")
+    return v if v is not None and math.isfinite(v) else None
+
+
 def fit_series(points: list[tuple[int, Any, float]]) -> dict[str, Any]:
     """Per-seed rate fit of (S, seed, value) points; {'fit': RateFit.as_dict() or None, 'reason'}."""
     pts = [p for p in points if p[2] is not None and math.isfinite(p[2])]
@@ -84,6 +104,14 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
                 stats[name_].append(ci)
                 row[name_] = ci.mean if ci else None
                 row[f"{name_}_ci"] = [ci.lo, ci.hi] if ci else None
+            if ok:
+                cert = certificate(ok[0])
+                row["certificate"] = cert
+                if row["bound"] is None:
+                    # a reason, not a blank: the bound does not exist for this model
+                    row["bound"] = cert if cert.startswith("not") else "no finite bound"
+                logs = [v for v in (_log_path_norm(r) for r in ok) if v is not None]
+                row["log_path_norm"] = mean_ci(logs).mean if logs else "not applicable"
             table.append(row)
         getters = {"error_gap": lambda r: r["metrics"]["error_gap"],
                    "loss_gap": lambda r: r["metrics"]["loss_gap"],

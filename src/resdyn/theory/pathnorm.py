@@ -215,7 +215,7 @@ class PathNormState:
     N: Tensor
     P: Tensor
     mu: Tensor
-    log_P: Tensor | None = None
+    log_P: Tensor | None = None  # noqa: N815 (the P of docs/theory.md)
     log_mu: Tensor | None = None
 
 
