@@ -51,7 +51,8 @@ def test_g2_and_g1_at_init_equal_the_documented_formula_with_either_rate_setting
 def _g2_infinite_width(x: np.ndarray, beta: float, samples: int = 1 << 20, seed: int = 0) -> float:
     """lambda_min of the width-to-infinity G2 at init: the encoder is the identity (its particles'
     u are centred) and G2[i, j] = beta^2 E_omega[tanh_i tanh_j + a^2 sech2_i sech2_j (x_i . x_j + 1)]
-    (x_i . x_j + 1 from v and c) with omega = (a, v, c) ~ N(0, I): Monte Carlo over ``samples`` draws, in numpy."""
+    (x_i . x_j + 1 from v and c) with omega = (a, v, c) ~ N(0, I): Monte Carlo over ``samples``
+    draws, in numpy."""
     rng = np.random.default_rng(seed)
     n, d = x.shape
     G = np.zeros((n, n))
