@@ -96,3 +96,60 @@ def test_claim_accepts_bools_and_stored_held_and_rejects_other_verdicts():
     assert not Claim("t", "m", "inconclusive", "x").held
     with pytest.raises(ValueError, match="verdict must be one of held, not held, inconclusive"):
         Claim("t", "m", "maybe", "x")
+
+
+DEAD_ZONE_SPEC = """
+name = "dead-zone-quick"
+description = "test"
+[data]
+name = "two_spirals"
+[model]
+family = "resnet"
+width = 16
+depth = 4
+[train]
+steps = 300
+lr = 1e-2
+[sweep]
+model = [{ activation = "soft_threshold", tau = 0.5 }, { activation = "relu" }, { activation = "tanh" }]
+weight_decay = [0.0, 0.03]
+sample_size = [128]
+seed = [0, 1, 2]
+[measures.dead_zone]
+"""
+
+
+def test_dead_zone_term_is_positive_under_weight_decay_and_zero_without(tmp_path):
+    from click.testing import CliRunner
+
+    from resdyn.cli.main import main
+    from resdyn.experiments.dead_zone import analyze
+
+    spec = tmp_path / "dead-zone-quick.toml"
+    spec.write_text(DEAD_ZONE_SPEC)
+    store = tmp_path / "dz.sqlite"
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    with Store(store, create=False) as st:
+        rows = st.rows()
+    dz = [r for r in rows if r["config"]["model"]["activation"] == "soft_threshold"]
+    for r in dz:
+        m, wd = r["measures"], r["config"]["train"]["weight_decay"]
+        if wd > 0:
+            # every unit's level is inside the band for the largest ||x~|| of the two-spirals pool
+            # (standardised inputs: ||x~|| < 10), so every sample is certified dead
+            assert m["dead_zone.mu"] * 10 < 0.5 and m["dead_zone.dead_fraction"] == 1.0
+            assert m["dead_zone"] > 0
+        else:
+            assert m["dead_zone.mu"] > 100 and m["dead_zone"] == 0.0
+    out = analyze(rows, None, "dead-zone-quick")
+    claims = {c.text: c for c in out.claims}
+    term = claims["the dead-zone term is positive for tau > 0 (weight decay 0.03)"]
+    assert term.verdict == "held"
+    (row,) = term.values["rows"]
+    vals = [r["measures"]["dead_zone"] for r in dz if r["config"]["train"]["weight_decay"] > 0]
+    assert row["mean"] == pytest.approx(np.mean(vals))
+    assert row["lower_bound"] == pytest.approx(
+        np.mean(vals) - 2.919986 * np.std(vals, ddof=1) / np.sqrt(3), rel=1e-5)
+    assert row["lower_bound"] > 0
+    assert "measures against the gap (rank correlation)" in out.tables
