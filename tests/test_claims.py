@@ -153,3 +153,33 @@ def test_dead_zone_term_is_positive_under_weight_decay_and_zero_without(tmp_path
         np.mean(vals) - 2.919986 * np.std(vals, ddof=1) / np.sqrt(3), rel=1e-5)
     assert row["lower_bound"] > 0
     assert "measures against the gap (rank correlation)" in out.tables
+
+
+def test_welch_tost_matches_scipy_one_sided_tests_and_decides_three_ways():
+    from scipy import stats
+
+    from resdyn.analysis.summary import welch_tost
+
+    a, b = [0.80, 0.82, 0.81, 0.83], [0.805, 0.815, 0.80]
+    t = welch_tost(a, b, 0.03)
+    p_lo = stats.ttest_ind(np.add(a, 0.03), b, equal_var=False, alternative="greater").pvalue
+    p_hi = stats.ttest_ind(np.subtract(a, 0.03), b, equal_var=False, alternative="less").pvalue
+    assert t.pvalue == pytest.approx(max(p_lo, p_hi), rel=1e-10)
+    assert t.diff == pytest.approx(np.mean(a) - np.mean(b)) and t.verdict == "held"
+    assert welch_tost([0.9, 0.91, 0.92], [0.80, 0.81, 0.80], 0.03).verdict == "not held"
+    assert welch_tost([0.7, 0.9, 0.8], [0.80, 0.85, 0.75], 0.03).verdict == "inconclusive"
+
+
+def test_report_json_has_no_nan_and_tables_name_infinite_and_not_applicable(tmp_path):
+    from resdyn.experiments.base import ExperimentOutcome
+
+    table = [{"a": float("nan"), "b": float("inf"), "c": None, "d": 1.5}]
+    o = ExperimentOutcome("x", tables={"t": table},
+                          claims=[Claim("c", "m", "inconclusive", "t", {"v": float("nan"), "w": float("inf")})])
+    _, md = write_report([o], tmp_path)
+    assert "| not applicable | infinite | not applicable | 1.5 |" in md.read_text()
+    raw = (tmp_path / "report-data.json").read_text()
+    assert "NaN" not in raw and "Infinity" not in raw
+    data = json.loads(raw)["x"]
+    assert data["claims"][0]["values"] == {"v": None, "w": "infinite"}
+    assert data["tables"]["t"][0] == {"a": None, "b": "infinite", "c": None, "d": 1.5}

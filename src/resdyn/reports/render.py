@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,27 @@ figure{display:inline-block;margin:.5rem}figcaption{font-size:.8rem;color:#555}
 
 
 def _fmt(v: Any) -> str:
+    # "not applicable" (None or NaN: the quantity does not exist) and "infinite" are distinct words
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "not applicable"
+    if isinstance(v, float) and math.isinf(v):
+        return "infinite" if v > 0 else "-infinite"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
     return str(v)
+
+
+def json_safe(v: Any) -> Any:
+    """JSON without NaN: NaN -> null (not applicable), +-inf -> "infinite" / "-infinite"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("infinite" if v > 0 else "-infinite")
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -110,7 +127,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text("".join(parts))
     md_path.write_text("\n".join(md) + "\n")
-    (out / "report-data.json").write_text(json.dumps(
+    (out / "report-data.json").write_text(json.dumps(json_safe(
         {o.name: {"claims": [c.__dict__ for c in o.claims], "tables": o.tables, "data": o.data}
-         for o in outcomes}, indent=1, sort_keys=True, default=str))
+         for o in outcomes}), indent=1, sort_keys=True, default=str, allow_nan=False))
     return html_path, md_path
