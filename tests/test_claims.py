@@ -174,8 +174,8 @@ def test_report_json_has_no_nan_and_tables_name_infinite_and_not_applicable(tmp_
     from resdyn.experiments.base import ExperimentOutcome
 
     table = [{"a": float("nan"), "b": float("inf"), "c": None, "d": 1.5}]
-    o = ExperimentOutcome("x", tables={"t": table},
-                          claims=[Claim("c", "m", "inconclusive", "t", {"v": float("nan"), "w": float("inf")})])
+    claim = Claim("c", "m", "inconclusive", "t", {"v": float("nan"), "w": float("inf")})
+    o = ExperimentOutcome("x", tables={"t": table}, claims=[claim])
     _, md = write_report([o], tmp_path)
     assert "| not applicable | infinite | not applicable | 1.5 |" in md.read_text()
     raw = (tmp_path / "report-data.json").read_text()
