@@ -1,4 +1,4 @@
-"""Rank correlation of complexity measures with the measured generalization gap (docs/theory.md, 9).
+"""Rank correlation of complexity measures with the measured generalization gap (docs/theory.md, 13).
 
 Cells: one per trained configuration with the seed removed; a cell's value of a measure mu and
 its gap g are the means over its seeds. Over n cells:

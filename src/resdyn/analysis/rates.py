@@ -1,4 +1,4 @@
-"""Rate statistics: the one place where a claim "y decays like x^b0" is tested (docs/theory.md, 7).
+"""Rate statistics: the one place where a claim "y decays like x^b0" is tested (docs/theory.md, 11).
 
 Data: points (x_i, y_i) with a cluster label g_i (the seed), G clusters. Within a seed the points
 share a nested sample (the size-S subsample is inside the size-2S one), so they are not independent

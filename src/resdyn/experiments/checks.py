@@ -1,6 +1,6 @@
 """Checks every sweep reproduction shares: the bound claim and the measures-against-gap ranking.
 
-Bound claim (docs/theory.md, 8): a test-error bound B is evidence only where it is non-vacuous,
+Bound claim (docs/theory.md, 12): a test-error bound B is evidence only where it is non-vacuous,
 B < 1. Over the finished cells with a finite bound: V = number of vacuous cells (B >= 1),
 violations = non-vacuous cells with B < measured test error (the bound is wrong there), tightness
 = median of B / test error, and the dominating term = the largest of the assembled bound's

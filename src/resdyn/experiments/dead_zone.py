@@ -7,7 +7,7 @@ Two regimes (the spec sweeps ``weight_decay``):
   relu and of tanh by Welch's t-test (one-sided, alpha 0.05): 'held' when the dead-zone gap is
   significantly below both, 'not held' when it is significantly above either, 'inconclusive'
   otherwise.
-* weight decay lambda > 0 (docs/theory.md, 10). The dead-zone term of the path-norm bound is
+* weight decay lambda > 0 (docs/theory.md, 14). The dead-zone term of the path-norm bound is
   positive only for samples with mu* ||x~|| <= tau, where mu* is the largest unit pre-activation
   level; after plain training mu* is 1e4 to 1e10 and the term is 0 in every cell. With an L2
   penalty strong enough, the residual blocks' weights shrink until every unit's level is inside

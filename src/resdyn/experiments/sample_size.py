@@ -42,7 +42,7 @@ def _bound_value(row: dict) -> float | None:
 
 
 def certificate(row: dict) -> str:
-    """Which path-norm certificate covers the cell's model, or why none does (docs/theory.md, 2.6)."""
+    """Which path-norm certificate covers the cell's model, or why none does (docs/theory.md, 10)."""
     model = row["config"]["model"]
     family = model.get("family")
     if family == "resnet":

@@ -188,7 +188,7 @@ def bound_terms(
         # log of the flow bound: log P + log of the bound at P = 1 (finite when P overflows)
         out["flow_bound.log_path_norm"] = float(flow.log_P[0])
         out["flow_bound.log"] = float(flow.log_P[0] + torch.log(path_norm_rademacher(1.0, sq, kappa)))
-        # Theorem 2.2 covers the exact flow and Euler steps (docs/theory.md, 2.6); a model solved
+        # Theorem 2.2 covers the exact flow and Euler steps (docs/theory.md, 10); a model solved
         # with another solver computes a function the certificate does not cover.
         covered = model.family == "resnet" or getattr(model, "method", None) == "euler"
         out["flow_bound.covered"] = 1.0 if covered else 0.0
