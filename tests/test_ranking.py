@@ -72,3 +72,11 @@ def test_rank_measures_values_and_bootstrap_intervals():
     assert res["width_only"].granulated == pytest.approx(1.0)
     row = res["good"].as_row()
     assert row["cells"] == 12 and row["measure"] == "good" and "psi[sample_size]" in row
+
+
+def test_keys_that_split_cells_alike_are_one_axis():
+    rows = _rows()
+    for r in rows:  # in_dim follows width exactly: the same partition, so not a second axis
+        r["config"]["model"]["in_dim"] = r["config"]["model"]["width"] // 8
+    t = cell_table(rows)
+    assert t.axis_names == ["model.in_dim (+1)", "sample_size"] and t.axes.shape == (12, 2)

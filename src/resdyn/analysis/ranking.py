@@ -146,7 +146,22 @@ def cell_table(rows: Iterable[dict], gap_key: str = "error_gap") -> CellTable:
         for c in cells:
             axes[ci[c], a] = codes.setdefault(json.dumps(first[c].get(k), sort_keys=True, default=str),
                                                len(codes))
-    return CellTable(seeds, cells, varying, axes, gap, meas)
+    # Keys that split the cells the same way are one swept axis (a model = {...} entry sets the
+    # family, its solver and its knots together; the data set fixes in_dim): keep one column each,
+    # named by its first key and how many it stands for.
+    merged: list[list[str]] = []
+    keep: list[int] = []
+    seen: dict[bytes, int] = {}
+    for a, k in enumerate(varying):
+        sig = axes[:, a].tobytes()  # codes are numbered in first-appearance order: equal partitions match
+        if sig in seen:
+            merged[seen[sig]].append(k)
+            continue
+        seen[sig] = len(merged)
+        merged.append([k])
+        keep.append(a)
+    names = [m[0] if len(m) == 1 else f"{m[0]} (+{len(m) - 1})" for m in merged]
+    return CellTable(seeds, cells, names, axes[:, keep], gap, meas)
 
 
 @dataclass(frozen=True)
@@ -166,9 +181,12 @@ class RankResult:
         def r(v: float) -> float | None:
             return None if not math.isfinite(v) else round(v, 4)
 
+        def ci(v: tuple[float, float]) -> list[float | None] | None:
+            return None if not all(math.isfinite(x) for x in v) else [r(x) for x in v]
+
         return {"measure": self.measure, "cells": self.cells, "kendall_tau": r(self.tau),
-                "tau_ci": [r(v) for v in self.tau_ci], "granulated_tau": r(self.granulated),
-                "granulated_ci": [r(v) for v in self.granulated_ci],
+                "tau_ci": ci(self.tau_ci), "granulated_tau": r(self.granulated),
+                "granulated_ci": ci(self.granulated_ci),
                 **{f"psi[{k}]": r(v) for k, v in self.psi.items()}}
 
 

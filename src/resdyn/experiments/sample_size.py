@@ -154,11 +154,13 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
             if eg["fit"] is not None:
                 entry["fit"] = _fit_line([p[0] for p in pos], eg["fit"])
             gap_series.append(entry)
-        if "bound" in fits:
-            bound_series.append({"label": f"{label} bound", "x": S,
-                                 "y": [c.mean for c in stats["bound"]], "ls": "--"})
-            bound_series.append({"label": f"{label} test error", "x": S,
-                                 "y": [c.mean for c in stats["test_error"]]})
+        with_bound = [(s, b, e) for s, b, e in zip(S, stats["bound"], stats["test_error"], strict=True)
+                      if b is not None and e is not None]
+        if with_bound:
+            bound_series.append({"label": f"{label} bound", "x": [w[0] for w in with_bound],
+                                 "y": [w[1].mean for w in with_bound], "ls": "--"})
+            bound_series.append({"label": f"{label} test error", "x": [w[0] for w in with_bound],
+                                 "y": [w[2].mean for w in with_bound]})
     outcome.tables["gap against S"] = table
     claim = bound_claim(rows)
     if claim is not None:
