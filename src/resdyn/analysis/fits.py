@@ -18,6 +18,9 @@ clusters, and honest about how little a handful of seeds says.
 
 ``bootstrap_slope`` resamples whole clusters with replacement and refits (pooled OLS on the
 resampled points), returning a percentile interval.
+
+These fits are descriptive. A *claim* about a rate (held / not held / inconclusive, tests of
+H0: b = b0, equivalence, non-positive values) goes through :mod:`resdyn.analysis.rates`.
 """
 
 from __future__ import annotations

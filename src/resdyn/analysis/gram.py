@@ -2,7 +2,7 @@
 
 For one model with output f(x; P) and parameter tensors P_name, the per-sample gradients are
 J_name[i] = d f(x_i) / d P_name (computed with ``torch.func.jacrev``). A group g of parameters
-with learning-rate multipliers s_name (the model's ``lr_scales``) has the Gram matrix
+with scales s_name has the Gram matrix
 
     G_g[i, j] = sum_{name in g} s_name < J_name[i], J_name[j] >.
 
@@ -17,6 +17,11 @@ G2[i, j] = (1/K) sum_k grad_omega[beta h(z_L(x_i); omega_k)] . grad_omega[beta h
 whose limit is the integral over nu; they stay O(1) as M, K grow. G2 has rank at most K q
 (q = d + 2), so lambda_min(G2) = 0 exactly once n > K q.
 
+The scales are the documented normalisation, **not** the learning-rate setting: s = L M (M when
+tied) on u, w, b and s = K on a, v, c (:func:`gram_scales`), whatever ``mean_field_lr`` says, so a
+run trained with plain rates (``mean_field_lr = false``) records the same G1, G2 as one with the
+mean-field rates. Other models get s = 1. Callers may pass ``scales`` explicitly.
+
 Everything is computed in float64.
 """
 
@@ -30,7 +35,18 @@ from torch.func import jacrev
 
 from ..models.base import Model, Params
 
-__all__ = ["gram_groups", "gram_matrices", "lambda_min", "per_sample_gradients"]
+__all__ = ["gram_groups", "gram_matrices", "gram_scales", "lambda_min", "per_sample_gradients"]
+
+
+def gram_scales(model: Model) -> dict[str, float]:
+    """The documented normalisation s_name of docs/meanfield.md: L M (M when tied) for the encoder
+    particles u, w, b and K for the predictor particles a, v, c of a mean-field model; {} (s = 1)
+    for any other family. Independent of the learning-rate setting."""
+    if getattr(model, "family", None) != "meanfield":
+        return {}
+    enc = float(model.width * (1 if model.tied else model.depth))
+    pred = float(model.predictor_width)
+    return {**dict.fromkeys(("u", "w", "b"), enc), **dict.fromkeys(("a", "v", "c"), pred)}
 
 
 def gram_groups(model: Model, params: Params) -> dict[str, tuple[str, ...]]:
@@ -85,12 +101,12 @@ def gram_matrices(
 ) -> dict[str, Tensor]:
     """G_g of shape (E, n, n) for every group g, and their sum under the key 'total'.
 
-    groups: name -> parameter names (default :func:`gram_groups`). scales: s_name (default the
-    model's ``lr_scales()``; a name missing from it has s = 1).
+    groups: name -> parameter names (default :func:`gram_groups`). scales: s_name (default
+    :func:`gram_scales`, the documented normalisation; a name missing from it has s = 1).
     """
     groups = gram_groups(model, params) if groups is None else dict(groups)
     if scales is None:
-        scales = getattr(model, "lr_scales", dict)()
+        scales = gram_scales(model)
     names = sorted({n for g in groups.values() for n in g})
     J = per_sample_gradients(model, params, x, names)
     out: dict[str, Tensor] = {}

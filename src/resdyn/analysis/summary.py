@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["MeanCI", "group_rows", "mean_ci", "overlap"]
+__all__ = ["MeanCI", "WelchTost", "group_rows", "mean_ci", "overlap", "welch_tost"]
 
 
 @dataclass(frozen=True)
@@ -55,3 +55,46 @@ def group_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], A
     for r in rows:
         out.setdefault(key(r), []).append(r)
     return out
+
+
+@dataclass(frozen=True)
+class WelchTost:
+    """Difference d = mean(a) - mean(b), its Welch standard error and df, the 90% interval and the
+    TOST p-value of H0: |d| >= margin; verdict 'held' (equivalent: the 90% interval inside
+    [-margin, margin]), 'not held' (the interval entirely outside it) or 'inconclusive'."""
+
+    diff: float
+    stderr: float
+    df: float
+    ci90: tuple[float, float]
+    pvalue: float
+    margin: float
+    verdict: str
+
+
+def welch_tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> WelchTost:
+    """Two one-sided Welch t-tests of |mean(a) - mean(b)| < margin (Schuirmann 1987):
+
+        d = a_bar - b_bar,  se^2 = s_a^2 / n_a + s_b^2 / n_b,
+        df = se^4 / ((s_a^2/n_a)^2 / (n_a - 1) + (s_b^2/n_b)^2 / (n_b - 1))   (Welch-Satterthwaite),
+        p = max(P(t_df > (d + margin) / se), P(t_df < (d - margin) / se)).
+
+    Needs at least 2 values in each sample."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.size < 2 or y.size < 2:
+        raise ValueError(f"welch_tost needs at least 2 values per sample, got {x.size} and {y.size}")
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin!r}")
+    va, vb = x.var(ddof=1) / x.size, y.var(ddof=1) / y.size
+    se = math.sqrt(va + vb)
+    d = float(x.mean() - y.mean())
+    if se == 0:
+        inside = abs(d) < margin
+        return WelchTost(d, 0.0, math.inf, (d, d), 0.0 if inside else 1.0, margin,
+                         "held" if inside else "not held")
+    df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
+    p = float(max(stats.t.sf((d + margin) / se, df), stats.t.cdf((d - margin) / se, df)))
+    q = float(stats.t.ppf(1 - alpha, df))
+    lo, hi = d - q * se, d + q * se
+    verdict = "held" if p < alpha else ("not held" if hi < -margin or lo > margin else "inconclusive")
+    return WelchTost(d, se, float(df), (lo, hi), p, margin, verdict)

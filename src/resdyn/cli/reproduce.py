@@ -19,7 +19,8 @@ from .sweep import execute_spec
 def _claims_text(outcome) -> str:
     lines = []
     for c in outcome.claims:
-        lines.append(f"  [{'held' if c.held else 'NOT held'}] {c.text}: {c.measured}")
+        word = {"held": "held", "not held": "NOT held"}.get(c.verdict, c.verdict)
+        lines.append(f"  [{word}] {c.text}: {c.measured}")
     return "\n".join(lines)
 
 

@@ -6,23 +6,46 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Claim", "ExperimentOutcome"]
+__all__ = ["VERDICTS", "Claim", "ExperimentOutcome"]
+
+VERDICTS = ("held", "not held", "inconclusive")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Claim:
-    """A claim of a paper, the number measured for it, and whether it held.
+    """A claim of a paper, the number measured for it, and the verdict of its test.
 
     text: the claim in words; measured: the number(s) with interval, as shown to a reader;
-    held: the verdict of the stated test; test: how the verdict was reached (e.g. "-0.5 inside
-    the 95% interval of the fitted slope"); values: the raw numbers behind it.
+    verdict: one of 'held' (the test rejects in the claim's favour), 'not held' (the data contradict
+    it) or 'inconclusive' (neither: a non-rejection is not support); test: how the verdict was
+    reached; values: the raw numbers behind it. A bool in the verdict's place (or ``held=``, as
+    older stored outcomes carry) reads as 'held' / 'not held'.
     """
 
     text: str
     measured: str
-    held: bool
+    verdict: str
     test: str
     values: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, text: str, measured: str, verdict: str | bool | None = None, test: str = "",
+                 values: dict[str, Any] | None = None, *, held: bool | None = None) -> None:
+        if verdict is None:
+            verdict = held
+        if isinstance(verdict, bool):
+            verdict = "held" if verdict else "not held"
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)} (or a bool), got {verdict!r}")
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "measured", measured)
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "test", test)
+        object.__setattr__(self, "values", dict(values or {}))
+
+    @property
+    def held(self) -> bool:
+        """True only for the verdict 'held'."""
+        return self.verdict == "held"
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,16 +25,33 @@ h1{font-size:1.6rem}h2{border-bottom:1px solid #ccc;padding-bottom:.2rem;margin-
 table{border-collapse:collapse;margin:.6rem 0;font-size:.85rem}
 td,th{border:1px solid #ccc;padding:.25rem .5rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}.held{color:#116611;font-weight:bold}.failed{color:#aa1111;font-weight:bold}
+.open{color:#8a6d00;font-weight:bold}
 figure{display:inline-block;margin:.5rem}figcaption{font-size:.8rem;color:#555}
 """
 
 
 def _fmt(v: Any) -> str:
+    # "not applicable" (None or NaN: the quantity does not exist) and "infinite" are distinct words
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "not applicable"
+    if isinstance(v, float) and math.isinf(v):
+        return "infinite" if v > 0 else "-infinite"
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, list) and v and all(isinstance(x, float) for x in v):
         return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
     return str(v)
+
+
+def json_safe(v: Any) -> Any:
+    """JSON without NaN: NaN -> null (not applicable), +-inf -> "infinite" / "-infinite"."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else ("infinite" if v > 0 else "-infinite")
+    if isinstance(v, dict):
+        return {k: json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [json_safe(x) for x in v]
+    return v
 
 
 def _columns(rows: list[dict]) -> list[str]:
@@ -58,9 +76,14 @@ def _md_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# A claim's three-valued verdict (experiments.base.VERDICTS) as the claims table shows it.
+_VERDICT_WORD = {"held": "yes", "not held": "no", "inconclusive": "inconclusive"}
+_VERDICT_CLASS = {"yes": "held", "no": "failed", "inconclusive": "open"}
+
+
 def claims_rows(outcomes: Sequence[ExperimentOutcome]) -> list[dict]:
     return [{"experiment": o.name, "claim": c.text, "measured": c.measured, "test": c.test,
-             "held": "yes" if c.held else "no"} for o in outcomes for c in o.claims]
+             "held": _VERDICT_WORD[c.verdict]} for o in outcomes for c in o.claims]
 
 
 def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
@@ -78,7 +101,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
         rows = "".join(
             f"<tr><td>{html.escape(c['experiment'])}</td><td>{html.escape(c['claim'])}</td>"
             f"<td>{html.escape(c['measured'])}</td><td>{html.escape(c['test'])}</td>"
-            f"<td class='{'held' if c['held'] == 'yes' else 'failed'}'>{c['held']}</td></tr>"
+            f"<td class='{_VERDICT_CLASS[c['held']]}'>{c['held']}</td></tr>"
             for c in claims)
         parts.append("<table id='claims-table'><tr><th>experiment</th><th>claim</th>"
                      f"<th>measured</th><th>test</th><th>held</th></tr>{rows}</table>")
@@ -105,7 +128,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
     html_path, md_path = out / "report.html", out / "report.md"
     html_path.write_text("".join(parts))
     md_path.write_text("\n".join(md) + "\n")
-    (out / "report-data.json").write_text(json.dumps(
+    (out / "report-data.json").write_text(json.dumps(json_safe(
         {o.name: {"claims": [c.__dict__ for c in o.claims], "tables": o.tables, "data": o.data}
-         for o in outcomes}, indent=1, sort_keys=True, default=str))
+         for o in outcomes}), indent=1, sort_keys=True, default=str, allow_nan=False))
     return html_path, md_path

@@ -163,7 +163,9 @@ def bound_terms(
     reason = supported(model)
     pn_keys = ("path_norm_bound", "path_norm_bound.path_norm", "path_norm_bound.factor",
                "path_norm_bound.depth0", "flow_bound", "flow_bound.path_norm", "dead_zone",
-               "dead_zone.dead_fraction", "dead_zone.mu", "dead_zone.band", "dead_zone.refined")
+               "dead_zone.dead_fraction", "dead_zone.mu", "dead_zone.band", "dead_zone.refined",
+               "path_norm_bound.log_path_norm", "flow_bound.log_path_norm", "flow_bound.log",
+               "flow_bound.covered")
     if reason is not None:
         out.update({key: nan for key in pn_keys})
         if getattr(getattr(model, "act", None), "dead_zone", 0) is None:
@@ -182,7 +184,15 @@ def bound_terms(
         out["path_norm_bound.path_norm"] = float(P)
         out["path_norm_bound.factor"] = c
         out["path_norm_bound.depth0"] = float(path_norm_rademacher(P, sq, kappa, residual=False))
-        out["flow_bound"] = float(path_norm_rademacher(flow.P[0], sq, kappa))
+        out["path_norm_bound.log_path_norm"] = float(st.log_P[0])
+        # log of the flow bound: log P + log of the bound at P = 1 (finite when P overflows)
+        out["flow_bound.log_path_norm"] = float(flow.log_P[0])
+        out["flow_bound.log"] = float(flow.log_P[0] + torch.log(path_norm_rademacher(1.0, sq, kappa)))
+        # Theorem 2.2 covers the exact flow and Euler steps (docs/theory.md, 10); a model solved
+        # with another solver computes a function the certificate does not cover.
+        covered = model.family == "resnet" or getattr(model, "method", None) == "euler"
+        out["flow_bound.covered"] = 1.0 if covered else 0.0
+        out["flow_bound"] = float(path_norm_rademacher(flow.P[0], sq, kappa)) if covered else nan
         out["flow_bound.path_norm"] = float(flow.P[0])
         # The dead-zone certificate needs mu bounding every unit's level. The flow's mu is taken at
         # the start of each ODE piece, where N(t) (non-decreasing) is smallest: not a bound there,
@@ -205,7 +215,13 @@ def bound_terms(
             active_g = torch.ones_like(sq, dtype=torch.bool)
             ln_grid = ln_level + ln_gamma
         rad = path_norm_rademacher(Qg, sq, kappa, active=active_g)
-        te["path_norm"] = _assemble(ramp, gam, 2.0 * ck / gam * rad, ln_grid, opts.delta / n_fam, S)
+        if not covered:
+            # the path-norm class of a continuous-time model is the flow class: not this solver's
+            for key in ("path_norm_bound", "path_norm_bound.depth0", "dead_zone", "dead_zone.refined"):
+                out[key] = nan
+        else:
+            te["path_norm"] = _assemble(ramp, gam, 2.0 * ck / gam * rad, ln_grid,
+                                        opts.delta / n_fam, S)
 
     # --- spectral (BFT, residual form) and Lipschitz-in-depth (Marion) -------------------------
     reason = spectral_supported(model)

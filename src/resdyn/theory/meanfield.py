@@ -1,4 +1,6 @@
-"""KL-ball Rademacher bound for the mean-field ResNet (resdyn's own statement; docs/meanfield.md).
+"""KL-ball Rademacher bound for the mean-field ResNet (resdyn's own statement; docs/meanfield.md),
+and its PLUG-IN ESTIMATE on trained finite networks (measure ``meanfield_kl_plugin``), which is not
+a certificate.
 
 Setting (the mean-field limit of ``resdyn.models.meanfield``): layer laws rho_0..rho_{L-1} on
 theta = (u, w, b) in R^{2d+1}, predictor law nu on omega = (a, v, c) in R^{d+2}, reference law
@@ -22,9 +24,17 @@ f in F (radii fixed before sampling) has 0-1 test error
 
     P(y f(x) <= 0) <= (1/n) sum_i min(1, max(0, 1 - y_i f(x_i))) + 2 Rad_n(F) + 3 sqrt(log(2/delta) / (2n)).
 
-The derivation (Donsker-Varadhan, Hoeffding, Jensen) is in docs/meanfield.md. Plugged into a
-trained finite network, r1 and r2 are the k-NN estimates of the KL of its particle clouds (the
-empirical measure itself has infinite KL): a plug-in, not a certificate.
+The derivation (Donsker-Varadhan, Hoeffding, Jensen) is in docs/meanfield.md.
+
+Plug-in, not a certificate (docs/theory.md, 9): on a trained finite network the theorem's
+hypotheses fail three ways. The particle measure has infinite KL, so r1, r2 are k-NN *estimates*
+of the KL of smooth laws the clouds might be drawn from; the radii are read after training, whereas
+the theorem needs them fixed before the sample; and a negative estimate (estimator noise) is
+clipped to 0, which makes a complexity term exactly 0. The measure is therefore named
+``meanfield_kl_plugin`` (values ``plugin``, ``plugin.*``, with ``plugin.r1_raw``, ``plugin.r2_raw``
+the unclipped estimates and ``plugin.clipped`` the number of radii clipped) and reads as an
+estimate everywhere; ``meanfield_kl_bound`` is kept only as a deprecated alias of the same numbers
+under the old keys, for stores written before the rename.
 """
 
 from __future__ import annotations
@@ -73,11 +83,13 @@ def generalization_bound(n: int, train_ramp: float, r1: float, r2: float, alpha:
             "bound": train_ramp + 2.0 * rad["rademacher"] + conf}
 
 
-def _measure_kl_bound(ctx: Any) -> dict[str, Tensor]:
-    """Measure 'meanfield_kl_bound': the bound with the k-NN KL estimates of each trained model.
+def _measure_kl_bound(ctx: Any, prefix: str = "bound") -> dict[str, Tensor]:
+    """The KL-ball formula with the k-NN KL estimates of each trained model plugged in as radii: a
+    PLUG-IN ESTIMATE, not a bound on the test error (module docstring).
 
-    Options: delta (default 0.05), k (k-NN order). Values per model: bound, bound.rademacher,
-    bound.predictor, bound.encoder, bound.confidence, bound.train_ramp, bound.r1, bound.r2.
+    Options: delta (default 0.05), k (k-NN order). Values per model (``prefix`` 'plugin', or
+    'bound' under the deprecated name): prefix, .rademacher, .predictor, .encoder, .confidence,
+    .train_ramp, .r1, .r2 (clipped at 0), .r1_raw, .r2_raw (unclipped), .clipped (0, 1 or 2).
     """
     from ..analysis.diagnostics import particle_kl
 
@@ -100,13 +112,18 @@ def _measure_kl_bound(ctx: Any) -> dict[str, Tensor]:
             f = model.forward({k: v[e : e + 1] for k, v in ctx.params.items()}, x)[0, :, 0]
         y = (2 * ctx.data.y[idx] - 1).to(f)
         ramp = float((1 - y * f).clamp(0, 1).mean())
-        r1 = max(float(kl["kl_enc_knn"][e]), 0.0)
-        r2 = max(float(kl["kl_pred_knn"][e]), 0.0)
+        r1_raw, r2_raw = float(kl["kl_enc_knn"][e]), float(kl["kl_pred_knn"][e])
+        r1, r2 = max(r1_raw, 0.0), max(r2_raw, 0.0)
         b = generalization_bound(len(idx), ramp, r1, r2, model.alpha, model.beta, delta, s0, s1)
-        b.update(r1=r1, r2=r2)
+        b.update(r1=r1, r2=r2, r1_raw=r1_raw, r2_raw=r2_raw, clipped=float((r1_raw < 0) + (r2_raw < 0)))
         for key, v in b.items():
-            rows.setdefault("bound" if key == "bound" else f"bound.{key}", []).append(v)
+            rows.setdefault(prefix if key == "bound" else f"{prefix}.{key}", []).append(v)
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()}
 
 
-MEASURES = {"meanfield_kl_bound": _measure_kl_bound}
+def _measure_kl_plugin(ctx: Any) -> dict[str, Tensor]:
+    """Measure 'meanfield_kl_plugin': the plug-in estimate (see :func:`_measure_kl_bound`)."""
+    return _measure_kl_bound(ctx, "plugin")
+
+
+MEASURES = {"meanfield_kl_plugin": _measure_kl_plugin, "meanfield_kl_bound": _measure_kl_bound}

@@ -8,9 +8,12 @@ gamma grid, level grid, families, substeps). NaN marks a bound that does not app
 measure                value (and terms)
 =====================  ==========================================================================
 path_norm_bound        Rad_S bound of the path-norm class at the model's own path norm
-                       (.path_norm, .factor, .depth0)
+                       (.path_norm, .log_path_norm, .factor, .depth0)
 flow_bound             the same for the continuous-time class, path norm through the linear ODE
-                       (.path_norm)
+                       (.path_norm, .log_path_norm, .log = log of the bound, finite when the bound
+                       overflows; .covered = 1 when the certificate covers the function the
+                       model computes: discrete nets and Euler-solved continuous ones, else 0
+                       and the bound is NaN: "not covered: solver rk4")
 dead_zone              the non-negative dead-zone term subtracted from path_norm_bound
                        (.dead_fraction, .mu, .band, .refined)
 spectral_bound         Rad_S bound of the spectrally normalised class (.capacity, .radius)

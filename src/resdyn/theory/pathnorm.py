@@ -124,20 +124,24 @@ def _f64(params: Params, grad: bool = False) -> Params:
     return {k: v.detach().to(torch.float64) for k, v in params.items()}
 
 
-def _field(theta: Params, N: Tensor, exp: ReluExpansion, kappa: float) -> tuple[Tensor, Tensor]:
+def _field(theta: Params, N: Tensor, exp: ReluExpansion, kappa: float,
+           one: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """M N + g and the unit pre-activation levels mu for one layer's |parameters| ``theta``.
 
     ``theta`` holds W, b, V (two-layer) or K, b (one-layer) with leading axis E; N is (E, m).
+    ``one`` (E,) weighs the N-free parts (g and |b| in mu): with N = e^s n held as the scaled n,
+    passing n and one = e^{-s} gives e^{-s} (M N + g) and e^{-s} mu (the log-domain recursion).
     """
+    one = torch.ones(N.shape[0], dtype=N.dtype) if one is None else one
     if "W" in theta:
         W, V, b = theta["W"].abs(), theta["V"].abs(), theta["b"]
         wn = torch.einsum("eqp,ep->eq", W, N)
-        mu = wn + b.abs()
-        unit = exp.slope * wn + exp.bias_cost(b)
+        mu = wn + one[:, None] * b.abs()
+        unit = exp.slope * wn + one[:, None] * exp.bias_cost(b)
         return kappa * torch.einsum("ejq,eq->ej", V, unit), mu
     K, b = theta["K"].abs(), theta["b"]
-    unit = exp.slope * N + exp.bias_cost(torch.zeros_like(N))
-    return kappa * torch.einsum("ejq,eq->ej", K, unit) + b.abs(), N
+    unit = exp.slope * N + one[:, None] * exp.bias_cost(torch.zeros_like(N))
+    return kappa * torch.einsum("ejq,eq->ej", K, unit) + one[:, None] * b.abs(), N
 
 
 def _linear_parts(theta: Params, exp: ReluExpansion, kappa: float, m: int) -> tuple[Tensor, Tensor]:
@@ -184,22 +188,43 @@ def _readout(params: Params, N: Tensor) -> Tensor:
     return (torch.einsum("eyj,ej->ey", params["R"].abs(), N) + params["r"].abs()).amax(-1)
 
 
+def _log_readout(params: Params, n: Tensor, s: Tensor) -> Tensor:
+    """log max_y (|R_y| . N + |r_y|) for N = e^s n, without forming e^s."""
+    one = torch.exp(-s)
+    inner = torch.einsum("eyj,ej->ey", params["R"].abs(), n) + one[:, None] * params["r"].abs()
+    return s + torch.log(inner.amax(-1))
+
+
+def _renormalise(n: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """(n / c, s + log c) with c = max_j n_j (> 0): keeps the scaled vector at order 1."""
+    c = n.amax(-1).clamp_min(torch.finfo(n.dtype).tiny)
+    return n / c[:, None], s + torch.log(c)
+
+
 @dataclass(frozen=True)
 class PathNormState:
     """N_L (E, m), the path norm P (E,), and the largest unit pre-activation level
     mu* = max_{l, q} mu_{l,q} (E,), where mu_{l,q} = sum_p |W_{l,qp}| N_l^p + |b_{l,q}|
-    (one-layer: mu_{l,p} = N_l^p) bounds |pre-activation(x)| <= mu ||x~||_2."""
+    (one-layer: mu_{l,p} = N_l^p) bounds |pre-activation(x)| <= mu ||x~||_2.
+
+    The recursion runs in the log domain (N = e^s n with max_j n_j = 1), so ``log_P`` and
+    ``log_mu`` are finite whatever the size; ``P``, ``mu`` and ``N`` are their exponentials and
+    read +inf beyond float64 (about e^709): report ``log_P`` then.
+    """
 
     N: Tensor
     P: Tensor
     mu: Tensor
+    log_P: Tensor | None = None  # noqa: N815 (the P of docs/theory.md)
+    log_mu: Tensor | None = None
 
 
 def path_norm_state(
     model: Model, params: Params, kappa: float = DEFAULT_KAPPA, grad: bool = False
 ) -> PathNormState:
-    """The discrete weighted path norm of a ResNet (module docstring), per model; with ``grad``
-    the result is differentiable in ``params`` (used by the Monte-Carlo estimator)."""
+    """The discrete weighted path norm of a ResNet (module docstring), per model, in the log
+    domain; with ``grad`` the result is differentiable in ``params`` (used by the Monte-Carlo
+    estimator)."""
     reason = supported(model)
     if reason is not None or model.family != "resnet":
         raise ValueError("path_norm_state needs a 'resnet' with a relu-expandable activation; "
@@ -208,15 +233,16 @@ def path_norm_state(
     p = _f64(params, grad)
     exp = relu_expansion(model.act)
     names = _names(model)
-    N = _n0(p)
-    mu = torch.zeros(N.shape[0], dtype=torch.float64)
+    n, s = _renormalise(_n0(p), torch.zeros(_n0(p).shape[0], dtype=torch.float64))
+    log_mu = torch.full_like(s, -math.inf)
     h = model.step
     for l in range(model.depth):
         theta = _layer(p, names, 0 if model.tied else l)
-        drift, mu_l = _field(theta, N, exp, kappa)
-        mu = torch.maximum(mu, mu_l.amax(-1))
-        N = N + h * drift
-    return PathNormState(N, _readout(p, N), mu)
+        drift, mu_l = _field(theta, n, exp, kappa, torch.exp(-s))
+        log_mu = torch.maximum(log_mu, s + torch.log(mu_l.amax(-1)))
+        n, s = _renormalise(n + h * drift, s)
+    log_P = _log_readout(p, n, s)
+    return PathNormState(torch.exp(s)[:, None] * n, torch.exp(log_P), torch.exp(log_mu), log_P, log_mu)
 
 
 def path_norm(model: Model, params: Params, kappa: float = DEFAULT_KAPPA) -> Tensor:
@@ -230,15 +256,25 @@ def _check_kappa(kappa: float) -> None:
                          f"got {kappa!r}")
 
 
-def _expm_step(M: Tensor, g: Tensor, N: Tensor, dt: float) -> Tensor:
-    """Exact solution at time dt of N' = M N + g (constant M, g) from N: via one matrix exponential."""
-    E, m = N.shape
-    aug = torch.zeros(E, m + 1, m + 1, dtype=N.dtype)
-    aug[:, :m, :m] = M * dt
-    aug[:, :m, m] = g * dt
-    state = torch.cat([N, torch.ones(E, 1, dtype=N.dtype)], -1).unsqueeze(-1)
-    out = torch.linalg.matrix_exp(aug) @ state
-    return out[:, :m, 0]
+# Largest ||M dt||_1 one matrix exponential takes: e^50 stays far inside float64, so a long or
+# steep piece is cut into equal sub-steps (the flow of a constant system composes exactly).
+_EXPM_MAX = 50.0
+
+
+def _expm_step(M: Tensor, g: Tensor, n: Tensor, s: Tensor, dt: float) -> tuple[Tensor, Tensor]:
+    """Exact solution at time dt of N' = M N + g (constant M, g) from N = e^s n, in the log
+    domain: [n; e^{-s}] is mapped by expm([[M dt, g dt], [0, 0]]) and renormalised."""
+    E, m = n.shape
+    norm = float((M.abs().sum(-2).amax(-1) * dt).max()) if M.numel() else 0.0
+    pieces = max(1, math.ceil(norm / _EXPM_MAX))
+    aug = torch.zeros(E, m + 1, m + 1, dtype=n.dtype)
+    aug[:, :m, :m] = M * (dt / pieces)
+    aug[:, :m, m] = g * (dt / pieces)
+    step = torch.linalg.matrix_exp(aug)
+    for _ in range(pieces):
+        state = torch.cat([n, torch.exp(-s)[:, None]], -1).unsqueeze(-1)
+        n, s = _renormalise((step @ state)[:, :m, 0], s)
+    return n, s
 
 
 def flow_path_norm(
@@ -252,6 +288,7 @@ def flow_path_norm(
     M, g are replaced by their entrywise majorants (|W|, |V|, |K| at the larger endpoint,
     beta_act(b) at the larger endpoint: |linear| and beta_act are convex), so the result is an
     upper bound on N(T) by comparison for cooperative linear systems (docs/theory.md, 2.5).
+    Computed in the log domain (``log_P`` is finite whatever the size; see :class:`PathNormState`).
     ``mu`` is the largest unit level over the knots (and sub-knots), an under-estimate of the sup
     over t for 'linear' paths; it is used only by the dead-zone term of discrete models.
     """
@@ -262,9 +299,10 @@ def flow_path_norm(
     p = _f64(params)
     exp = relu_expansion(model.act)
     names = _names(model)
-    N = _n0(p)
-    m = N.shape[1]
-    mu = torch.zeros(N.shape[0], dtype=torch.float64)
+    n0 = _n0(p)
+    m = n0.shape[1]
+    n, s = _renormalise(n0, torch.zeros(n0.shape[0], dtype=torch.float64))
+    log_mu = torch.full_like(s, -math.inf)
     if model.family == "resnet":
         pieces = [(_layer(p, names, 0 if model.tied else l), model.step) for l in range(model.depth)]
     elif model.interpolation == "constant":
@@ -273,8 +311,8 @@ def flow_path_norm(
         pieces = []
         for q in range(model.knots):
             left, right = _layer(p, names, q), _layer(p, names, q + 1)
-            for s in range(substeps):
-                a, bb = s / substeps, (s + 1) / substeps
+            for j in range(substeps):
+                a, bb = j / substeps, (j + 1) / substeps
                 ta = {n: left[n] + a * (right[n] - left[n]) for n in names}
                 tb = {n: left[n] + bb * (right[n] - left[n]) for n in names}
                 pieces.append(((ta, tb), model.knot_step / substeps))
@@ -282,13 +320,14 @@ def flow_path_norm(
         if isinstance(theta, tuple):
             ta, tb = theta
             M, g = _majorant_parts(ta, tb, exp, kappa, m)
-            _, mu_l = _field(ta, N, exp, kappa)
+            _, mu_l = _field(ta, n, exp, kappa, torch.exp(-s))
         else:
             M, g = _linear_parts(theta, exp, kappa, m)
-            _, mu_l = _field(theta, N, exp, kappa)
-        mu = torch.maximum(mu, mu_l.amax(-1))
-        N = _expm_step(M, g, N, dt)
-    return PathNormState(N, _readout(p, N), mu)
+            _, mu_l = _field(theta, n, exp, kappa, torch.exp(-s))
+        log_mu = torch.maximum(log_mu, s + torch.log(mu_l.amax(-1)))
+        n, s = _expm_step(M, g, n, s, dt)
+    log_P = _log_readout(p, n, s)
+    return PathNormState(torch.exp(s)[:, None] * n, torch.exp(log_P), torch.exp(log_mu), log_P, log_mu)
 
 
 def integrate_path_norm(

@@ -1,0 +1,185 @@
+"""Claims that can fail: the bound claim on built stores, three-valued rate verdicts, rankings."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+
+from resdyn.experiments.base import Claim
+from resdyn.experiments.checks import bound_claim
+from resdyn.reports.build import outcomes_from_store
+from resdyn.reports.render import write_report
+from resdyn.sweeps.store import CellResult, Store
+
+SIZES = [32, 64, 128, 256, 512, 1024]
+
+
+def _store(path, bound, slope=-0.5, seeds=5, gap_noise=0.03):
+    """A sample-size-quick store: two_spirals / resnet, 6 sizes x ``seeds``; gap = S^slope with
+    per-seed noise; test error = gap + 0.05; test_error_bound = bound(S, test_error)."""
+    rng = np.random.default_rng(0)
+    with Store(path) as st:
+        for seed, S in itertools.product(range(seeds), SIZES):
+            gap = float(S ** slope * np.exp(gap_noise * rng.standard_normal()))
+            err = gap + 0.05
+            b = bound(S, err)
+            config = {"data": {"name": "two_spirals"}, "model": {"family": "resnet", "depth": 4},
+                      "sample_size": S, "seed": seed, "train": {}}
+            measures = {"test_error_bound": b, "test_error_bound.margin_loss": 0.01,
+                        "test_error_bound.complexity": b - 0.3, "test_error_bound.confidence": 0.29,
+                        "path_norm_bound": 10.0 * S ** -0.5 * (1 + 0.1 * seed)}
+            st.write("sample-size-quick", CellResult(
+                f"c{seed}-{S}", config, {"error_gap": gap, "loss_gap": 2 * gap, "test_acc": 1 - err,
+                                          "train_acc": 1 - err + gap}, measures))
+
+
+def _claims(path, tmp_path):
+    (out,) = outcomes_from_store(path, tmp_path / "figs")
+    return out, {c.text.split(":")[-1].strip(): c for c in out.claims}
+
+
+def test_bound_claim_on_a_store_with_every_bound_vacuous_is_not_held(tmp_path):
+    _store(tmp_path / "v.sqlite", lambda S, e: 2.83 + 0.1 * np.log(S))
+    _, claims = _claims(tmp_path / "v.sqlite", tmp_path)
+    c = claims["the assembled test-error bound is a non-vacuous upper bound on the test error"]
+    assert c.verdict == "not held" and not c.held
+    assert c.measured.startswith("vacuous in every cell (30 of 30 have bound >= 1)")
+    assert c.values["vacuous"] == 30 and c.values["dominant_term"] == "complexity"
+    # the gap really decays like S^-1/2 in this store, so the rate claim can be held
+    rate = claims["the generalization gap decays like S^-1/2"]
+    assert rate.verdict == "held", rate.measured
+    assert "p =" in rate.measured and rate.values["p_equal"] > 0.05
+
+
+def test_bound_claim_counts_non_vacuous_cells_and_catches_violations():
+    def rows(bounds, errs):
+        return [{"status": "done", "metrics": {"test_acc": 1 - e},
+                 "measures": {"test_error_bound": b, "test_error_bound.margin_loss": 0.5 * b,
+                              "test_error_bound.complexity": 0.1, "test_error_bound.confidence": 0.2}}
+                for b, e in zip(bounds, errs, strict=True)]
+
+    held = bound_claim(rows([0.5, 0.6, 0.7, 1.5], [0.1, 0.2, 0.35, 0.2]))
+    assert held.verdict == "held" and held.values["non_vacuous"] == 3 and held.values["vacuous"] == 1
+    assert held.values["median_tightness"] == pytest.approx(np.median([5.0, 3.0, 2.0, 7.5]))
+    assert held.values["dominant_term"] == "margin_loss"
+    violated = bound_claim(rows([0.5, 0.3], [0.1, 0.4]))
+    assert violated.verdict == "not held" and violated.values["violated"] == 1
+    few = bound_claim(rows([0.5, 1.2, 1.3], [0.1, 0.2, 0.2]))
+    assert few.verdict == "inconclusive"
+    assert bound_claim([{"status": "done", "metrics": {"test_acc": 0.9}, "measures": {}}]) is None
+
+
+def test_rate_claim_not_held_when_the_slope_is_far_and_report_shows_three_verdicts(tmp_path):
+    _store(tmp_path / "f.sqlite", lambda S, e: 0.9 * (S / 32) ** -0.3, slope=-0.9)
+    out, claims = _claims(tmp_path / "f.sqlite", tmp_path)
+    rate = claims["the generalization gap decays like S^-1/2"]
+    assert rate.verdict == "not held"
+    assert rate.values["slope"] == pytest.approx(-0.9, abs=0.05)
+    # every recorded measure is ranked against the gap, with intervals
+    rank = {r["measure"]: r for r in out.tables["measures against the gap (rank correlation)"]}
+    assert set(rank) >= {"path_norm_bound", "test_error_bound", "test_error_bound.complexity"}
+    assert rank["path_norm_bound"]["kendall_tau"] > 0.5 and len(rank["path_norm_bound"]["tau_ci"]) == 2
+    out.claims.append(Claim("a claim with no verdict yet", "n/a", "inconclusive", "none"))
+    _, md = write_report([out], tmp_path / "rep")
+    text = md.read_text()
+    assert "| no |" in text and "| inconclusive |" in text
+    data = json.loads((tmp_path / "rep" / "report-data.json").read_text())
+    assert {c["verdict"] for c in data[out.name]["claims"]} >= {"not held", "inconclusive"}
+
+
+def test_claim_accepts_bools_and_stored_held_and_rejects_other_verdicts():
+    assert Claim("t", "m", True, "x").verdict == "held"
+    assert Claim("t", "m", held=False, test="x").verdict == "not held"
+    assert not Claim("t", "m", "inconclusive", "x").held
+    with pytest.raises(ValueError, match="verdict must be one of held, not held, inconclusive"):
+        Claim("t", "m", "maybe", "x")
+
+
+DEAD_ZONE_SPEC = """
+name = "dead-zone-quick"
+description = "test"
+[data]
+name = "two_spirals"
+[model]
+family = "resnet"
+width = 16
+depth = 4
+[train]
+steps = 300
+lr = 1e-2
+[sweep]
+model = [{ activation = "soft_threshold", tau = 0.5 }, { activation = "relu" }, { activation = "tanh" }]
+weight_decay = [0.0, 0.03]
+sample_size = [128]
+seed = [0, 1, 2]
+[measures.dead_zone]
+"""
+
+
+def test_dead_zone_term_is_positive_under_weight_decay_and_zero_without(tmp_path):
+    from click.testing import CliRunner
+
+    from resdyn.cli.main import main
+    from resdyn.experiments.dead_zone import analyze
+
+    spec = tmp_path / "dead-zone-quick.toml"
+    spec.write_text(DEAD_ZONE_SPEC)
+    store = tmp_path / "dz.sqlite"
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    with Store(store, create=False) as st:
+        rows = st.rows()
+    dz = [r for r in rows if r["config"]["model"]["activation"] == "soft_threshold"]
+    for r in dz:
+        m, wd = r["measures"], r["config"]["train"]["weight_decay"]
+        if wd > 0:
+            # every unit's level is inside the band for the largest ||x~|| of the two-spirals pool
+            # (standardised inputs: ||x~|| < 10), so every sample is certified dead
+            assert m["dead_zone.mu"] * 10 < 0.5 and m["dead_zone.dead_fraction"] == 1.0
+            assert m["dead_zone"] > 0
+        else:
+            assert m["dead_zone.mu"] > 100 and m["dead_zone"] == 0.0
+    out = analyze(rows, None, "dead-zone-quick")
+    claims = {c.text: c for c in out.claims}
+    term = claims["the dead-zone term is positive for tau > 0 (weight decay 0.03)"]
+    assert term.verdict == "held"
+    (row,) = term.values["rows"]
+    vals = [r["measures"]["dead_zone"] for r in dz if r["config"]["train"]["weight_decay"] > 0]
+    assert row["mean"] == pytest.approx(np.mean(vals))
+    assert row["lower_bound"] == pytest.approx(
+        np.mean(vals) - 2.919986 * np.std(vals, ddof=1) / np.sqrt(3), rel=1e-5)
+    assert row["lower_bound"] > 0
+    assert "measures against the gap (rank correlation)" in out.tables
+
+
+def test_welch_tost_matches_scipy_one_sided_tests_and_decides_three_ways():
+    from scipy import stats
+
+    from resdyn.analysis.summary import welch_tost
+
+    a, b = [0.80, 0.82, 0.81, 0.83], [0.805, 0.815, 0.80]
+    t = welch_tost(a, b, 0.03)
+    p_lo = stats.ttest_ind(np.add(a, 0.03), b, equal_var=False, alternative="greater").pvalue
+    p_hi = stats.ttest_ind(np.subtract(a, 0.03), b, equal_var=False, alternative="less").pvalue
+    assert t.pvalue == pytest.approx(max(p_lo, p_hi), rel=1e-10)
+    assert t.diff == pytest.approx(np.mean(a) - np.mean(b)) and t.verdict == "held"
+    assert welch_tost([0.9, 0.91, 0.92], [0.80, 0.81, 0.80], 0.03).verdict == "not held"
+    assert welch_tost([0.7, 0.9, 0.8], [0.80, 0.85, 0.75], 0.03).verdict == "inconclusive"
+
+
+def test_report_json_has_no_nan_and_tables_name_infinite_and_not_applicable(tmp_path):
+    from resdyn.experiments.base import ExperimentOutcome
+
+    table = [{"a": float("nan"), "b": float("inf"), "c": None, "d": 1.5}]
+    claim = Claim("c", "m", "inconclusive", "t", {"v": float("nan"), "w": float("inf")})
+    o = ExperimentOutcome("x", tables={"t": table}, claims=[claim])
+    _, md = write_report([o], tmp_path)
+    assert "| not applicable | infinite | not applicable | 1.5 |" in md.read_text()
+    raw = (tmp_path / "report-data.json").read_text()
+    assert "NaN" not in raw and "Infinity" not in raw
+    data = json.loads(raw)["x"]
+    assert data["claims"][0]["values"] == {"v": None, "w": "infinite"}
+    assert data["tables"]["t"][0] == {"a": None, "b": "infinite", "c": None, "d": 1.5}
