@@ -94,6 +94,62 @@ def test_malformed_specs_name_the_key_path(over, match):
         spec_of(**over)
 
 
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        # Particle diagnostics need the mean-field family.
+        ({"trackers": {"kl": {"every": 10}}},
+         r"^spec key trackers.kl: does not apply to the model: needs model family 'meanfield', "
+         r"got 'resnet'$"),
+        # The Gram tracker needs one output; out_dim left to the data set is the class count (2).
+        ({"trackers": {"gram": {"every": 10}}},
+         r"^spec key trackers.gram: does not apply to the model: needs a scalar-output model"),
+        # A swept variant is checked too, and named.
+        ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "measures": {"meanfield_kl_bound": {}},
+          "sweep": {"sample_size": [32], "activation": ["tanh", "relu"]}},
+         r"^spec key measures.meanfield_kl_bound: does not apply to the model of "
+         r"sweep.activation\[1\]: needs activation 'tanh', got 'relu'$"),
+        ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "measures": {"test_error_bound": {}}},
+         r"^spec key measures.test_error_bound: does not apply to the model: needs model family"),
+    ],
+)
+def test_a_measure_that_does_not_apply_fails_at_parse_time(over, match):
+    with pytest.raises(SpecError, match=match) as err:
+        spec_of(**over)
+    assert "\n" not in str(err.value)
+
+
+def test_measures_that_apply_pass_and_an_inapplicable_one_creates_no_store(tmp_path):
+    ok = {"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "trackers": {"gram": {"every": 10}, "kl": {"every": 10}},
+          "measures": {"meanfield_kl_bound": {}, "displacement": {}}}
+    assert set(spec_of(**ok).trackers) == {"gram", "kl"}
+    assert set(spec_of(**{**ok, "model": {"family": "resnet", "width": 4, "depth": 2, "out_dim": 1},
+                          "trackers": {"gram": {"every": 10}}, "measures": {}}).trackers) == {"gram"}
+    spec = write_spec(tmp_path / "bad.toml", """
+        name = "bad"
+        [data]
+        name = "two_spirals"
+        [model]
+        family = "resnet"
+        width = 4
+        depth = 2
+        [train]
+        steps = 5
+        [trackers.kl]
+        every = 1
+        [sweep]
+        sample_size = [16]
+    """)
+    store = tmp_path / "never.sqlite"
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet"])
+    assert res.exit_code != 0
+    assert "spec key trackers.kl: does not apply to the model" in res.output
+    assert not store.exists() and not Path(str(store) + ".d").exists()
+
+
 def test_impossible_values_are_caught_at_expansion_with_their_sweep_point():
     spec = spec_of(sweep={"sample_size": [32], "depth": [2, -1]})
     match = r"spec key model \(sample_size=32, depth=-1, seed=0\): depth must be"

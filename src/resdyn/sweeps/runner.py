@@ -16,21 +16,14 @@ import torch
 
 from .._checks import resolve_dtype
 from ..models.base import init_params
-from ..models.registry import build_model
-from ..training.engine import TrainConfig, TrainState, train
-from .grid import Cell, load_dataset
+from ..training.engine import TrainState, train
+from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
 
 __all__ = ["CheckpointIO", "train_group"]
 
 CheckpointIO = tuple[Callable[[str], Any], Callable[[str, dict, dict], None]]
-
-
-def _indices(data, cell: Cell) -> torch.Tensor:
-    from ..data import subsample
-
-    return subsample(data, cell.sample_size, cell.seed)
 
 
 def _split_state(state: TrainState) -> list[dict[str, torch.Tensor]]:
@@ -74,19 +67,16 @@ def train_group(
 ) -> list[CellResult]:
     """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell."""
     t0 = time.perf_counter()
-    first = cells[0].config
-    if any(c.group_key != cells[0].group_key for c in cells):
+    first = cells[0]
+    if any(c.group_key != first.group_key for c in cells):
         raise ValueError("train_group: cells of one group must share every setting but S, seed, lr")
-    dtype = resolve_dtype(first["dtype"])
-    model = build_model(**first["model"])
-    data_cfg = dict(first["data"])
-    if "data_root" in first:
-        data_cfg["root"] = first["data_root"]
-    data = load_dataset(data_cfg)
-    train_cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                               for k, v in first["train"].items() if k != "lr"})
-    seeds = [c.seed for c in cells]
-    idx = [_indices(data, c) for c in cells]
+    dtype = resolve_dtype(first.dtype)
+    model = first.model
+    data = first.data.load()
+    train_cfg = first.training.config
+    # The engine's per-model seed is the seed of the initial weights (it orders minibatches too).
+    seeds = [c.init_seed for c in cells]
+    idx = [c.data.indices(data, c.sample_size, c.seed) for c in cells]
     lr = torch.tensor([c.lr for c in cells], dtype=dtype)
     params0 = init_params(model, seeds, dtype, device)
 
@@ -100,7 +90,7 @@ def train_group(
                 series[c.cell_id] = {k: [tuple(p) for p in v] for k, v in meta.get("series", {}).items()}
 
     hooks = []
-    for name, opts in first["trackers"].items():
+    for name, opts in first.trackers.items():
         tracker = get_tracker(name)
         options = {k: v for k, v in opts.items() if k != "every"}
 
@@ -127,7 +117,7 @@ def train_group(
     result = train(model, params0, data, idx, lr, train_cfg, seeds, state=state, hooks=hooks)
     t_train = time.perf_counter() - t0
     measures: dict[str, list[float]] = {}
-    for name, opts in first["measures"].items():
+    for name, opts in first.measures.items():
         ctx = MeasureContext(model, result.params, data, idx, train_cfg, result.metrics, seeds,
                              dict(opts))
         for key, vals in get_measure(name)(ctx).items():

@@ -52,7 +52,7 @@ __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
 
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run")
 CELL_KEYS = ("sample_size", "seed")
-TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr")
+TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride")
 
 
 class SpecError(ValueError):
@@ -191,6 +191,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
             if not isinstance(v, dict):
                 raise _fail(f"{section}.{k}", "must be a table of options ([{section}.{k}])")
     _check_names(measures, trackers)
+    _check_applicable(model, sweep, fields, measures, trackers)
     run_raw = _table(raw, "run", required=False)
     run = _run_options(run_raw)
     description = raw.get("description", "")
@@ -211,6 +212,41 @@ def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> No
         every = opts.get("every", 0)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise _fail(f"trackers.{k}.every", f"must be an integer >= 1 (steps), got {every!r}")
+
+
+def _model_variants(model: Mapping[str, Any], sweep: Mapping[str, list],
+                    fields: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every model table the sweep can produce (family defaults filled in), each with the swept
+    key path that made it ('' for the base table)."""
+    from ..models.registry import _family_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(_family_class(model["family"]))
+                if f.default is not dataclasses.MISSING}
+    base = {**defaults, **model}
+    out = [("", base)]
+    for k, values in sweep.items():
+        target = _sweep_target(k, fields)
+        for i, v in enumerate(values):
+            if target == "model":
+                out.append((f"sweep.{k}[{i}]", {**base, k.split(".", 1)[-1]: v}))
+            elif target == "variants" and k == "model":
+                out.append((f"sweep.model[{i}]", {**base, **v}))
+    return out
+
+
+def _check_applicable(model: Mapping[str, Any], sweep: Mapping[str, list], fields: set[str],
+                      measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> None:
+    """Every measure and tracker applies to every model the sweep builds (before any training)."""
+    from .measures import check_applies
+
+    variants = _model_variants(model, sweep, fields)
+    for section, table in (("measures", measures), ("trackers", trackers)):
+        for name in table:
+            for where, m in variants:
+                reason = check_applies(section, name, m)
+                if reason is not None:
+                    at = f" of {where}" if where else ""
+                    raise _fail(f"{section}.{name}", f"does not apply to the model{at}: {reason}")
 
 
 def _run_options(raw: Mapping[str, Any]) -> RunOptions:
