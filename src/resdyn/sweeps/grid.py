@@ -106,6 +106,10 @@ class Cell:
     dtype: str
     measures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     trackers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A warm cell starts from the best (lowest final training objective) of the cells ``warm_from``,
+    # prolonged along the model key ``warm_key`` (docs/sweeps.md, "Dependencies").
+    warm_from: tuple[str, ...] = ()
+    warm_key: str = ""
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
@@ -119,6 +123,8 @@ class Cell:
             "measures": {k: dict(v) for k, v in self.measures.items()},
             "trackers": {k: dict(v) for k, v in self.trackers.items()},
         }
+        if self.warm_from:
+            config["warm_start"] = {"key": self.warm_key, "from": list(self.warm_from)}
         if self.data.root is not None:
             config["data_root"] = self.data.root
         return config
@@ -243,8 +249,38 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
                           tables["cell"].get("seed", 0), dtype,
                           {k: dict(v) for k, v in spec.measures.items()},
                           {k: dict(v) for k, v in spec.trackers.items()}))
+    if spec.warm_start:
+        cells = _resolve_warm_starts(cells, spec)
     unique = {c.cell_id: c for c in cells}
     return list(unique.values())
+
+
+def _resolve_warm_starts(cells: list[Cell], spec: Spec) -> list[Cell]:
+    """Give each warm cell at the i-th value of the warm-start key the ids of every cell at the
+    (i-1)-th value with the same other settings (any seed). Deeper levels are resolved after the
+    levels they depend on, since a cell's id covers the ids it depends on."""
+    key = spec.warm_start["key"]
+    field_name = key.split(".", 1)[-1]
+    values = spec.sweep[key]
+    warm_seeds = set(spec.warm_start["seeds"])
+
+    def level(c: Cell) -> int:
+        return values.index(getattr(c.model, field_name))
+
+    def signature(c: Cell) -> str:
+        cfg = {k: v for k, v in c.config.items() if k not in ("seed", "warm_start", "data_root")}
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k != field_name}
+        return cell_hash(cfg)
+
+    resolved: list[Cell] = []
+    for i in range(len(values)):
+        below = [c for c in resolved if level(c) == i - 1]
+        for c in (c for c in cells if level(c) == i):
+            if i > 0 and c.seed in warm_seeds:
+                deps = tuple(d.cell_id for d in below if signature(d) == signature(c))
+                c = dataclasses.replace(c, warm_from=deps, warm_key=field_name) if deps else c
+            resolved.append(c)
+    return resolved
 
 
 def group_cells(

@@ -9,13 +9,13 @@ keeps batch-mates apart bitwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .._checks import resolve_dtype
-from ..models.base import init_params
+from ..models.base import Params, init_params
 from ..training.engine import TrainState, train
 from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
@@ -64,8 +64,12 @@ def train_group(
     device: str = "cpu",
     checkpoint: CheckpointIO | None = None,
     checkpoint_seconds: float = 120.0,
+    warm: Mapping[str, Params] | None = None,
 ) -> list[CellResult]:
-    """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell."""
+    """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell.
+
+    warm: initial parameters (leading axis 1) of the warm cells by cell id, already prolonged to
+    the cell's model (``resdyn.sweeps.sweep`` resolves them); other cells start from their seed."""
     t0 = time.perf_counter()
     first = cells[0]
     if any(c.group_key != first.group_key for c in cells):
@@ -79,6 +83,10 @@ def train_group(
     idx = [c.data.indices(data, c.sample_size, c.seed) for c in cells]
     lr = torch.tensor([c.lr for c in cells], dtype=dtype)
     params0 = init_params(model, seeds, dtype, device)
+    for e, c in enumerate(cells):
+        if warm and c.cell_id in warm:
+            for k, v in warm[c.cell_id].items():
+                params0[k][e] = v[0].to(device=params0[k].device, dtype=params0[k].dtype)
 
     state = None
     series: dict[str, dict[str, list]] = {c.cell_id: {} for c in cells}

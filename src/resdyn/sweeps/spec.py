@@ -50,7 +50,8 @@ from ..training.engine import TrainConfig
 
 __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
 
-TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run")
+TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
+            "warm_start")
 CELL_KEYS = ("sample_size", "seed")
 TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride")
 
@@ -87,6 +88,7 @@ class Spec:
     run: RunOptions = RunOptions()
     description: str = ""
     source: str = ""
+    warm_start: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _table(raw: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -196,7 +198,32 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     run = _run_options(run_raw)
     description = raw.get("description", "")
     _check_type("description", description, (str,), "a string")
-    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source)
+    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"])
+    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source, warm)
+
+
+def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str],
+                family: str) -> dict[str, Any]:
+    """[warm_start]: key (a swept model key: depth), seeds (the seeds whose cells start warm;
+    default every seed). A warm cell at the i-th value of ``key`` depends on every cell at the
+    (i-1)-th value that shares its other settings, and starts from the best of them."""
+    if not raw:
+        return {}
+    for k in raw:
+        if k not in ("key", "seeds"):
+            raise _fail(f"warm_start.{k}", "unknown key; allowed: key, seeds")
+    key = raw.get("key")
+    if key not in sweep or _sweep_target(key, fields) != "model" or len(sweep[key]) < 2:
+        raise _fail("warm_start.key", f"must name a swept model key with at least two values, got {key!r}")
+    from ..models.registry import _family_class
+
+    if not hasattr(_family_class(family), "prolong"):
+        raise _fail("warm_start.key", f"model family {family!r} cannot start from a shallower solution "
+                    "(no prolong); allowed: dnl")
+    seeds = raw.get("seeds", list(sweep.get("seed", [0])))
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise _fail("warm_start.seeds", f"must be a list of integer seeds, got {seeds!r}")
+    return {"key": key, "seeds": seeds}
 
 
 def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> None:
