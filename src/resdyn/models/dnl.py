@@ -28,7 +28,6 @@ sum_j W_{k,j} act(z_j), W_k = [W_{k,0}, ..., W_{k,k-1}].
 from __future__ import annotations
 
 import dataclasses
-
 import math
 from dataclasses import dataclass
 
