@@ -111,3 +111,28 @@ def test_mean_field_reproduction_killed_and_resumed_equals_an_uninterrupted_run(
     assert a[0] == b[0]
     assert json.dumps(a[1:]) == json.dumps(b[1:])  # (NaN != NaN: the loss before step 0)
     assert len(a[1]["cells"]) == 6 and a[3]["step"] == [0, 20, 40, 60]
+
+
+@pytest.mark.slow
+def test_gradient_descent_check_as_a_spec_gives_the_numbers_of_the_direct_run(tmp_path):
+    from resdyn.experiments.meanfield import gd_check_from_row, gradient_descent_check
+
+    raw = tomllib.loads(spec_path("mean-field-gd").read_text())
+    raw["train"]["steps"] = 200
+    raw["trackers"]["linear_rate"]["every"] = 200
+    raw["sweep"]["model"] = [{"width": 16, "predictor_width": 16}]
+    store = tmp_path / "gd.sqlite"
+    assert run_sweep(parse_spec(raw), store).trained == 1
+    with Store(store, create=False) as st:
+        (row,) = st.rows_with_series()
+    got = gd_check_from_row(row)
+    ref = gradient_descent_check(width=16, steps=200, records=2)
+    assert got.steps == ref.steps == [0, 100, 200]
+    # Same data, sample, initial weights and engine run: the diagnostics agree bitwise.
+    for f in ("lambda_min_g1", "lambda_min_g2", "kl_enc_knn", "kl_pred_knn", "kl_enc_gauss",
+              "kl_pred_gauss", "w2_enc", "w2_pred", "linear_rate", "rate_bound", "lambda_ratio",
+              "kl_last_quarter_fraction"):
+        assert getattr(got, f) == getattr(ref, f), f
+    # The loss: the engine's chunked mean against a direct mean of the same values.
+    assert got.loss == pytest.approx(ref.loss, rel=1e-12)
+    assert got.loss_ratio == pytest.approx(ref.loss_ratio, rel=1e-12)

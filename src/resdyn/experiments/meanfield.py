@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,8 @@ from ..models.meanfield import PREDICTOR_PARAMS, MeanFieldResNet
 from ..training import TrainConfig, train
 from .base import Claim, ExperimentOutcome
 
-__all__ = ["GDCheck", "analyze", "gradient_descent_check", "lambda_min_settling", "spirals_dataset",
-           "trajectories"]
+__all__ = ["GDCheck", "analyze", "gd_check_from_row", "gradient_descent_check", "lambda_min_settling",
+           "spirals_dataset", "trajectories"]
 
 
 def spirals_dataset(n_pool: int, n_test: int, seed: int) -> Dataset:
@@ -216,6 +216,48 @@ def trajectories(rows: list[dict[str, Any]]) -> dict[str, list]:
     return out
 
 
+def gd_check_from_row(row: dict[str, Any]) -> GDCheck:
+    """The :class:`GDCheck` of one cell of ``mean-field-gd.toml``, from its row and series."""
+    ser = row["series"]
+    steps = sorted(ser["gram.lambda_min_G2"])
+
+    def at(name: str) -> list[float]:
+        return [ser[name][t] for t in steps]
+
+    eta, n, T = row["config"]["train"]["lr"], row["config"]["sample_size"], row["config"]["train"]["steps"]
+    loss, g2 = at("train_loss.loss"), at("gram.lambda_min_G2")
+    kl = np.add(at("kl.kl_enc_knn"), at("kl.kl_pred_knn"))
+    q = int(np.searchsorted(steps, 0.75 * T))
+    total = kl[-1] - kl[0]
+    return GDCheck(
+        width=row["config"]["model"]["width"], steps=steps, loss=loss, lambda_min_g1=at("gram.lambda_min_G1"),
+        lambda_min_g2=g2, kl_enc_knn=at("kl.kl_enc_knn"), kl_pred_knn=at("kl.kl_pred_knn"),
+        kl_enc_gauss=at("kl.kl_enc_gauss"), kl_pred_gauss=at("kl.kl_pred_gauss"),
+        w2_enc=at("displacement.w2_enc"), w2_pred=at("displacement.w2_pred"),
+        linear_rate=ser["linear_rate"][T] / eta, rate_bound=2 * ser["gram.lambda_min_total"][0] / n,
+        loss_ratio=loss[0] / loss[-1], lambda_ratio=min(g2) / g2[0],
+        kl_last_quarter_fraction=float((kl[-1] - kl[q]) / total) if total > 0 else float("nan"),
+        seconds=row["timing"]["train_seconds"],
+    )
+
+
+def _gd_claim(gd: dict[str, GDCheck]) -> Claim:
+    wide, narrow = gd["1024"], gd["16"]
+    return Claim(
+        text="Mean-field GD at M = K = 1024: loss falls >= 10x, lambda_min(G2) stays above half its "
+             "initial value, KL from initialisation plateaus",
+        measured=f"loss ratio {wide.loss_ratio:.3g}, min lambda_min(G2)/initial {wide.lambda_ratio:.3f}, "
+                 f"KL increase in last quarter / total {wide.kl_last_quarter_fraction:.3f} "
+                 f"(width 16: {narrow.loss_ratio:.3g}, {narrow.lambda_ratio:.3f}, "
+                 f"{narrow.kl_last_quarter_fraction:.3f})",
+        held=bool(wide.loss_ratio >= 10 and wide.lambda_ratio > 0.5 and wide.kl_last_quarter_fraction < 0.1),
+        test="loss(0)/loss(T) >= 10, min_t lambda_min(G2)(t) > lambda_min(G2)(0)/2, "
+             "[KL(T) - KL(3T/4)] < 0.1 [KL(T) - KL(0)]",
+        values={k: {f: getattr(v, f) for f in ("loss_ratio", "lambda_ratio", "kl_last_quarter_fraction",
+                                                 "linear_rate", "rate_bound")} for k, v in gd.items()},
+    )
+
+
 def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
             name: str = "mean-field") -> ExperimentOutcome:
     """The reproduction's tables, claims and figures from its per-cell store rows (see the module
@@ -272,15 +314,21 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
             values=fit_row,
         ),
     ]
+    gd_rows = [r for r in rows if r["spec"] == "mean-field-gd" and r["status"] == "done" and r.get("series")]
+    gd = {str(r["config"]["model"]["width"]): gd_check_from_row(r) for r in gd_rows}
+    if {"1024", "16"} <= set(gd):
+        outcome.claims.append(_gd_claim(gd))
     traj = trajectories(ordered)
     outcome.tables = {"cells": table, "error_by_n": summary, "fit": [fit_row]}
     outcome.data = {"cells": [{"n": n, "seed": s} for n, s in cells], "test_error": err.tolist(),
                     "mean_test_error": mean_err.tolist(), "fit": fit_row, "trajectories": traj,
                     "train_seconds": max(r["timing"]["train_seconds"] for r in ordered)}
+    if gd:
+        outcome.data["gradient_descent"] = {k: asdict(v) for k, v in gd.items()}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        outcome.figures = _figures(out_dir, n_values, seeds, err_grid, mean_err, fit, floor, traj, cells)
+        outcome.figures = _figures(out_dir, n_values, seeds, err_grid, mean_err, fit, floor, traj, cells, gd)
         (out_dir / "meanfield.json").write_text(json.dumps(outcome.data, indent=1, default=float))
     return outcome
 

@@ -30,9 +30,10 @@ class Reproduction:
     analyze: Callable[..., Any] | None = None
     run: Callable[..., Any] | None = None
     image_specs: tuple[str, ...] = ()
+    full_specs: tuple[str, ...] = ()  # run by the full reproduction only (no quick variant)
 
     def spec_names(self, quick: bool) -> list[str]:
-        return [f"{s}-quick" if quick else s for s in self.specs]
+        return [f"{s}-quick" if quick else s for s in self.specs] + ([] if quick else list(self.full_specs))
 
     def image_spec_names(self, quick: bool) -> list[str]:
         """Specs run once per image data set (MNIST, CIFAR) found under the data root."""
@@ -57,7 +58,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         Reproduction("dead-zone", "activations with and without a dead zone",
                      ("dead-zone",), dead_zone.analyze),
         Reproduction("mean-field", "mean-field ResNet on two spirals: Gram, KL, error vs n",
-                     ("mean-field",), meanfield.analyze),
+                     ("mean-field",), meanfield.analyze, full_specs=("mean-field-gd",)),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
                      run=dnl_convergence.run),
     )
@@ -81,7 +82,7 @@ def spec_path(spec_name: str) -> Path:
 def reproduction_of_spec(spec_name: str) -> tuple[Reproduction, bool] | None:
     """Which reproduction (and whether its quick variant) a spec name in the store belongs to."""
     for r in REPRODUCTIONS.values():
-        for s in (*r.specs, *r.image_specs):
+        for s in (*r.specs, *r.image_specs, *r.full_specs):
             if spec_name == s:
                 return r, False
             if spec_name == f"{s}-quick":

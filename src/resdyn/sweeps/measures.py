@@ -28,7 +28,8 @@ meanfield_kl_bound     the KL-ball bound of docs/meanfield.md with k-NN KL radii
 gram, kl, displacement mean-field diagnostics of the trained model (``resdyn.analysis.diagnostics``)
 =====================  ==========================================================================
 
-Trackers: gram, kl, displacement, linear_rate (``resdyn.analysis.diagnostics``).
+Trackers: gram, kl, displacement, linear_rate (``resdyn.analysis.diagnostics``), and train_loss
+(``.loss``, ``.acc``: the engine's ``evaluate`` on each model's own sample).
 The bound measures are evaluated per model on its own sample (float64, CPU); NaN marks a bound
 whose class does not contain the model (``resdyn.theory.bounds.bound_terms``).
 """
@@ -47,7 +48,7 @@ from ..data.base import Dataset
 from ..models.base import Model, Params, init_params
 from ..theory import meanfield as meanfield_theory
 from ..theory.measures import group_bounds
-from ..training.engine import TrainConfig
+from ..training.engine import TrainConfig, evaluate
 
 __all__ = ["BOUND_MEASURES", "Applies", "MeasureContext", "TrackContext", "check_applies", "get_measure",
            "get_tracker", "measure_names", "tracker_names"]
@@ -83,6 +84,7 @@ class TrackContext:
     loss_history: Tensor
     seeds: list[int]
     options: dict[str, Any] = field(default_factory=dict)
+    config: TrainConfig | None = None
 
 
 Measure = Callable[[MeasureContext], dict[str, Tensor]]
@@ -187,6 +189,14 @@ def _measure_displacement(ctx: MeasureContext) -> dict[str, Tensor]:
     return displacement(ctx.model, ctx.params, init_params(ctx.model, ctx.seeds, p.dtype, p.device))
 
 
+def _train_loss(ctx: TrackContext) -> dict[str, Tensor]:
+    """The training loss and accuracy of every model at the current parameters (the engine's
+    ``evaluate`` on its own sample), float64."""
+    cfg = ctx.config or TrainConfig()
+    res = evaluate(ctx.model, ctx.params, ctx.data, ctx.train_indices, cfg.loss, cfg.chunk_size)
+    return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
+
+
 def _linear_rate(ctx: TrackContext) -> dict[str, Tensor]:
     return {"linear_rate": fit_linear_rate(ctx.loss_history[: ctx.step], int(ctx.options.get("start", 0)))}
 
@@ -209,6 +219,7 @@ TRACKERS: dict[str, _Entry] = {
     "kl": _Entry(_kl, _MEANFIELD),
     "displacement": _Entry(_track_displacement, _MEANFIELD),
     "linear_rate": _Entry(_linear_rate, Applies()),
+    "train_loss": _Entry(_train_loss, Applies()),
 }
 
 

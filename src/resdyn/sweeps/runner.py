@@ -104,7 +104,7 @@ def train_group(
 
         def record(step: int, st: TrainState, tracker=tracker, options=options, name=name) -> None:
             ctx = TrackContext(model, st.params, params0, data, idx, step, st.loss_history, seeds,
-                               options)
+                               options, train_cfg)
             for key, vals in tracker(ctx).items():
                 for c, v in zip(cells, vals.detach().cpu().tolist(), strict=True):
                     series[c.cell_id].setdefault(_qualified(name, key), []).append((step, v))
