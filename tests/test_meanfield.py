@@ -220,9 +220,13 @@ def test_rademacher_bound_formula_and_a_lower_bound_it_must_exceed():
 def test_quick_reproduction_writes_figures_and_a_falling_error(tmp_path):
     import json
 
-    from resdyn.experiments.meanfield import run
+    from resdyn.experiments.meanfield import analyze
+    from resdyn.experiments.registry import spec_path
+    from resdyn.sweeps import Store, load_spec, run_sweep
 
-    out = run(quick=True, out_dir=tmp_path, threads=1)
+    run_sweep(load_spec(spec_path("mean-field-quick")), tmp_path / "mf.sqlite")
+    with Store(tmp_path / "mf.sqlite", create=False) as st:
+        out = analyze(st.rows_with_series(), tmp_path, "mean-field-quick")
     assert set(out.figures) == {"test_error_vs_n", "training_curves"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in out.figures.values())
     json.dumps(out.data)
