@@ -198,3 +198,22 @@ def test_registry_builds_the_family_and_bad_options_are_named():
                       ({"weight_init": "xavier"}, "weight_init must be one of 'smooth', 'iid', 'zero'")]:
         with pytest.raises((ValueError, TypeError), match=match):
             DNLNet(**kw)
+
+
+def test_prolong_keeps_the_network_and_equals_the_p1_extension_at_the_new_pairs():
+    net = DNLNet(in_dim=2, out_dim=2, width=3, depth=2, weight_init="iid")
+    deeper = DNLNet(in_dim=2, out_dim=2, width=3, depth=4, weight_init="iid")
+    p = init_params(net, [0, 1], torch.float64)
+    q = net.prolong(p, deeper)
+    assert q["K"].shape == (2, deeper.num_pairs, 3, 3) and torch.equal(q["A"], p["A"])
+    # Pairs (k, j) of grid 4 at nodes of grid 2 (both even) keep the old value; the pair (3, 0)
+    # sits halfway between the grid-2 pairs (1, 0) and (2, 0) in t: the mean of the two.
+    K2, K4 = p["K"], q["K"]
+    assert torch.equal(K4[:, DNLNet.pair_index(2, 0)], K2[:, DNLNet.pair_index(1, 0)])
+    assert torch.equal(K4[:, DNLNet.pair_index(4, 2)], K2[:, DNLNet.pair_index(2, 1)])
+    assert torch.allclose(K4[:, DNLNet.pair_index(3, 0)],
+                          0.5 * (K2[:, DNLNet.pair_index(1, 0)] + K2[:, DNLNet.pair_index(2, 0)]))
+    with pytest.raises(ValueError, match="multiple of 2"):
+        net.prolong(p, DNLNet(in_dim=2, out_dim=2, width=3, depth=3, weight_init="iid"))
+    with pytest.raises(ValueError, match="equal this one"):
+        net.prolong(p, DNLNet(in_dim=2, out_dim=2, width=5, depth=4, weight_init="iid"))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from resdyn.analysis.diagnostics import MEASURES, TRACKERS, displacement, fit_linear_rate
+from resdyn.analysis.diagnostics import displacement, fit_linear_rate
 from resdyn.analysis.gram import gram_matrices, lambda_min, per_sample_gradients
 from resdyn.data.base import Dataset
 from resdyn.data.synthetic import two_spirals
@@ -14,7 +14,7 @@ from resdyn.experiments.meanfield import gradient_descent_check, lambda_min_sett
 from resdyn.models.base import init_params
 from resdyn.models.meanfield import MeanFieldResNet
 from resdyn.models.registry import build_model
-from resdyn.sweeps.measures import MeasureContext, TrackContext, get_measure, get_tracker
+from resdyn.sweeps.measures import MeasureContext, TrackContext, get_measure, get_tracker, tracker_names
 from resdyn.theory.meanfield import generalization_bound, phi, rademacher_bound
 from resdyn.training import TrainConfig, train
 
@@ -151,7 +151,7 @@ def test_trackers_and_measures_through_the_sweep_interface():
     idx = [torch.arange(24), torch.arange(40)]
     res = train(m, p0, data, idx, 0.05, TrainConfig(steps=40, loss="squared", optimizer="sgd"), [4, 9])
     ctx = TrackContext(m, res.params, p0, data, idx, 40, res.state.loss_history, [4, 9], {"max_points": 16})
-    for name in TRACKERS:
+    for name in tracker_names():
         vals = get_tracker(name)(ctx)
         assert all(v.shape == (2,) and v.dtype == torch.float64 for v in vals.values()), name
     g = get_tracker("gram")(ctx)
@@ -166,7 +166,7 @@ def test_trackers_and_measures_through_the_sweep_interface():
     assert torch.allclose(mv["w2_enc"], rms)
     mctx = MeasureContext(m, res.params, data, idx, TrainConfig(), res.metrics, [4, 9], {})
     # The measure regenerates the initial parameters from the seeds: same displacement.
-    assert torch.allclose(MEASURES["displacement"](mctx)["w2_pred"], mv["w2_pred"])
+    assert torch.allclose(get_measure("displacement")(mctx)["w2_pred"], mv["w2_pred"])
     b = get_measure("meanfield_kl_bound")(mctx)
     # The confidence term is 3 sqrt(log(2/delta) / (2n)) at each model's own n (24 and 40).
     conf = torch.tensor([3 * math.sqrt(math.log(2 / 0.05) / (2 * n)) for n in (24, 40)], dtype=torch.float64)
@@ -220,9 +220,13 @@ def test_rademacher_bound_formula_and_a_lower_bound_it_must_exceed():
 def test_quick_reproduction_writes_figures_and_a_falling_error(tmp_path):
     import json
 
-    from resdyn.experiments.meanfield import run
+    from resdyn.experiments.meanfield import analyze
+    from resdyn.experiments.registry import spec_path
+    from resdyn.sweeps import Store, load_spec, run_sweep
 
-    out = run(quick=True, out_dir=tmp_path, threads=1)
+    run_sweep(load_spec(spec_path("mean-field-quick")), tmp_path / "mf.sqlite")
+    with Store(tmp_path / "mf.sqlite", create=False) as st:
+        out = analyze(st.rows_with_series(), tmp_path, "mean-field-quick")
     assert set(out.figures) == {"test_error_vs_n", "training_curves"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in out.figures.values())
     json.dumps(out.data)

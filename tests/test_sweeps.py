@@ -94,6 +94,62 @@ def test_malformed_specs_name_the_key_path(over, match):
         spec_of(**over)
 
 
+@pytest.mark.parametrize(
+    ("over", "match"),
+    [
+        # Particle diagnostics need the mean-field family.
+        ({"trackers": {"kl": {"every": 10}}},
+         r"^spec key trackers.kl: does not apply to the model: needs model family 'meanfield', "
+         r"got 'resnet'$"),
+        # The Gram tracker needs one output; out_dim left to the data set is the class count (2).
+        ({"trackers": {"gram": {"every": 10}}},
+         r"^spec key trackers.gram: does not apply to the model: needs a scalar-output model"),
+        # A swept variant is checked too, and named.
+        ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "measures": {"meanfield_kl_bound": {}},
+          "sweep": {"sample_size": [32], "activation": ["tanh", "relu"]}},
+         r"^spec key measures.meanfield_kl_bound: does not apply to the model of "
+         r"sweep.activation\[1\]: needs activation 'tanh', got 'relu'$"),
+        ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "measures": {"test_error_bound": {}}},
+         r"^spec key measures.test_error_bound: does not apply to the model: needs model family"),
+    ],
+)
+def test_a_measure_that_does_not_apply_fails_at_parse_time(over, match):
+    with pytest.raises(SpecError, match=match) as err:
+        spec_of(**over)
+    assert "\n" not in str(err.value)
+
+
+def test_measures_that_apply_pass_and_an_inapplicable_one_creates_no_store(tmp_path):
+    ok = {"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
+          "trackers": {"gram": {"every": 10}, "kl": {"every": 10}},
+          "measures": {"meanfield_kl_bound": {}, "displacement": {}}}
+    assert set(spec_of(**ok).trackers) == {"gram", "kl"}
+    assert set(spec_of(**{**ok, "model": {"family": "resnet", "width": 4, "depth": 2, "out_dim": 1},
+                          "trackers": {"gram": {"every": 10}}, "measures": {}}).trackers) == {"gram"}
+    spec = write_spec(tmp_path / "bad.toml", """
+        name = "bad"
+        [data]
+        name = "two_spirals"
+        [model]
+        family = "resnet"
+        width = 4
+        depth = 2
+        [train]
+        steps = 5
+        [trackers.kl]
+        every = 1
+        [sweep]
+        sample_size = [16]
+    """)
+    store = tmp_path / "never.sqlite"
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet"])
+    assert res.exit_code != 0
+    assert "spec key trackers.kl: does not apply to the model" in res.output
+    assert not store.exists() and not Path(str(store) + ".d").exists()
+
+
 def test_impossible_values_are_caught_at_expansion_with_their_sweep_point():
     spec = spec_of(sweep={"sample_size": [32], "depth": [2, -1]})
     match = r"spec key model \(sample_size=32, depth=-1, seed=0\): depth must be"
@@ -297,3 +353,67 @@ def test_ray_executor_retries_a_killed_worker_and_matches_local(tmp_path):
     assert victim and any(f.read_text() == victim for f in pid_dir.glob("*.pid")
                           if f.stem != str(killed[0]))
     assert _metrics(local) == _metrics(tmp_path / "ray.sqlite")
+
+
+# -- dependencies: warm starts across depth -----------------------------------------------------
+
+WARM = {
+    "name": "warm",
+    "data": {"name": "two_spirals", "pool_size": 256, "test_size": 64},
+    "model": {"family": "dnl", "width": 4},
+    "train": {"steps": 30, "lr": 1e-2},
+    "sweep": {"sample_size": [64], "seed": [0, 1], "depth": [2, 4]},
+    "warm_start": {"key": "depth", "seeds": [1]},
+}
+
+
+def _warm_spec(**over):
+    raw = json.loads(json.dumps(WARM))
+    raw.update(over)
+    return parse_spec(raw)
+
+
+def test_warm_start_cells_depend_on_the_shallower_level_and_train_from_its_best(tmp_path):
+    from resdyn.models.io import load_params as load
+
+    spec = _warm_spec()
+    cells = {(c.model.depth, c.seed): c for c in expand(spec)}
+    assert len(cells) == 4
+    shallow = {cells[(2, 0)].cell_id, cells[(2, 1)].cell_id}
+    assert set(cells[(4, 1)].warm_from) == shallow
+    assert cells[(4, 0)].warm_from == () and cells[(2, 1)].warm_from == ()
+    assert cells[(4, 1)].config["warm_start"] == {"key": "depth", "from": list(cells[(4, 1)].warm_from)}
+
+    # The shallow level alone first: the same cells (same ids), then the whole spec resumes and
+    # trains only the deeper level, from what the store holds.
+    store = tmp_path / "w.sqlite"
+    first = run_sweep(_warm_spec(sweep={**WARM["sweep"], "depth": [2]}, warm_start={}), store)
+    assert first.trained == 2
+    second = run_sweep(spec, store)
+    assert (second.already_done, second.trained, second.waiting) == (2, 2, [])
+
+    with Store(store, create=False) as st:
+        rows = {r["cell_id"]: r for r in st.rows()}
+        objective = {cid: rows[cid]["metrics"]["final_train_objective"] for cid in shallow}
+        best = min(objective, key=objective.get)
+        src_model, src, _ = load(st.weights_path(best))
+        got = load(st.weights_path(cells[(4, 1)].cell_id))[1]
+    warm = src_model.prolong({k: v.unsqueeze(0) for k, v in src.items()}, cells[(4, 1)].model)
+    # Pi theta at the old nodes keeps the old values (P1 interpolation), the new pairs are averages.
+    assert torch.equal(warm["A"][0], src["A"])
+    again = train_group([cells[(4, 1)]], warm={cells[(4, 1)].cell_id: warm})[0]
+    cold = train_group([cells[(4, 1)]])[0]
+    assert all(torch.equal(again.weights[k], got[k]) for k in got)
+    assert not all(torch.equal(cold.weights[k], got[k]) for k in got)
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"warm_start": {"key": "width"}}, r"spec key warm_start.key: must name a swept model key"),
+    ({"warm_start": {"key": "depth", "from": 1}}, r"spec key warm_start.from: unknown key"),
+    ({"warm_start": {"key": "depth", "seeds": ["a"]}}, r"spec key warm_start.seeds: must be a list"),
+    ({"model": {"family": "resnet", "width": 4}}, r"spec key warm_start.key: model family 'resnet' "
+                                                  r"cannot start from a shallower solution"),
+])
+def test_warm_start_errors_name_the_key_path(over, match):
+    with pytest.raises(SpecError, match=match):
+        _warm_spec(**over)

@@ -11,6 +11,7 @@ from resdyn.analysis.fits import fit_loglog
 from resdyn.data.base import Dataset
 from resdyn.models import ODEResNet, ResNet, init_params
 from resdyn.models.paths import SmoothPath
+from resdyn.sweeps.measures import BOUND_MEASURES as MEASURES
 from resdyn.sweeps.measures import MeasureContext
 from resdyn.theory.bounds import bound_terms, margins, ramp_loss
 from resdyn.theory.covering import (
@@ -20,7 +21,6 @@ from resdyn.theory.covering import (
     spectral_capacity,
     spectral_levels,
 )
-from resdyn.theory.measures import MEASURES
 from resdyn.theory.pathnorm import continuous_path_norm, flow_path_norm, path_norm_rademacher, path_norm_state
 from resdyn.theory.rademacher import (
     exact_linear_rademacher,

@@ -9,8 +9,8 @@ import torch
 from resdyn.analysis.fits import fit_loglog
 from resdyn.data import load, subsample
 from resdyn.models import ResNet, init_params
+from resdyn.sweeps.measures import BOUND_MEASURES as MEASURES
 from resdyn.sweeps.measures import MeasureContext
-from resdyn.theory.measures import MEASURES
 from resdyn.training import TrainConfig, train
 
 

@@ -1,4 +1,6 @@
-"""Mean-field diagnostics along training (TRACKERS) and after it (MEASURES); docs/meanfield.md.
+"""Mean-field diagnostics (docs/meanfield.md): pure functions of a model and its parameters.
+
+``resdyn.sweeps.measures`` records them along training (trackers) and after it (measures).
 
 Every value is per model, a float64 tensor of shape (E,):
 
@@ -21,18 +23,15 @@ mean-field family); ``gram`` works for any scalar-output model.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor
 
-from ..models.base import Model, Params, init_params
+from ..models.base import Model, Params
 from .gram import gram_matrices, lambda_min
 from .kl import kl_gaussian_fit, kl_knn
 
-__all__ = ["MEASURES", "TRACKERS", "displacement", "fit_linear_rate", "gram_lambda_min",
+__all__ = ["displacement", "fit_linear_rate", "gram_lambda_min",
            "particle_kl"]
 
 
@@ -105,49 +104,3 @@ def fit_linear_rate(losses: Tensor | np.ndarray, start: int = 0) -> Tensor:
         slope = np.polyfit(tt[ok], np.log(y[ok]), 1)[0]
         rates.append(-slope)
     return torch.tensor(rates, dtype=torch.float64)
-
-
-def _train_inputs(ctx: Any, max_points: int) -> list[Tensor]:
-    dev = next(iter(ctx.params.values())).device
-    return [ctx.data.prepare(ctx.data.x[torch.as_tensor(idx)[:max_points]], torch.float64, dev)
-            for idx in ctx.train_indices]
-
-
-def _track_gram(ctx: Any) -> dict[str, Tensor]:
-    return gram_lambda_min(ctx.model, ctx.params, _train_inputs(ctx, int(ctx.options.get("max_points", 128))))
-
-
-def _track_kl(ctx: Any) -> dict[str, Tensor]:
-    return particle_kl(ctx.model, ctx.params, ctx.options.get("k"))
-
-
-def _track_displacement(ctx: Any) -> dict[str, Tensor]:
-    return displacement(ctx.model, ctx.params, ctx.params0)
-
-
-def _track_linear_rate(ctx: Any) -> dict[str, Tensor]:
-    return {"linear_rate": fit_linear_rate(ctx.loss_history[: ctx.step], int(ctx.options.get("start", 0)))}
-
-
-def _initial_params(ctx: Any) -> Params:
-    p = next(iter(ctx.params.values()))
-    return init_params(ctx.model, ctx.seeds, p.dtype, p.device)
-
-
-def _measure_displacement(ctx: Any) -> dict[str, Tensor]:
-    # A cell's initial parameters are a function of its seed alone (resdyn.models.base).
-    return displacement(ctx.model, ctx.params, _initial_params(ctx))
-
-
-TRACKERS: dict[str, Callable[[Any], dict[str, Tensor]]] = {
-    "gram": _track_gram,
-    "kl": _track_kl,
-    "displacement": _track_displacement,
-    "linear_rate": _track_linear_rate,
-}
-
-MEASURES: dict[str, Callable[[Any], dict[str, Tensor]]] = {
-    "gram": _track_gram,
-    "kl": _track_kl,
-    "displacement": _measure_displacement,
-}

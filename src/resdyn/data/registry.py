@@ -78,7 +78,14 @@ class DatasetInfo:
     checks: dict[str, Callable[[str, Any], Any]] = field(default_factory=dict, repr=False)
 
 
-_SYN = {"pool_size": (4096, _int(1)), "test_size": (2000, _int(1)), "seed": (0, _seed)}
+def _flag(key: str, v: Any) -> Any:
+    if not isinstance(v, bool):
+        raise ValueError(f"option {key} must be true or false, got {v!r}")
+    return v
+
+
+_SYN = {"pool_size": (4096, _int(1)), "test_size": (2000, _int(1)), "seed": (0, _seed),
+        "draw": ("streams", _choice("streams", "joint")), "standardise": (False, _flag)}
 
 
 def _info(_name, _kind, _shape, _classes, _split, _description, **opts) -> DatasetInfo:
@@ -137,17 +144,26 @@ def _options(name: str, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _synthetic(name: str, o: dict[str, Any]) -> Dataset:
-    params = {k: v for k, v in o.items() if k not in ("pool_size", "test_size", "seed")}
+    params = {k: v for k, v in o.items() if k not in ("pool_size", "test_size", "seed", "draw",
+                                                       "standardise")}
     gen = {"two_spirals": two_spirals, "circles": circles, "teacher": teacher}[name]
-    x, y = gen(o["pool_size"], seed=derive_seed(o["seed"], "pool"), **params)
-    xt, yt = gen(o["test_size"], seed=derive_seed(o["seed"], "test"), **params)
+    if o["draw"] == "joint":  # one draw from `seed` itself: pool first, test after it
+        n = o["pool_size"]
+        x, y = gen(n + o["test_size"], seed=o["seed"], **params)
+        x, y, xt, yt = x[:n], y[:n], x[n:], y[n:]
+    else:
+        x, y = gen(o["pool_size"], seed=derive_seed(o["seed"], "pool"), **params)
+        xt, yt = gen(o["test_size"], seed=derive_seed(o["seed"], "test"), **params)
     k = o.get("classes", 2)
-    return Dataset(name, x, y, xt, yt, k, meta={
+    # standardise: (x - mean) / std with the pool's per-coordinate statistics (Dataset.prepare)
+    stats = {"mean": x.mean(0), "std": x.std(0)} if o["standardise"] else {}
+    return Dataset(name, x, y, xt, yt, k, **stats, meta={
         "input": f"{x.shape[1]} float64 features", "pool_size": len(y), "test_size": len(yt),
         "classes": [str(c) for c in range(k)], "source": f"generated: resdyn.data.synthetic.{name}",
         "split": "pool and test drawn from the streams derive_seed(seed, 'pool') and "
                  "derive_seed(seed, 'test')",
-        "normalisation": "none (inputs are already centred and of unit scale)", "options": o,
+        "normalisation": "pool mean and std per coordinate" if o["standardise"] else
+                         "none (inputs are already centred and of unit scale)", "options": o,
     })
 
 

@@ -1,23 +1,20 @@
 """``resdyn reproduce mean-field``: generalization of the mean-field ResNet on two spirals.
 
 The experiment of the second paper (Chen et al., ICLR 2024, App. C.6), with numbers chosen by
-resdyn because the seed text lost them (docs/meanfield.md, "Numbers"; none of them is the paper's):
+resdyn because the seed text lost them (docs/meanfield.md, "Numbers"; none of them is the paper's).
+It is a sweep: the specs ``mean-field.toml`` and ``mean-field-quick.toml`` hold the numbers
+(data, model, Adam, n, seeds, trackers and measures), the runner trains and records every (n, seed)
+cell as a row of the store, and :func:`analyze` computes everything reported from those rows:
 
-* data: ``two_spirals`` (turns 1.5, noise 0.05), inputs standardised by the pool's mean and std,
-  labels +-1; one fixed test set of ``N_TEST`` points;
-* model: ``MeanFieldResNet`` with a tied encoder (the Euler neural ODE with ``DEPTH`` steps of the
-  two-layer tanh field alpha/M sum_m u_m tanh(w_m . z + b_m)) and a two-layer tanh predictor,
-  M = K = ``WIDTH``, alpha = ``ALPHA``, beta = ``BETA``;
-* training: squared loss, Adam (lr ``ADAM_LR``, no mean-field rate scaling), ``STEPS`` full-batch
-  steps, n in ``N_VALUES``, seeds ``SEEDS``; every (n, seed) cell is one model of a single
-  batched ``resdyn.training.train`` call, on its own nested subsample of its seed's permutation;
-* analysis: 0-1 test error averaged over seeds, floored at one test error (1 / N_TEST) so that
-  a perfect run does not give log 0, then OLS of log error on log n (``fit_loglog``): slope, 95%
-  interval, p-value; lambda_min(G1), lambda_min(G2) (on the first ``GRAM_POINTS`` training points),
-  the k-NN KL of the particle clouds and the loss are recorded every ``RECORD_EVERY`` steps.
+* 0-1 test error (1 - test_acc) averaged over seeds, floored at one test error (1 / n_test) so
+  that a perfect run does not give log 0, then OLS of log error on log n (``fit_loglog``): slope,
+  95% interval, p-value;
+* per cell: train error, train loss, the k-NN KL radii and the KL-ball bound (measure
+  ``meanfield_kl_bound``);
+* trajectories of the loss, lambda_min(G1), lambda_min(G2) and the k-NN KL (the store's series).
 
-It also runs the two checks of the theory under plain gradient descent with the mean-field rate
-scaling (:func:`gradient_descent_check`, :func:`lambda_min_settling`).
+The two checks of the theory under plain gradient descent with the mean-field rate scaling
+(:func:`gradient_descent_check`, :func:`lambda_min_settling`) are functions of their own.
 """
 
 from __future__ import annotations
@@ -32,42 +29,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._checks import resolve_device, resolve_dtype
 from ..analysis.diagnostics import displacement, fit_linear_rate, gram_lambda_min, particle_kl
 from ..analysis.gram import gram_matrices, lambda_min
 from ..data.base import Dataset
 from ..data.synthetic import two_spirals
-from ..models.base import generator_for, init_params
+from ..models.base import init_params
 from ..models.meanfield import PREDICTOR_PARAMS, MeanFieldResNet
-from ..theory.meanfield import generalization_bound
 from ..training import TrainConfig, train
 from .base import Claim, ExperimentOutcome
 
-__all__ = ["GDCheck", "Settings", "gradient_descent_check", "lambda_min_settling", "run",
-           "spirals_dataset"]
-
-
-@dataclass(frozen=True)
-class Settings:
-    """The numbers of one reproduction (see the module docstring and docs/meanfield.md)."""
-
-    n_values: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
-    seeds: tuple[int, ...] = (0, 1, 2)
-    n_test: int = 2000
-    depth: int = 10
-    width: int = 64
-    alpha: float = 1.0
-    beta: float = 1.0
-    adam_lr: float = 0.01
-    steps: int = 1000
-    record_every: int = 50
-    gram_points: int = 64
-    data_seed: int = 2024
-
-
-FULL = Settings()
-QUICK = Settings(n_values=(32, 64, 128, 256), seeds=(0, 1, 2), n_test=1000, steps=300, record_every=100,
-                 gram_points=32)
+__all__ = ["GDCheck", "analyze", "gd_check_from_row", "gradient_descent_check", "lambda_min_settling",
+           "spirals_dataset", "trajectories"]
 
 
 def spirals_dataset(n_pool: int, n_test: int, seed: int) -> Dataset:
@@ -77,14 +49,6 @@ def spirals_dataset(n_pool: int, n_test: int, seed: int) -> Dataset:
     pool = x[:n_pool]
     return Dataset("two_spirals", pool, y[:n_pool], x[n_pool:], y[n_pool:], 2,
                    mean=pool.mean(0), std=pool.std(0))
-
-
-def _subsamples(n_values: tuple[int, ...], seeds: tuple[int, ...], n_pool: int) -> list[torch.Tensor]:
-    out = []
-    for s in seeds:
-        perm = torch.randperm(n_pool, generator=generator_for(s, "meanfield/subsample"))
-        out.extend(perm[:n] for n in n_values)
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,83 +193,111 @@ def _plot(out_dir: Path, name: str, draw: Any) -> Path:
     return path
 
 
-def run(
-    quick: bool = False,
-    out_dir: Path | None = None,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float64,
-    threads: int | None = None,
-) -> ExperimentOutcome:
-    """Run the reproduction (``quick``: fewer n, steps and test points; no GD theory checks at
-    width >= 1024) and return its tables, claims, figures (written into ``out_dir`` when given)
-    and the numbers behind them."""
+def _main_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r["spec"] in ("mean-field", "mean-field-quick") and r["status"] == "done"]
+
+
+def trajectories(rows: list[dict[str, Any]]) -> dict[str, list]:
+    """Loss, lambda_min(G1), lambda_min(G2) and k-NN KL of every cell at the tracked steps, from the
+    rows' ``series`` (step -> value per series name; the loss at step t is the objective before
+    update t + 1, so the loss shown at a tracked step t > 0 is that of step t - 1, NaN at 0)."""
+    names = {"lambda_min_G1": "gram.lambda_min_G1", "lambda_min_G2": "gram.lambda_min_G2",
+             "kl_enc_knn": "kl.kl_enc_knn", "kl_pred_knn": "kl.kl_pred_knn"}
+    series = [r.get("series", {}) for r in rows]
+    steps = sorted(series[0].get(names["lambda_min_G1"], {})) if series else []
+    out: dict[str, list] = {"step": steps, "loss": []}
+    for key in names:
+        out[key] = []
+    for t in steps:
+        out["loss"].append([s.get("train_objective", {}).get(t - 1, float("nan")) if t > 0
+                            else float("nan") for s in series])
+        for key, name in names.items():
+            out[key].append([s.get(name, {}).get(t, float("nan")) for s in series])
+    return out
+
+
+def gd_check_from_row(row: dict[str, Any]) -> GDCheck:
+    """The :class:`GDCheck` of one cell of ``mean-field-gd.toml``, from its row and series."""
+    ser = row["series"]
+    steps = sorted(ser["gram.lambda_min_G2"])
+
+    def at(name: str) -> list[float]:
+        return [ser[name][t] for t in steps]
+
+    eta, n, T = row["config"]["train"]["lr"], row["config"]["sample_size"], row["config"]["train"]["steps"]
+    loss, g2 = at("train_loss.loss"), at("gram.lambda_min_G2")
+    kl = np.add(at("kl.kl_enc_knn"), at("kl.kl_pred_knn"))
+    q = int(np.searchsorted(steps, 0.75 * T))
+    total = kl[-1] - kl[0]
+    return GDCheck(
+        width=row["config"]["model"]["width"], steps=steps, loss=loss, lambda_min_g1=at("gram.lambda_min_G1"),
+        lambda_min_g2=g2, kl_enc_knn=at("kl.kl_enc_knn"), kl_pred_knn=at("kl.kl_pred_knn"),
+        kl_enc_gauss=at("kl.kl_enc_gauss"), kl_pred_gauss=at("kl.kl_pred_gauss"),
+        w2_enc=at("displacement.w2_enc"), w2_pred=at("displacement.w2_pred"),
+        linear_rate=ser["linear_rate"][T] / eta, rate_bound=2 * ser["gram.lambda_min_total"][0] / n,
+        loss_ratio=loss[0] / loss[-1], lambda_ratio=min(g2) / g2[0],
+        kl_last_quarter_fraction=float((kl[-1] - kl[q]) / total) if total > 0 else float("nan"),
+        seconds=row["timing"]["train_seconds"],
+    )
+
+
+def _gd_claim(gd: dict[str, GDCheck]) -> Claim:
+    wide, narrow = gd["1024"], gd["16"]
+    return Claim(
+        text="Mean-field GD at M = K = 1024: loss falls >= 10x, lambda_min(G2) stays above half its "
+             "initial value, KL from initialisation plateaus",
+        measured=f"loss ratio {wide.loss_ratio:.3g}, min lambda_min(G2)/initial {wide.lambda_ratio:.3f}, "
+                 f"KL increase in last quarter / total {wide.kl_last_quarter_fraction:.3f} "
+                 f"(width 16: {narrow.loss_ratio:.3g}, {narrow.lambda_ratio:.3f}, "
+                 f"{narrow.kl_last_quarter_fraction:.3f})",
+        held=bool(wide.loss_ratio >= 10 and wide.lambda_ratio > 0.5 and wide.kl_last_quarter_fraction < 0.1),
+        test="loss(0)/loss(T) >= 10, min_t lambda_min(G2)(t) > lambda_min(G2)(0)/2, "
+             "[KL(T) - KL(3T/4)] < 0.1 [KL(T) - KL(0)]",
+        values={k: {f: getattr(v, f) for f in ("loss_ratio", "lambda_ratio", "kl_last_quarter_fraction",
+                                                 "linear_rate", "rate_bound")} for k, v in gd.items()},
+    )
+
+
+def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
+            name: str = "mean-field") -> ExperimentOutcome:
+    """The reproduction's tables, claims and figures from its per-cell store rows (see the module
+    docstring). Rows may carry ``series`` ({name: {step: value}}) for the training curves."""
     from ..analysis.fits import fit_loglog
 
-    dev = resolve_device(device)
-    dtype = resolve_dtype(dtype)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    cfg = QUICK if quick else FULL
-    t_start = time.perf_counter()
-    n_pool = max(cfg.n_values)
-    data = spirals_dataset(n_pool, cfg.n_test, cfg.data_seed)
-    model = MeanFieldResNet(in_dim=2, depth=cfg.depth, width=cfg.width, predictor_width=cfg.width,
-                            alpha=cfg.alpha, beta=cfg.beta, tied=True, mean_field_lr=False)
-    cells = [(n, s) for s in cfg.seeds for n in cfg.n_values]
-    seeds = [1000 * s + n for n, s in cells]
-    indices = _subsamples(cfg.n_values, cfg.seeds, n_pool)
-    params = init_params(model, seeds, dtype, dev)
-    gram_x = [data.prepare(data.x[i[: cfg.gram_points]], torch.float64, dev) for i in indices]
-    traj: dict[str, list] = {k: [] for k in ("step", "loss", "lambda_min_G1", "lambda_min_G2",
-                                              "kl_enc_knn", "kl_pred_knn")}
-
-    def hook(step: int, state: Any) -> None:
-        g = gram_lambda_min(model, {k: v.to(torch.float64) for k, v in state.params.items()}, gram_x)
-        kl = particle_kl(model, state.params, per_layer=False)
-        traj["step"].append(step)
-        prev = state.loss_history[step - 1] if step > 0 else torch.full((len(cells),), float("nan"))
-        traj["loss"].append([float(v) for v in prev])
-        for key in ("lambda_min_G1", "lambda_min_G2"):
-            traj[key].append([float(v) for v in g[key]])
-        for key in ("kl_enc_knn", "kl_pred_knn"):
-            traj[key].append([float(v) for v in kl[key]])
-
-    t0 = time.perf_counter()
-    res = train(model, params, data, indices, cfg.adam_lr,
-                TrainConfig(steps=cfg.steps, loss="squared", optimizer="adam"), seeds,
-                hooks=[(cfg.record_every, hook)])
-    train_seconds = time.perf_counter() - t0
-    err = (1.0 - res.metrics["test_acc"]).numpy()
-    train_err = (1.0 - res.metrics["train_acc"]).numpy()
-    floor = 1.0 / cfg.n_test
-    n_arr = np.array(cfg.n_values, dtype=float)
-    err_grid = err.reshape(len(cfg.seeds), len(cfg.n_values))
+    main = _main_rows(rows)
+    outcome = ExperimentOutcome(name)
+    if not main:
+        return outcome
+    n_values = sorted({r["config"]["sample_size"] for r in main})
+    seeds = sorted({r["config"]["seed"] for r in main})
+    by_cell = {(r["config"]["sample_size"], r["config"]["seed"]): r for r in main}
+    cells = [(n, s) for s in seeds for n in n_values if (n, s) in by_cell]
+    if len(cells) != len(n_values) * len(seeds):
+        return outcome  # an incomplete grid: nothing to fit yet
+    ordered = [by_cell[c] for c in cells]
+    n_test = int(ordered[0]["config"]["data"]["test_size"])
+    err = np.array([1.0 - r["metrics"]["test_acc"] for r in ordered])
+    floor = 1.0 / n_test
+    n_arr = np.array(n_values, dtype=float)
+    err_grid = err.reshape(len(seeds), len(n_values))
     mean_err = err_grid.mean(0)
     fit = fit_loglog(n_arr, np.maximum(mean_err, floor))
-
-    # The KL-ball bound, with the k-NN KL of each trained model as radius (a plug-in).
-    kl_final = particle_kl(model, res.params, per_layer=False)
-    rows = []
-    for e, (n, s) in enumerate(cells):
-        f_train = None
-        with torch.no_grad():
-            xt = data.prepare(data.x[indices[e]], dtype, dev).unsqueeze(0)
-            f_train = model.forward({k: v[e : e + 1] for k, v in res.params.items()}, xt)[0, :, 0]
-        yt = (2 * data.y[indices[e]] - 1).to(f_train)
-        ramp = float((1 - yt * f_train).clamp(0, 1).mean())
-        r1 = max(float(kl_final["kl_enc_knn"][e]), 0.0)
-        r2 = max(float(kl_final["kl_pred_knn"][e]), 0.0)
-        b = generalization_bound(n, ramp, r1, r2, cfg.alpha, cfg.beta)
-        rows.append({"n": n, "seed": s, "test_error": float(err[e]), "train_error": float(train_err[e]),
-                     "train_loss": float(res.metrics["train_loss"][e]), "kl_enc_knn": r1, "kl_pred_knn": r2,
-                     "bound": b["bound"], "bound_rademacher": b["rademacher"]})
+    table = []
+    for (n, s), r in zip(cells, ordered, strict=True):
+        m = r["measures"]
+        table.append({"n": n, "seed": s, "test_error": 1.0 - r["metrics"]["test_acc"],
+                      "train_error": 1.0 - r["metrics"]["train_acc"],
+                      "train_loss": r["metrics"]["train_loss"],
+                      "kl_enc_knn": m["meanfield_kl_bound.bound.r1"],
+                      "kl_pred_knn": m["meanfield_kl_bound.bound.r2"],
+                      "bound": m["meanfield_kl_bound.bound"],
+                      "bound_rademacher": m["meanfield_kl_bound.bound.rademacher"]})
     summary = [{"n": int(n), "mean_test_error": float(m), "sd_test_error": float(sd),
                 "floored": bool(m < floor)}
-               for n, m, sd in zip(cfg.n_values, mean_err, err_grid.std(0), strict=True)]
+               for n, m, sd in zip(n_values, mean_err, err_grid.std(0), strict=True)]
     fit_row = {"slope": fit.slope, "ci95_low": fit.ci95[0], "ci95_high": fit.ci95[1], "pvalue": fit.pvalue,
                "intercept": fit.intercept, "n_points": fit.n, "floor": floor}
-
-    claims = [
+    outcome.claims = [
         Claim(
             text="Test 0-1 error falls as a power of n: negative log-log slope with p < 0.05",
             measured=f"slope {fit.slope:.3f} (95% CI {fit.ci95[0]:.3f} to {fit.ci95[1]:.3f}), "
@@ -322,72 +314,35 @@ def run(
             values=fit_row,
         ),
     ]
-    out: dict[str, Any] = {
-        "settings": asdict(cfg),
-        "cells": [{"n": n, "seed": s} for n, s in cells],
-        "test_error": err.tolist(),
-        "mean_test_error": mean_err.tolist(),
-        "fit": fit_row,
-        "trajectories": traj,
-        "train_seconds": train_seconds,
-    }
-
-    gd: dict[str, GDCheck] = {}
-    settle: dict[str, Any] | None = None
-    if not quick:
-        settle = lambda_min_settling()
-        out["lambda_min_settling"] = settle
-        claims.append(Claim(
-            text="At initialisation lambda_min(G2) settles as M = K grows from 64 to 4096",
-            measured="mean over seeds " + ", ".join(f"{w}: {m:.4g}" for w, m in
-                                                    zip(settle["widths"], settle["mean"], strict=True))
-                     + f"; limit (MC) {settle['limit_mc']:.4g}",
-            held=bool(all(e < 0.1 for e in settle["relative_error_to_limit"][4:])),
-            test="mean over 8 seeds within 10% of the Monte-Carlo limit for every M = K >= 1024",
-            values=settle,
-        ))
-        for w in (1024, 16):
-            gd[str(w)] = gradient_descent_check(width=w)
-        out["gradient_descent"] = {k: asdict(v) for k, v in gd.items()}
-        wide = gd["1024"]
-        claims.append(Claim(
-            text="Mean-field GD at M = K = 1024: loss falls >= 10x, lambda_min(G2) stays above half its "
-                 "initial value, KL from initialisation plateaus",
-            measured=f"loss ratio {wide.loss_ratio:.3g}, min lambda_min(G2)/initial {wide.lambda_ratio:.3f}, "
-                     f"KL increase in last quarter / total {wide.kl_last_quarter_fraction:.3f} "
-                     f"(width 16: {gd['16'].loss_ratio:.3g}, {gd['16'].lambda_ratio:.3f}, "
-                     f"{gd['16'].kl_last_quarter_fraction:.3f})",
-            held=bool(wide.loss_ratio >= 10 and wide.lambda_ratio > 0.5
-                      and wide.kl_last_quarter_fraction < 0.1),
-            test="loss(0)/loss(T) >= 10, min_t lambda_min(G2)(t) > lambda_min(G2)(0)/2, "
-                 "[KL(T) - KL(3T/4)] < 0.1 [KL(T) - KL(0)]",
-            values={k: {f: getattr(v, f) for f in ("loss_ratio", "lambda_ratio", "kl_last_quarter_fraction",
-                                                     "linear_rate", "rate_bound")} for k, v in gd.items()},
-        ))
-
-    figures: dict[str, Path] = {}
+    gd_rows = [r for r in rows if r["spec"] == "mean-field-gd" and r["status"] == "done" and r.get("series")]
+    gd = {str(r["config"]["model"]["width"]): gd_check_from_row(r) for r in gd_rows}
+    if {"1024", "16"} <= set(gd):
+        outcome.claims.append(_gd_claim(gd))
+    traj = trajectories(ordered)
+    outcome.tables = {"cells": table, "error_by_n": summary, "fit": [fit_row]}
+    outcome.data = {"cells": [{"n": n, "seed": s} for n, s in cells], "test_error": err.tolist(),
+                    "mean_test_error": mean_err.tolist(), "fit": fit_row, "trajectories": traj,
+                    "train_seconds": max(r["timing"]["train_seconds"] for r in ordered)}
+    if gd:
+        outcome.data["gradient_descent"] = {k: asdict(v) for k, v in gd.items()}
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        figures.update(_figures(out_dir, cfg, err_grid, mean_err, fit, floor, traj, cells, gd, settle))
-        (out_dir / "meanfield.json").write_text(json.dumps(out, indent=1, default=float))
-    out["seconds"] = time.perf_counter() - t_start
-    return ExperimentOutcome(
-        name="mean-field",
-        tables={"cells": rows, "error_by_n": summary, "fit": [fit_row]},
-        claims=claims, figures=figures, data=out,
-    )
+        outcome.figures = _figures(out_dir, n_values, seeds, err_grid, mean_err, fit, floor, traj, cells, gd)
+        (out_dir / "meanfield.json").write_text(json.dumps(outcome.data, indent=1, default=float))
+    return outcome
 
 
-def _figures(out_dir: Path, cfg: Settings, err_grid: np.ndarray, mean_err: np.ndarray, fit: Any,
-             floor: float, traj: dict[str, list], cells: list[tuple[int, int]], gd: dict[str, GDCheck],
-             settle: dict[str, Any] | None) -> dict[str, Path]:
+def _figures(out_dir: Path, n_values: list[int], seeds: list[int], err_grid: np.ndarray,
+             mean_err: np.ndarray, fit: Any, floor: float, traj: dict[str, list],
+             cells: list[tuple[int, int]], gd: dict[str, GDCheck] | None = None,
+             settle: dict[str, Any] | None = None) -> dict[str, Path]:
     figs: dict[str, Path] = {}
-    n_arr = np.array(cfg.n_values, dtype=float)
+    n_arr = np.array(n_values, dtype=float)
 
     def loglog(plt: Any) -> Any:
         fig, ax = plt.subplots(figsize=(5, 4))
-        for i, s in enumerate(cfg.seeds):
+        for i, s in enumerate(seeds):
             ax.scatter(n_arr, np.maximum(err_grid[i], floor), s=12, alpha=0.5, label=f"seed {s}")
         ax.plot(n_arr, np.maximum(mean_err, floor), "ko-", label="mean over seeds")
         ax.plot(n_arr, np.exp(fit.intercept) * n_arr**fit.slope, "r-",
@@ -410,7 +365,7 @@ def _figures(out_dir: Path, cfg: Settings, err_grid: np.ndarray, mean_err: np.nd
                                ("lambda_min_G2", axes[1, 0], "lambda_min(G2)"),
                                ("kl_enc_knn", axes[1, 1], "KL (k-NN): encoder solid, predictor dashed")):
             vals = np.array(traj[key], dtype=float)
-            for n in cfg.n_values:
+            for n in n_values:
                 cols = [e for e, (nn, _) in enumerate(cells) if nn == n]
                 with warnings.catch_warnings():  # the loss before step 0 is NaN
                     warnings.simplefilter("ignore", RuntimeWarning)
@@ -426,7 +381,8 @@ def _figures(out_dir: Path, cfg: Settings, err_grid: np.ndarray, mean_err: np.nd
         fig.tight_layout()
         return fig
 
-    figs["training_curves"] = _plot(out_dir, "meanfield_training_curves", curves)
+    if traj["step"]:
+        figs["training_curves"] = _plot(out_dir, "meanfield_training_curves", curves)
 
     if gd:
         def gd_fig(plt: Any) -> Any:

@@ -5,16 +5,19 @@ A sweep reproduction ships spec files in ``resdyn/specs`` (``NAME.toml`` and the
 that reads the store. Image specs run once for each of MNIST, CIFAR-10 and CIFAR-100 whose files
 are present under the data root (``--root``), with the data table replaced by that set.
 A custom reproduction has a ``run(quick, out_dir, device, dtype, threads)``
-whose outcome is kept in the store for the report.
+whose outcome is kept in the store for the report. Functions are referenced directly (no import
+strings).
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from . import certificates, dead_zone, depth, dnl_convergence, meanfield, sample_size
 
 __all__ = ["REPRODUCTIONS", "Reproduction", "get_reproduction", "spec_path"]
 
@@ -24,38 +27,42 @@ class Reproduction:
     name: str
     summary: str
     specs: tuple[str, ...] = ()
-    analyze: str | None = None
-    run: str | None = None
+    analyze: Callable[..., Any] | None = None
+    run: Callable[..., Any] | None = None
     image_specs: tuple[str, ...] = ()
+    full_specs: tuple[str, ...] = ()  # run by the full reproduction only (no quick variant)
 
     def spec_names(self, quick: bool) -> list[str]:
-        return [f"{s}-quick" if quick else s for s in self.specs]
+        return [f"{s}-quick" if quick else s for s in self.specs] + ([] if quick else list(self.full_specs))
 
     def image_spec_names(self, quick: bool) -> list[str]:
         """Specs run once per image data set (MNIST, CIFAR) found under the data root."""
         return [f"{s}-quick" if quick else s for s in self.image_specs]
 
     def load(self, attr: str) -> Any:
-        module, fn = getattr(self, attr).split(":")
-        return getattr(importlib.import_module(module), fn)
+        """The reproduction's ``analyze`` or ``run`` function."""
+        fn = getattr(self, attr)
+        if fn is None:
+            raise ValueError(f"reproduction {self.name!r} has no {attr!r}")
+        return fn
 
 
 REPRODUCTIONS: dict[str, Reproduction] = {
     r.name: r
     for r in (
         Reproduction("sample-size", "generalization gap against S, log-log slope vs -1/2",
-                     ("sample-size",), "resdyn.experiments.sample_size:analyze",
+                     ("sample-size",), sample_size.analyze,
                      image_specs=("sample-size-images",)),
         Reproduction("depth", "loss and accuracy against depth at fixed horizon",
-                     ("depth",), "resdyn.experiments.depth:analyze"),
+                     ("depth",), depth.analyze),
         Reproduction("dead-zone", "activations with and without a dead zone",
-                     ("dead-zone",), "resdyn.experiments.dead_zone:analyze"),
+                     ("dead-zone",), dead_zone.analyze),
         Reproduction("mean-field", "mean-field ResNet on two spirals: Gram, KL, error vs n",
-                     run="resdyn.experiments.meanfield:run"),
+                     ("mean-field",), meanfield.analyze, full_specs=("mean-field-gd",)),
         Reproduction("certificates", "PAC-Bayes risk certificates against S and depth L (knot paths)",
-                     run="resdyn.experiments.certificates:run"),
+                     run=certificates.run),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
-                     run="resdyn.experiments.dnl_convergence:run"),
+                     run=dnl_convergence.run),
     )
 }
 
@@ -77,7 +84,7 @@ def spec_path(spec_name: str) -> Path:
 def reproduction_of_spec(spec_name: str) -> tuple[Reproduction, bool] | None:
     """Which reproduction (and whether its quick variant) a spec name in the store belongs to."""
     for r in REPRODUCTIONS.values():
-        for s in (*r.specs, *r.image_specs):
+        for s in (*r.specs, *r.image_specs, *r.full_specs):
             if spec_name == s:
                 return r, False
             if spec_name == f"{s}-quick":

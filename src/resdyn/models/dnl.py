@@ -27,6 +27,7 @@ sum_j W_{k,j} act(z_j), W_k = [W_{k,0}, ..., W_{k,k-1}].
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -123,6 +124,16 @@ class DNLNet:
         """(t_k, t_j) of every packed pair j < k, float64."""
         k, j = pair_nodes(self.depth)
         return k.double() * self.step, j.double() * self.step
+
+    def prolong(self, params: Params, deeper: DNLNet) -> Params:
+        """Parameters of ``deeper`` (this network with depth N' a multiple of N) holding Pi theta_N:
+        the pair controls K and b are the P1 extension of this network's (``p1_at_grid``) at the
+        pairs of grid N'; every other parameter (embedding, readout, operator) is copied."""
+        if dataclasses.replace(deeper, depth=self.depth) != self or deeper.depth % self.depth:
+            raise ValueError(f"prolong: the deeper network must equal this one but for a depth that is a "
+                             f"multiple of {self.depth}; got {deeper!r}")
+        return {k: (p1_at_grid(v, self.depth, deeper.depth) if k in ("K", "b") else v)
+                for k, v in params.items()}
 
     @staticmethod
     def pair_index(k: int, j: int) -> int:

@@ -37,7 +37,7 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[Exp
     """Analyse every reproduction the store holds (sweep rows by spec name, and stored outcomes)."""
     fig_dir = Path(fig_dir)
     with Store(store_path, create=False, readonly=True) as st:
-        rows = st.rows()
+        rows = st.rows_with_series()  # analyses such as mean-field's read the series too
         stored = st.outcomes()
     by_spec: dict[str, list] = {}
     for r in rows:

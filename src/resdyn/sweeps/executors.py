@@ -8,9 +8,10 @@ returns results to the driver.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from ..models.base import Params
 from .grid import Cell
 from .runner import CheckpointIO, train_group
 from .store import CellResult
@@ -27,16 +28,18 @@ class LocalExecutor:
         self.device, self.threads = device, threads
 
     def run(self, groups: Sequence[Sequence[Cell]], checkpoint: CheckpointIO | None = None,
-            checkpoint_seconds: float = 120.0) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
+            checkpoint_seconds: float = 120.0, warm: Mapping[str, Params] | None = None
+            ) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
         import torch
 
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         for g in groups:
-            yield g, train_group(g, self.device, checkpoint, checkpoint_seconds)
+            yield g, train_group(g, self.device, checkpoint, checkpoint_seconds, warm)
 
 
-def _remote_train(cells: list[Cell], device: str, threads: int, pid_dir: str | None) -> list[CellResult]:
+def _remote_train(cells: list[Cell], device: str, threads: int, pid_dir: str | None,
+                  warm: Mapping[str, Params] | None = None) -> list[CellResult]:
     import torch
 
     torch.set_num_threads(threads)
@@ -44,7 +47,7 @@ def _remote_train(cells: list[Cell], device: str, threads: int, pid_dir: str | N
         # Lets a supervisor (or a test) see which worker runs which group.
         with open(os.path.join(pid_dir, f"{os.getpid()}.pid"), "w") as f:
             f.write(",".join(c.cell_id for c in cells))
-    return train_group(cells, device, None)
+    return train_group(cells, device, None, warm=warm)
 
 
 class RayExecutor:
@@ -72,10 +75,13 @@ class RayExecutor:
         self._task = ray.remote(_remote_train).options(num_cpus=threads, max_retries=max_retries)
 
     def run(self, groups: Sequence[Sequence[Cell]], checkpoint: CheckpointIO | None = None,
-            checkpoint_seconds: float = 120.0) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
+            checkpoint_seconds: float = 120.0, warm: Mapping[str, Params] | None = None
+            ) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
         del checkpoint, checkpoint_seconds
-        pending = {self._task.remote(list(g), self.device, self.threads, self.pid_dir): g
-                   for g in groups}
+        pending = {}
+        for g in groups:
+            mine = {c.cell_id: warm[c.cell_id] for c in g if warm and c.cell_id in warm}
+            pending[self._task.remote(list(g), self.device, self.threads, self.pid_dir, mine)] = g
         while pending:
             done, _ = self.ray.wait(list(pending), num_returns=1)
             ref = done[0]

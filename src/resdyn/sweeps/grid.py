@@ -13,37 +13,135 @@ import functools
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
+from .._seeds import generator_for
 from ..data.base import Dataset
+from ..models.base import Model
 from ..models.registry import build_model, model_to_dict
 from ..training.engine import TrainConfig
 from .spec import Spec, SpecError, _sweep_target
 
-__all__ = ["Cell", "cell_hash", "expand", "group_cells", "load_dataset"]
+__all__ = ["Cell", "DataConfig", "TrainingConfig", "cell_hash", "expand", "group_cells", "load_dataset"]
 
 _PER_MODEL = ("sample_size", "seed")
+SAMPLES = ("stratified", "permutation", "prefix")
+# Keys of a spec's [data] table that say how a cell samples the pool (not options of the data set).
+SAMPLE_KEYS = ("sample", "sample_stream")
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """The data set (``name``, its ``options``, the ``root`` of file-backed sets) and how a cell
+    draws its training sample of size S with seed s from the pool (``sample``):
+
+    * 'stratified' (default): ``resdyn.data.subsample`` (nested, class proportions kept);
+    * 'permutation': the first S entries of one permutation of the pool drawn from the
+      ``(s, sample_stream)`` stream (nested, in permutation order);
+    * 'prefix': the first S points of the pool (the seed plays no part).
+    """
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+    root: str | None = None
+    sample: str = "stratified"
+    sample_stream: str = "subsample"
+
+    def load(self) -> Dataset:
+        return _load(json.dumps({"name": self.name, **dict(self.options),
+                                 **({"root": self.root} if self.root is not None else {})},
+                                sort_keys=True))
+
+    def indices(self, data: Dataset, S: int, seed: int) -> torch.Tensor:
+        """The training sample of size ``S`` for ``seed`` (see the class docstring)."""
+        if self.sample == "stratified":
+            from ..data import subsample
+
+            return subsample(data, S, seed)
+        if self.sample == "prefix":
+            return torch.arange(S)
+        return torch.randperm(len(data.y), generator=generator_for(seed, self.sample_stream))[:S]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The serialised form (part of a cell's identity; ``root`` is not)."""
+        out = {"name": self.name, **dict(self.options)}
+        if self.sample != "stratified":
+            out.update(sample=self.sample, sample_stream=self.sample_stream)
+        return out
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The engine's settings, the learning rate, and where initial weights come from: seed s
+    (``init_seed_stride`` = 0) or seed ``init_seed_stride`` * s + S (the numbering of the
+    mean-field reproduction)."""
+
+    config: TrainConfig
+    lr: float
+    init_seed_stride: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**{k: (list(v) if isinstance(v, tuple) else v)
+                  for k, v in dataclasses.asdict(self.config).items()}, "lr": float(self.lr)}
+        if self.init_seed_stride:
+            out["init_seed_stride"] = self.init_seed_stride
+        return out
+
+
+@dataclass(frozen=True, eq=False)
 class Cell:
-    """One trained model: its id (hash of ``config``) and its resolved configuration."""
+    """One trained model, typed: the model (a frozen model dataclass), its data and training
+    configuration, sample size, seed, dtype and the measures and trackers it records. ``config``
+    is the serialised form the store keeps (computed once); ``cell_id`` hashes it."""
 
-    cell_id: str
-    config: dict[str, Any]
+    model: Model
+    data: DataConfig
+    training: TrainingConfig
+    sample_size: int
+    seed: int
+    dtype: str
+    measures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    trackers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A warm cell starts from the best (lowest final training objective) of the cells ``warm_from``,
+    # prolonged along the model key ``warm_key`` (docs/sweeps.md, "Dependencies").
+    warm_from: tuple[str, ...] = ()
+    warm_key: str = ""
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        config = {
+            "data": self.data.to_dict(),
+            "model": model_to_dict(self.model),
+            "train": self.training.to_dict(),
+            "sample_size": self.sample_size,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "measures": {k: dict(v) for k, v in self.measures.items()},
+            "trackers": {k: dict(v) for k, v in self.trackers.items()},
+        }
+        if self.warm_from:
+            config["warm_start"] = {"key": self.warm_key, "from": list(self.warm_from)}
+        if self.data.root is not None:
+            config["data_root"] = self.data.root
+        return config
+
+    @functools.cached_property
+    def cell_id(self) -> str:
+        return cell_hash({k: v for k, v in self.config.items() if k != "data_root"})
 
     @property
-    def sample_size(self) -> int:
-        return self.config["sample_size"]
-
-    @property
-    def seed(self) -> int:
-        return self.config["seed"]
+    def init_seed(self) -> int:
+        """The seed of the cell's initial weights."""
+        stride = self.training.init_seed_stride
+        return stride * self.seed + self.sample_size if stride else self.seed
 
     @property
     def lr(self) -> float:
-        return self.config["train"]["lr"]
+        return self.training.lr
 
     @property
     def group_key(self) -> str:
@@ -67,7 +165,7 @@ def _load(key: str) -> Dataset:
 
 def load_dataset(data_cfg: dict[str, Any]) -> Dataset:
     """The data set a cell's ``data`` table describes (cached per process)."""
-    return _load(json.dumps(data_cfg, sort_keys=True))
+    return _load(json.dumps({k: v for k, v in data_cfg.items() if k not in SAMPLE_KEYS}, sort_keys=True))
 
 
 def _fill_shapes(model: dict[str, Any], data: Dataset) -> dict[str, Any]:
@@ -94,6 +192,18 @@ def _assign(tables: dict[str, dict], key: str, value: Any, target: str) -> None:
         tables[target][key.split(".", 1)[1] if "." in key else key] = value
 
 
+def _data_config(table: dict[str, Any], where: str) -> DataConfig:
+    options = {k: v for k, v in table.items() if k not in ("name", "root", *SAMPLE_KEYS)}
+    sample = table.get("sample", "stratified")
+    if sample not in SAMPLES:
+        raise SpecError(f"spec key data.sample ({where}): must be one of "
+                        f"{', '.join(map(repr, SAMPLES))}, got {sample!r}")
+    stream = table.get("sample_stream", "subsample")
+    if not isinstance(stream, str) or not stream:
+        raise SpecError(f"spec key data.sample_stream ({where}): must be a non-empty string, got {stream!r}")
+    return DataConfig(table["name"], tuple(options.items()), table.get("root"), sample, stream)
+
+
 def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
     """Every cell of the spec's grid, in a deterministic order (the product of the sweep lists in
     file order). Raises :class:`SpecError` naming the key path of a value that cannot be built."""
@@ -110,8 +220,9 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
         where = ", ".join(f"{k}={v!r}" for k, v in zip(keys, combo, strict=True))
         for k, v in zip(keys, combo, strict=True):
             _assign(tables, k, v, targets[k])
+        data_cfg = _data_config(tables["data"], where)
         try:
-            data = load_dataset(tables["data"])
+            data = data_cfg.load()
         except (ValueError, TypeError, FileNotFoundError) as err:
             raise SpecError(f"spec key data ({where}): {err}") from None
         S = tables["cell"]["sample_size"]
@@ -124,29 +235,52 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
             raise SpecError(f"spec key model ({where}): {err}") from None
         train = tables["train"]
         lr = train.pop("lr", 1e-2)
+        stride = train.pop("init_seed_stride", 0)
         try:
             tc = TrainConfig(**train)
         except (ValueError, TypeError) as err:
             raise SpecError(f"spec key train ({where}): {err}") from None
         if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
             raise SpecError(f"spec key train.lr ({where}): must be a number > 0, got {lr!r}")
-        config = {
-            "data": {k: v for k, v in tables["data"].items() if k != "root"},
-            "model": model_to_dict(model),
-            "train": {**{k: (list(v) if isinstance(v, tuple) else v)
-                         for k, v in dataclasses.asdict(tc).items()}, "lr": float(lr)},
-            "sample_size": S,
-            "seed": tables["cell"].get("seed", 0),
-            "dtype": dtype,
-            "measures": {k: dict(v) for k, v in spec.measures.items()},
-            "trackers": {k: dict(v) for k, v in spec.trackers.items()},
-        }
-        if "root" in tables["data"]:
-            config["data_root"] = tables["data"]["root"]
-        identity = {k: v for k, v in config.items() if k != "data_root"}
-        cells.append(Cell(cell_hash(identity), config))
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
+            raise SpecError(f"spec key train.init_seed_stride ({where}): must be an integer >= 0, "
+                            f"got {stride!r}")
+        cells.append(Cell(model, data_cfg, TrainingConfig(tc, float(lr), stride), S,
+                          tables["cell"].get("seed", 0), dtype,
+                          {k: dict(v) for k, v in spec.measures.items()},
+                          {k: dict(v) for k, v in spec.trackers.items()}))
+    if spec.warm_start:
+        cells = _resolve_warm_starts(cells, spec)
     unique = {c.cell_id: c for c in cells}
     return list(unique.values())
+
+
+def _resolve_warm_starts(cells: list[Cell], spec: Spec) -> list[Cell]:
+    """Give each warm cell at the i-th value of the warm-start key the ids of every cell at the
+    (i-1)-th value with the same other settings (any seed). Deeper levels are resolved after the
+    levels they depend on, since a cell's id covers the ids it depends on."""
+    key = spec.warm_start["key"]
+    field_name = key.split(".", 1)[-1]
+    values = spec.sweep[key]
+    warm_seeds = set(spec.warm_start["seeds"])
+
+    def level(c: Cell) -> int:
+        return values.index(getattr(c.model, field_name))
+
+    def signature(c: Cell) -> str:
+        cfg = {k: v for k, v in c.config.items() if k not in ("seed", "warm_start", "data_root")}
+        cfg["model"] = {k: v for k, v in cfg["model"].items() if k != field_name}
+        return cell_hash(cfg)
+
+    resolved: list[Cell] = []
+    for i in range(len(values)):
+        below = [c for c in resolved if level(c) == i - 1]
+        for c in (c for c in cells if level(c) == i):
+            if i > 0 and c.seed in warm_seeds:
+                deps = tuple(d.cell_id for d in below if signature(d) == signature(c))
+                c = dataclasses.replace(c, warm_from=deps, warm_key=field_name) if deps else c
+            resolved.append(c)
+    return resolved
 
 
 def group_cells(

@@ -9,28 +9,21 @@ keeps batch-mates apart bitwise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
 from .._checks import resolve_dtype
-from ..models.base import init_params
-from ..models.registry import build_model
-from ..training.engine import TrainConfig, TrainState, train
-from .grid import Cell, load_dataset
+from ..models.base import Params, init_params
+from ..training.engine import TrainState, train
+from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
 
 __all__ = ["CheckpointIO", "train_group"]
 
 CheckpointIO = tuple[Callable[[str], Any], Callable[[str, dict, dict], None]]
-
-
-def _indices(data, cell: Cell) -> torch.Tensor:
-    from ..data import subsample
-
-    return subsample(data, cell.sample_size, cell.seed)
 
 
 def _split_state(state: TrainState) -> list[dict[str, torch.Tensor]]:
@@ -71,24 +64,29 @@ def train_group(
     device: str = "cpu",
     checkpoint: CheckpointIO | None = None,
     checkpoint_seconds: float = 120.0,
+    warm: Mapping[str, Params] | None = None,
 ) -> list[CellResult]:
-    """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell."""
+    """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell.
+
+    warm: initial parameters (leading axis 1) of the warm cells by cell id, already prolonged to
+    the cell's model (``resdyn.sweeps.sweep`` resolves them); other cells start from their seed."""
     t0 = time.perf_counter()
-    first = cells[0].config
-    if any(c.group_key != cells[0].group_key for c in cells):
+    first = cells[0]
+    if any(c.group_key != first.group_key for c in cells):
         raise ValueError("train_group: cells of one group must share every setting but S, seed, lr")
-    dtype = resolve_dtype(first["dtype"])
-    model = build_model(**first["model"])
-    data_cfg = dict(first["data"])
-    if "data_root" in first:
-        data_cfg["root"] = first["data_root"]
-    data = load_dataset(data_cfg)
-    train_cfg = TrainConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                               for k, v in first["train"].items() if k != "lr"})
-    seeds = [c.seed for c in cells]
-    idx = [_indices(data, c) for c in cells]
+    dtype = resolve_dtype(first.dtype)
+    model = first.model
+    data = first.data.load()
+    train_cfg = first.training.config
+    # The engine's per-model seed is the seed of the initial weights (it orders minibatches too).
+    seeds = [c.init_seed for c in cells]
+    idx = [c.data.indices(data, c.sample_size, c.seed) for c in cells]
     lr = torch.tensor([c.lr for c in cells], dtype=dtype)
     params0 = init_params(model, seeds, dtype, device)
+    for e, c in enumerate(cells):
+        if warm and c.cell_id in warm:
+            for k, v in warm[c.cell_id].items():
+                params0[k][e] = v[0].to(device=params0[k].device, dtype=params0[k].dtype)
 
     state = None
     series: dict[str, dict[str, list]] = {c.cell_id: {} for c in cells}
@@ -100,13 +98,13 @@ def train_group(
                 series[c.cell_id] = {k: [tuple(p) for p in v] for k, v in meta.get("series", {}).items()}
 
     hooks = []
-    for name, opts in first["trackers"].items():
+    for name, opts in first.trackers.items():
         tracker = get_tracker(name)
         options = {k: v for k, v in opts.items() if k != "every"}
 
         def record(step: int, st: TrainState, tracker=tracker, options=options, name=name) -> None:
             ctx = TrackContext(model, st.params, params0, data, idx, step, st.loss_history, seeds,
-                               options)
+                               options, train_cfg)
             for key, vals in tracker(ctx).items():
                 for c, v in zip(cells, vals.detach().cpu().tolist(), strict=True):
                     series[c.cell_id].setdefault(_qualified(name, key), []).append((step, v))
@@ -127,7 +125,7 @@ def train_group(
     result = train(model, params0, data, idx, lr, train_cfg, seeds, state=state, hooks=hooks)
     t_train = time.perf_counter() - t0
     measures: dict[str, list[float]] = {}
-    for name, opts in first["measures"].items():
+    for name, opts in first.measures.items():
         ctx = MeasureContext(model, result.params, data, idx, train_cfg, result.metrics, seeds,
                              dict(opts))
         for key, vals in get_measure(name)(ctx).items():

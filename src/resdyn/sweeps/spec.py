@@ -57,9 +57,10 @@ from ..training.engine import TrainConfig
 
 __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
 
-TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run")
+TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
+            "warm_start")
 CELL_KEYS = ("sample_size", "seed")
-TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr")
+TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride")
 
 #: Upper limits of sizes (inclusive). Model sizes not listed are bounded by MAX_MODEL_BYTES.
 LIMITS: dict[str, int] = {
@@ -107,6 +108,7 @@ class Spec:
     run: RunOptions = RunOptions()
     description: str = ""
     source: str = ""
+    warm_start: Mapping[str, Any] = field(default_factory=dict)
 
 
 def _table(raw: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -219,12 +221,38 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
         if k != "family":
             _check_key("model", k, v, f"model.{k}", fields)
     _check_model_memory(model, sweep)
+    _check_applicable(model, sweep, fields, measures, trackers)
     run_raw = _table(raw, "run", required=False)
     run = _run_options(run_raw)
     description = raw.get("description", "")
     _check_type("description", description, (str,), "a string")
     _check_finite(raw, "")  # the rest: data options, measure options, model floats
-    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source)
+    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"])
+    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source, warm)
+
+
+def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str],
+                family: str) -> dict[str, Any]:
+    """[warm_start]: key (a swept model key: depth), seeds (the seeds whose cells start warm;
+    default every seed). A warm cell at the i-th value of ``key`` depends on every cell at the
+    (i-1)-th value that shares its other settings, and starts from the best of them."""
+    if not raw:
+        return {}
+    for k in raw:
+        if k not in ("key", "seeds"):
+            raise _fail(f"warm_start.{k}", "unknown key; allowed: key, seeds")
+    key = raw.get("key")
+    if key not in sweep or _sweep_target(key, fields) != "model" or len(sweep[key]) < 2:
+        raise _fail("warm_start.key", f"must name a swept model key with at least two values, got {key!r}")
+    from ..models.registry import _family_class
+
+    if not hasattr(_family_class(family), "prolong"):
+        raise _fail("warm_start.key", f"model family {family!r} cannot start from a shallower solution "
+                    "(no prolong); allowed: dnl")
+    seeds = raw.get("seeds", list(sweep.get("seed", [0])))
+    if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
+        raise _fail("warm_start.seeds", f"must be a list of integer seeds, got {seeds!r}")
+    return {"key": key, "seeds": seeds}
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -345,6 +373,41 @@ def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> No
         if "every" not in opts:
             raise _fail(f"trackers.{k}.every", "missing; the number of steps between records")
         _check_int(f"trackers.{k}.every", opts["every"], 1, LIMITS["trackers.every"])
+
+
+def _model_variants(model: Mapping[str, Any], sweep: Mapping[str, list],
+                    fields: set[str]) -> list[tuple[str, dict[str, Any]]]:
+    """Every model table the sweep can produce (family defaults filled in), each with the swept
+    key path that made it ('' for the base table)."""
+    from ..models.registry import _family_class
+
+    defaults = {f.name: f.default for f in dataclasses.fields(_family_class(model["family"]))
+                if f.default is not dataclasses.MISSING}
+    base = {**defaults, **model}
+    out = [("", base)]
+    for k, values in sweep.items():
+        target = _sweep_target(k, fields)
+        for i, v in enumerate(values):
+            if target == "model":
+                out.append((f"sweep.{k}[{i}]", {**base, k.split(".", 1)[-1]: v}))
+            elif target == "variants" and k == "model":
+                out.append((f"sweep.model[{i}]", {**base, **v}))
+    return out
+
+
+def _check_applicable(model: Mapping[str, Any], sweep: Mapping[str, list], fields: set[str],
+                      measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> None:
+    """Every measure and tracker applies to every model the sweep builds (before any training)."""
+    from .measures import check_applies
+
+    variants = _model_variants(model, sweep, fields)
+    for section, table in (("measures", measures), ("trackers", trackers)):
+        for name in table:
+            for where, m in variants:
+                reason = check_applies(section, name, m)
+                if reason is not None:
+                    at = f" of {where}" if where else ""
+                    raise _fail(f"{section}.{name}", f"does not apply to the model{at}: {reason}")
 
 
 def _run_options(raw: Mapping[str, Any]) -> RunOptions:

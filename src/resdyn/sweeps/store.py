@@ -339,6 +339,18 @@ class Store:
             raise StoreError(f"store {self.path}: {where} is not valid JSON ({err}); the store is "
                              "damaged: restore it from a copy or start a new store") from None
 
+    def rows_with_series(self) -> list[dict[str, Any]]:
+        """:meth:`rows`, each with its series as ``row['series'] = {name: {step: value}}`` (a
+        value the store kept as NULL, not finite, comes back as NaN)."""
+        rows = self.rows()
+        by_cell: dict[str, dict[str, dict[int, float]]] = {r["cell_id"]: {} for r in rows}
+        for cid, name, step, value in self.series():
+            if cid in by_cell:
+                by_cell[cid].setdefault(name, {})[int(step)] = float("nan") if value is None else value
+        for r in rows:
+            r["series"] = by_cell[r["cell_id"]]
+        return rows
+
     def series(self, cell_id: str | None = None) -> list[tuple[str, str, int, float]]:
         q = "SELECT cell_id, name, step, value FROM series"
         args: tuple = ()

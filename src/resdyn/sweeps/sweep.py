@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..models.base import Params
 from .executors import LocalExecutor, RayExecutor
 from .grid import Cell, expand, group_cells
 from .spec import Spec
 from .store import CellResult, Store, check_store_path, provenance
 
-__all__ = ["SweepSummary", "plan", "run_sweep"]
+__all__ = ["SweepSummary", "plan", "run_sweep", "warm_params"]
 
 
 @dataclass
@@ -23,6 +25,7 @@ class SweepSummary:
     diverged: int = 0
     held_elsewhere: list[str] = field(default_factory=list)
     groups: int = 0
+    waiting: list[str] = field(default_factory=list)  # cells whose warm-start sources are not done
 
 
 def plan(spec: Spec, store_path: str | Path) -> tuple[list[Cell], set[str]]:
@@ -57,11 +60,6 @@ def run_sweep(
         done = store.done_ids()
         todo = [c for c in cells if c.cell_id not in done]
         summary = SweepSummary(total=len(cells), already_done=len(cells) - len(todo))
-        claimed = set(store.claim([c.cell_id for c in todo], owner, spec.run.lease_seconds))
-        summary.held_elsewhere = [c.cell_id for c in todo if c.cell_id not in claimed]
-        mine = [c for c in todo if c.cell_id in claimed]
-        groups = group_cells(mine, spec.run.group_size, store.checkpoint_steps(claimed))
-        summary.groups = len(groups)
         prov = provenance(spec.run.dtype, device)
         stop = threading.Event()
         renewer = threading.Thread(target=_renew, args=(store.path, owner, spec.run.lease_seconds,
@@ -69,19 +67,56 @@ def run_sweep(
         renewer.start()
         checkpoint = (store.load_checkpoint, store.save_checkpoint)
         try:
-            for _, results in executor.run(groups, checkpoint, spec.run.checkpoint_seconds):
-                for r in results:
-                    r.provenance = dict(prov)
-                    if store.write(spec.name, r, owner):
-                        summary.trained += 1
-                        summary.diverged += int(r.diverged)
-                if on_group is not None:
-                    on_group(results)
+            # Waves: a cell is ready once every cell it starts from is in the store. Without
+            # warm starts there is one wave; a resumed run starts from what the store holds.
+            while todo:
+                done = store.done_ids()
+                ready = [c for c in todo if all(d in done for d in c.warm_from)]
+                if not ready:
+                    summary.waiting = [c.cell_id for c in todo]
+                    break
+                todo = [c for c in todo if not all(d in done for d in c.warm_from)]
+                claimed = set(store.claim([c.cell_id for c in ready], owner, spec.run.lease_seconds))
+                summary.held_elsewhere += [c.cell_id for c in ready if c.cell_id not in claimed]
+                mine = [c for c in ready if c.cell_id in claimed]
+                groups = group_cells(mine, spec.run.group_size, store.checkpoint_steps(claimed))
+                summary.groups += len(groups)
+                warm = warm_params(store, mine)
+                for _, results in executor.run(groups, checkpoint, spec.run.checkpoint_seconds, warm):
+                    for r in results:
+                        r.provenance = dict(prov)
+                        if store.write(spec.name, r, owner):
+                            summary.trained += 1
+                            summary.diverged += int(r.diverged)
+                    if on_group is not None:
+                        on_group(results)
         finally:
             stop.set()
             renewer.join()
             store.release(owner)
     return summary
+
+
+def warm_params(store: Store, cells: list[Cell]) -> dict[str, Params]:
+    """Initial parameters of every warm cell: the stored weights of the cell it depends on with
+    the lowest final training objective (finished, not diverged), prolonged to its model."""
+    from ..models.io import load_params
+
+    warm_cells = [c for c in cells if c.warm_from]
+    if not warm_cells:
+        return {}
+    rows = {r["cell_id"]: r for r in store.rows()}
+    out = {}
+    for c in warm_cells:
+        scores = [(rows[d]["metrics"].get("final_train_objective", math.inf), d) for d in c.warm_from
+                  if rows[d]["status"] == "done"]
+        scores = [(s, d) for s, d in scores if math.isfinite(s)]
+        if not scores:
+            raise RuntimeError(f"cell {c.cell_id}: every cell it starts from diverged "
+                               f"({', '.join(c.warm_from)})")
+        src_model, params, _ = load_params(store.weights_path(min(scores)[1]))
+        out[c.cell_id] = src_model.prolong({k: v.unsqueeze(0) for k, v in params.items()}, c.model)
+    return out
 
 
 def _renew(path: Path, owner: str, seconds: float, stop: threading.Event) -> None:

@@ -1,8 +1,9 @@
-"""The bounds as sweep measures: name -> function(ctx) -> {dotted name: tensor (E,)}.
+"""The bounds of every model of a trained group, each on its own sample: pure math (tensors in,
+numbers out). ``resdyn.sweeps.measures`` turns them into store columns.
 
-Each model e is evaluated on its own sample ``ctx.train_indices[e]`` only (float64, CPU).
-Options come from ``ctx.options`` (see :class:`resdyn.theory.bounds.BoundOptions`: delta, kappa,
-gamma grid, level grid, families, substeps). NaN marks a bound that does not apply to the model.
+Each model is evaluated on its own sample only (float64, CPU); options are those of
+:class:`resdyn.theory.bounds.BoundOptions` (delta, kappa, gamma grid, level grid, families,
+substeps). NaN marks a bound whose class does not contain the model.
 
 =====================  ==========================================================================
 measure                value (and terms)
@@ -26,62 +27,40 @@ test_error_bound       the assembled bound on the test error (.margin_loss, .com
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..sweeps.measures import MeasureContext
+from ..data.base import Dataset
+from ..models.base import Model, Params
 from .bounds import BoundOptions, bound_terms
 
-__all__ = ["MEASURES", "model_bounds"]
-
-_cache: dict[str, object] = {}
+__all__ = ["group_bounds"]
 
 
-def model_bounds(ctx: MeasureContext) -> list[dict[str, float]]:
-    """:func:`bound_terms` of every model of the group on its own sample (cached per group)."""
-    # The runner gives each measure its own context over the same trained group: key on the group
-    # (its params, sample and options), so the six measures share one evaluation of the bounds.
-    key = (id(ctx.params), id(ctx.train_indices), repr(sorted(ctx.options.items())))
-    if _cache.get("key") == key:
-        return _cache["value"]  # type: ignore[return-value]
-    opts = BoundOptions.from_dict(ctx.options)
-    E = next(iter(ctx.params.values())).shape[0]
-    if len(ctx.train_indices) != E:
-        raise ValueError(f"train_indices has {len(ctx.train_indices)} index sets for {E} models")
+def group_bounds(model: Model, params: Params, data: Dataset, train_indices: Sequence[Tensor],
+                 options: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, Tensor] | None = None) -> list[dict[str, float]]:
+    """:func:`bound_terms` of every model e of ``params`` (leading axis E) on its own sample
+    ``train_indices[e]``; with the engine's ``metrics`` (test_acc, train_acc), also
+    test_error_bound.measured_test_error = 1 - test_acc and .measured_gap = train_acc - test_acc."""
+    opts = BoundOptions.from_dict(dict(options or {}))
+    metrics = metrics or {}
+    E = next(iter(params.values())).shape[0]
+    if len(train_indices) != E:
+        raise ValueError(f"train_indices has {len(train_indices)} index sets for {E} models")
     rows = []
     for e in range(E):
-        idx = torch.as_tensor(ctx.train_indices[e], dtype=torch.long).cpu()
-        x = ctx.data.prepare(ctx.data.x[idx], torch.float64, "cpu")
-        y = ctx.data.y[idx]
-        pe = {k: v[e : e + 1].detach().cpu() for k, v in ctx.params.items()}
-        row = bound_terms(ctx.model, pe, x, y, opts)
-        if "test_acc" in ctx.metrics:
-            row["test_error_bound.measured_test_error"] = 1.0 - float(ctx.metrics["test_acc"][e])
-            if "train_acc" in ctx.metrics:
-                row["test_error_bound.measured_gap"] = (float(ctx.metrics["train_acc"][e])
-                                                        - float(ctx.metrics["test_acc"][e]))
+        idx = torch.as_tensor(train_indices[e], dtype=torch.long).cpu()
+        x = data.prepare(data.x[idx], torch.float64, "cpu")
+        pe = {k: v[e : e + 1].detach().cpu() for k, v in params.items()}
+        row = bound_terms(model, pe, x, data.y[idx], opts)
+        if "test_acc" in metrics:
+            row["test_error_bound.measured_test_error"] = 1.0 - float(metrics["test_acc"][e])
+            if "train_acc" in metrics:
+                row["test_error_bound.measured_gap"] = (float(metrics["train_acc"][e])
+                                                        - float(metrics["test_acc"][e]))
         rows.append(row)
-    # Holding the keyed objects keeps their ids from being reused by a later group.
-    _cache["key"], _cache["value"], _cache["refs"] = key, rows, (ctx.params, ctx.train_indices)
     return rows
-
-
-def _measure(name: str) -> Callable[[MeasureContext], dict[str, Tensor]]:
-    def fn(ctx: MeasureContext) -> dict[str, Tensor]:
-        rows = model_bounds(ctx)
-        keys = [k for k in rows[0] if k == name or k.startswith(name + ".")]
-        return {k: torch.tensor([r.get(k, float("nan")) for r in rows], dtype=torch.float64)
-                for k in keys}
-
-    fn.__name__ = name
-    fn.__doc__ = f"The {name!r} bound and its terms, per model (see the module docstring)."
-    return fn
-
-
-MEASURES: dict[str, Callable[[MeasureContext], dict[str, Tensor]]] = {
-    name: _measure(name)
-    for name in ("path_norm_bound", "flow_bound", "dead_zone", "spectral_bound", "marion_bound",
-                 "test_error_bound")
-}
