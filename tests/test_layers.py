@@ -24,7 +24,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("training",),
     ("theory", "analysis", "plotting"),
     ("data", "models"),
-    ("_checks", "_seeds"),
+    ("_checks", "_seeds", "_paths"),
 )
 LEVEL = {name: len(LAYERS) - i for i, names in enumerate(LAYERS) for name in names}
 
