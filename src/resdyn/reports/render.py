@@ -192,5 +192,5 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
     md_path.write_text("\n".join(md) + "\n")
     (out / "report-data.json").write_text(strict_dumps(
         {o.name: {"claims": [c.__dict__ for c in o.claims], "tables": o.tables, "data": o.data}
-         for o in outcomes}, indent=1, sort_keys=True, default=str))
+         for o in outcomes}, indent=1, default=str))
     return html_path, md_path

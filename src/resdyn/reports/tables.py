@@ -24,7 +24,7 @@ MODEL_KEYS = ("depth", "knots", "width", "channels", "activation", "tau", "metho
               "operator", "form", "init")
 MISSING_NOTE = ("An empty cell is a value that was not measured for that row (a bound that does not "
                 "apply to the model, a measure the spec did not ask for) or that was not finite "
-                "(NaN or infinite, e.g. a diverged model); JSON writes it as null.")
+                "(not a number or infinite, e.g. a diverged model); JSON writes it as null.")
 
 # test_error_bound.family stores the index of the winning family; shown as its name.
 _BOUND_FAMILIES = ("path_norm", "spectral", "marion")
@@ -78,11 +78,14 @@ def flatten_row(row: dict[str, Any], store_files: Path | None = None) -> dict[st
 
 
 def swept_keys(records: Sequence[dict[str, Any]]) -> list[str]:
-    """The setting columns (identifiers and model/training fields) that take more than one value."""
-    settings = [k for k in ("data", "family", "sample_size", "seed", "lr", "steps", *MODEL_KEYS)]
+    """The setting columns (identifiers and model/training fields) that take more than one value.
+
+    A field that only some families have (None in the others' rows) counts only when it takes two
+    values of its own: it otherwise just follows ``family``."""
+    settings = ("data", "family", "sample_size", "seed", "lr", "steps", *MODEL_KEYS)
     out = []
     for k in settings:
-        vals = {json.dumps(r.get(k)) for r in records}
+        vals = {json.dumps(r.get(k)) for r in records if r.get(k) is not None}
         if len(vals) > 1:
             out.append(k)
     return out
