@@ -84,3 +84,27 @@ def build(base: Path, name: str) -> Path:
     for suffix in ("", ".d"):  # appear complete or not at all
         Path(str(tmp) + suffix).rename(str(store) + suffix)
     return store
+
+
+def chrome(width: int = 1400, height: int = 1000):
+    """Headless Chromium through chromedriver (skips the test when either is missing)."""
+    import shutil
+
+    import pytest
+
+    chromium = shutil.which("chromium")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup.sh test)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+                 "--disable-dev-shm-usage", f"--window-size={width},{height}"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    browser.set_window_size(width, height)
+    return browser

@@ -46,7 +46,7 @@ def test_generic_report_of_a_user_spec_has_tables_figures_and_valid_json(user_st
     html = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     data = strict((out / "report-data.json").read_text())
-    sec = data["my-sweep"]
+    sec = data["sweep my-sweep"]
     assert sec["data"]["swept"] == ["data", "family", "sample_size"]
     # every metric and the measure, against the swept numeric key, one figure each
     figs = sorted(p.name for p in (out / "figures").glob("my-sweep-*-vs-sample_size.png"))

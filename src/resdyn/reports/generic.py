@@ -93,7 +93,7 @@ def sweep_outcome(spec: str, rows: list[dict[str, Any]], fig_dir: Path | None,
 
     tables = {f"{spec}: mean [95% seed interval] per setting": summary,
               f"{spec}: every cell": records}
-    outcome = ExperimentOutcome(spec, tables=tables,
+    outcome = ExperimentOutcome(f"sweep {spec}", tables=tables,
                                 data={"kind": "sweep", "swept": swept, "seeds": seeds,
                                       "quantities": qs,
                                       "summary": data_rows})
