@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from report_stores import SHIPPED, build, chrome
 
+from report_stores import SHIPPED, build, chrome
 from resdyn.cli.main import main
 
 STORES = ["my-sweep", "my-images", *SHIPPED]
