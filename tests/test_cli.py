@@ -100,3 +100,34 @@ sample_size = [16, 32]
     res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--dry-run",
                                     "--dtype", "float64"])
     assert "4 already in" in res.output and "0 to train" in res.output
+
+
+def test_run_says_from_which_step_it_resumes(tmp_path):
+    from resdyn.sweeps.grid import expand
+    from resdyn.sweeps.runner import train_group
+    from resdyn.sweeps.spec import load_spec
+    from resdyn.sweeps.store import Store
+
+    spec = tmp_path / "s.toml"
+    spec.write_text("""
+name = "resume"
+[data]
+name = "two_spirals"
+[model]
+family = "resnet"
+width = 4
+depth = 2
+[train]
+steps = 40
+[sweep]
+sample_size = [16, 32]
+""")
+    store = tmp_path / "s.sqlite"
+    cells = expand(load_spec(spec))
+    with Store(store) as st:  # an interrupted run: checkpoints on disk, no rows
+        train_group(cells, "cpu", (st.load_checkpoint, st.save_checkpoint), checkpoint_seconds=0.0)
+        steps = st.checkpoint_steps(c.cell_id for c in cells)
+    assert set(steps.values()) == {38}  # every 2 steps, the last one before the end
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "resume: resumed 2 cells from step 38" in res.output

@@ -72,7 +72,7 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
 
         def rate() -> str:
             secs = time.perf_counter() - t0
-            return f"{finished['cells'] / secs:.2f}" if finished["cells"] and secs > 0 else "-"
+            return f"{finished['cells'] / secs:.3g}" if finished["cells"] and secs > 0 else "-"
 
         def on_step(p) -> None:
             work = finished["work"] + max(p.step - p.start_step, 0) * p.models
