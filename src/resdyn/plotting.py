@@ -19,6 +19,7 @@ paper). Conventions, the same in every figure of a report:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -233,8 +234,9 @@ def _finish_axes(ax, xlabel: str, ylabel: str, title: str, logx: bool, logy: boo
     if hline is not None:
         ax.axhline(hline, color="#888888", lw=1.0, ls="-", zorder=0,
                    label=f"y = {hline:g} (bound vacuous above)")
-    ax.set_xlabel(axis_label(xlabel))
-    ax.set_ylabel(axis_label(ylabel))
+    # Long labels wrap instead of running off the figure.
+    ax.set_xlabel(textwrap.fill(axis_label(xlabel), 48))
+    ax.set_ylabel(textwrap.fill(axis_label(ylabel), 36))
     if title:
         ax.set_title(title, fontsize=10)
     if categorical:
@@ -276,12 +278,13 @@ def line_figure(
     hline = _auto(hline, 1.0 if "bound" in ylabel.lower() else None)
     y_range = _auto(y_range, (0.0, 1.0) if is_fraction(ylabel) else None)
     palette = palette or Palette()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(8.4, 4.4))
     _draw_series(ax, series, palette, logx, logy, y_range)
     if reference_slopes:
         _reference_slopes(ax, series, reference_slopes)
-    _finish_axes(ax, xlabel, ylabel, title, logx, logy, hline, None)
-    ax.legend(fontsize=7, framealpha=0.85)
+    _finish_axes(ax, xlabel, ylabel, textwrap.fill(title, 70), logx, logy, hline, None)
+    # Beside the axes, where it hides no data.
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
     fig.tight_layout()
     return save_figure(fig, path)
 
@@ -323,7 +326,7 @@ def panel_figure(
             if lab not in handles:
                 handles[lab] = h
                 labels.append(lab)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(textwrap.fill(title, int(fig.get_figwidth() * 11)), fontsize=11)
     # As many legend columns as fit the figure's width (about 17 characters per inch at 7 pt).
     width_chars = fig.get_figwidth() * 17
     ncol = max(1, min(len(labels), int(width_chars // (max(map(len, labels), default=1) + 6))))
