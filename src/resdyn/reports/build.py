@@ -45,7 +45,6 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
     with Store(store_path, create=False) as st:
         rows = st.rows()
         stored = st.outcomes()
-        files = st.files
     by_spec: dict[str, list] = {}
     for r in rows:
         by_spec.setdefault(r["spec"], []).append(r)
@@ -65,5 +64,5 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
     if generic:
         palette = Palette()
         for spec_name, rs in sorted(by_spec.items()):
-            out.append(sweep_outcome(spec_name, rs, fig_dir, palette, files))
+            out.append(sweep_outcome(spec_name, rs, fig_dir, palette))
     return out

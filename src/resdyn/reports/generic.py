@@ -61,11 +61,15 @@ def _interval(key: str, values: list[float], positive_axis: bool) -> tuple[float
 
 
 def sweep_outcome(spec: str, rows: list[dict[str, Any]], fig_dir: Path | None,
-                  palette: Palette, store_files: Path | None = None) -> ExperimentOutcome:
+                  palette: Palette) -> ExperimentOutcome:
     """The generic section of the report for the rows of one spec (see the module docstring)."""
-    records = [flatten_row(r, store_files) for r in rows]
+    # Only what the rows determine: no timing, the weights file relative to the store, and a fixed
+    # order (not the order cells finished in), so a resumed run reports exactly the same data.
+    records = [{k: v for k, v in flatten_row(r).items() if k != "seconds_per_model"} for r in rows]
+    swept_all = swept_keys(records)
+    records.sort(key=lambda r: (tuple(_sort_key(r.get(k)) for k in swept_all), r["cell_id"]))
     by_id = {r["cell_id"]: r for r in rows}
-    swept = [k for k in swept_keys(records) if k != "seed"]
+    swept = [k for k in swept_all if k != "seed"]
     qs = quantities(rows)
     seeds = sorted({r["seed"] for r in records})
 
