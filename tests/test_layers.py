@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "resdyn"
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("cli",),
     ("reports",),
-    ("experiments",),
+    ("experiments", "api"),
     ("sweeps", "specs"),
     ("training",),
     ("theory", "analysis", "plotting"),

@@ -16,7 +16,12 @@ from ..sweeps.store import StoreError
               default=Path("report"), show_default=True)
 @click.option("--title", default="resdyn report", show_default=True)
 def report(store, out_dir, title) -> None:
-    """Analyse every reproduction in STORE; write report.html (self-contained) and report.md."""
+    """Report on every sweep in STORE: write report.html (self-contained), report.md,
+    report-data.json and figures/ (PNG, PDF, SVG).
+
+    Every spec in the store gets a section: each metric and measure against each swept setting,
+    with seed intervals. Shipped reproductions add their analysis and claims on top.
+    """
     from ..reports.build import outcomes_from_store
     from ..reports.render import write_report
 
@@ -30,4 +35,6 @@ def report(store, out_dir, title) -> None:
     total = sum(len(o.claims) for o in outcomes)
     click.echo(f"report: {html_path.resolve()}")
     click.echo(f"summary: {md_path.resolve()}")
-    click.echo(f"{len(outcomes)} experiments, {held} of {total} claims held")
+    sweeps = sum(o.data.get("kind") == "sweep" for o in outcomes)
+    click.echo(f"{sweeps} sweeps and {len(outcomes) - sweeps} reproductions reported, {held} of "
+               f"{total} claims held")

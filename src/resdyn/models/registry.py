@@ -8,7 +8,8 @@ from typing import Any
 
 from .base import Model
 
-__all__ = ["FAMILIES", "build_model", "model_to_dict"]
+__all__ = ["FAMILIES", "build_model", "build_model_for", "check_model_fits", "fill_shapes",
+           "model_to_dict"]
 
 # family name -> "module:class"; families whose module is absent are not offered.
 FAMILIES: dict[str, str] = {
@@ -55,3 +56,60 @@ def model_to_dict(model: Model) -> dict[str, Any]:
         v = getattr(model, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def fill_shapes(family: str, options: dict[str, Any], input_shape: tuple[int, ...],
+                num_classes: int) -> dict[str, Any]:
+    """``options`` with the sizes the data fix (``in_dim``, ``out_dim``, ``in_channels``) filled
+    where the family has them and ``options`` is silent.
+
+    in_dim is the number of input features (the product of ``input_shape``); out_dim the number of
+    classes; in_channels the first axis of an image's ``(C, H, W)``.
+    """
+    fields = {f.name for f in dataclasses.fields(_family_class(family))}
+    out = dict(options)
+    if "in_channels" in fields and len(input_shape) == 3:
+        out.setdefault("in_channels", int(input_shape[0]))
+    if "in_dim" in fields:
+        n = 1
+        for s in input_shape:
+            n *= int(s)
+        out.setdefault("in_dim", n)
+    if "out_dim" in fields:
+        out.setdefault("out_dim", int(num_classes))
+    return out
+
+
+def build_model_for(family: str, input_shape: tuple[int, ...], num_classes: int,
+                    **options: Any) -> Model:
+    """The model of ``family`` sized for a data set: unspecified in_dim / out_dim / in_channels
+    come from ``input_shape`` and ``num_classes`` (given ones are checked against them)."""
+    model = build_model(family, **fill_shapes(family, options, input_shape, num_classes))
+    check_model_fits(model, input_shape, num_classes)
+    return model
+
+
+def check_model_fits(model: Model, input_shape: tuple[int, ...], num_classes: int,
+                     what: str = "the data") -> None:
+    """Raise ``ValueError`` naming both sizes when ``model`` cannot read inputs of ``input_shape``
+    or its output size does not match ``num_classes`` (a one-output model fits two classes)."""
+    n = 1
+    for s in input_shape:
+        n *= int(s)
+    in_dim = getattr(model, "in_dim", None)
+    in_channels = getattr(model, "in_channels", None)
+    problems = []
+    if in_channels is not None:
+        if len(input_shape) != 3 or int(input_shape[0]) != in_channels:
+            problems.append(f"in_channels={in_channels} but {what} has inputs of shape "
+                            f"{tuple(input_shape)} (need (C, H, W) with C = in_channels)")
+    elif in_dim is not None and in_dim != n:
+        problems.append(f"in_dim={in_dim} but {what} has {n} input features "
+                        f"(inputs of shape {tuple(input_shape)})")
+    k = int(model.out_dim)
+    if not (k == num_classes or (k == 1 and num_classes == 2)):
+        problems.append(f"out_dim={k} but {what} has {num_classes} classes")
+    if problems:
+        raise ValueError(f"{model.family} model does not fit {what}: " + "; ".join(problems)
+                         + f". Build it with in_dim/out_dim from the data set, e.g. "
+                         f"build_model_for({model.family!r}, data.input_shape, data.num_classes, ...)")

@@ -33,8 +33,15 @@ def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
                              figures, d.get("data", {}))
 
 
-def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[ExperimentOutcome]:
-    """Analyse every reproduction the store holds (sweep rows by spec name, and stored outcomes)."""
+def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
+                        generic: bool = True) -> list[ExperimentOutcome]:
+    """Every outcome the report of a store shows, in order: the analysis of each shipped
+    reproduction the store holds (its claims on top), the stored outcomes of custom reproductions,
+    then (``generic``) the generic section of every spec in the store (see
+    :mod:`resdyn.reports.generic`), one palette for all of them."""
+    from ..plotting import Palette
+    from .generic import sweep_outcome
+
     fig_dir = Path(fig_dir)
     with Store(store_path, create=False, readonly=True) as st:
         rows = st.rows_with_series()  # analyses such as mean-field's read the series too
@@ -55,4 +62,8 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path) -> list[Exp
         out.append(repro.load("analyze")(rs, fig_dir, name))
     for _name, d in sorted(stored.items()):
         out.append(outcome_from_json(d, fig_dir))
+    if generic:
+        palette = Palette()
+        for spec_name, rs in sorted(by_spec.items()):
+            out.append(sweep_outcome(spec_name, rs, fig_dir, palette))
     return out

@@ -22,10 +22,12 @@ EXECUTORS = ("local", "ray")
 
 
 class LocalExecutor:
-    """Groups one after another in this process."""
+    """Groups one after another in this process. ``progress``: passed to ``train_group`` (a
+    callable ``(step, steps, mean_loss)``, for a progress bar that moves within a group)."""
 
     def __init__(self, device: str = "cpu", threads: int | None = None):
         self.device, self.threads = device, threads
+        self.progress = None
 
     def run(self, groups: Sequence[Sequence[Cell]], checkpoint: CheckpointIO | None = None,
             checkpoint_seconds: float = 120.0, warm: Mapping[str, Params] | None = None
@@ -35,7 +37,7 @@ class LocalExecutor:
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         for g in groups:
-            yield g, train_group(g, self.device, checkpoint, checkpoint_seconds, warm)
+            yield g, train_group(g, self.device, checkpoint, checkpoint_seconds, warm, self.progress)
 
 
 def _remote_train(cells: list[Cell], device: str, threads: int, pid_dir: str | None,

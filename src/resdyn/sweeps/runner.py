@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,9 +22,22 @@ from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
 
-__all__ = ["CheckpointIO", "train_group"]
+__all__ = ["CheckpointIO", "GroupProgress", "train_group"]
 
 CheckpointIO = tuple[Callable[[str], Any], Callable[[str, dict, dict], None]]
+
+
+@dataclass(frozen=True)
+class GroupProgress:
+    """Where a group's training stands: ``step`` of ``steps`` (it started or resumed at
+    ``start_step``), ``models`` trained together, ``mean_loss`` the mean over them of the latest
+    step's training loss (non-finite ones left out; NaN before the first step)."""
+
+    step: int
+    steps: int
+    start_step: int
+    models: int
+    mean_loss: float
 
 
 def _split_state(state: TrainState) -> list[dict[str, torch.Tensor]]:
@@ -65,11 +79,15 @@ def train_group(
     checkpoint: CheckpointIO | None = None,
     checkpoint_seconds: float = 120.0,
     warm: Mapping[str, Params] | None = None,
+    progress: Callable[[GroupProgress], None] | None = None,
 ) -> list[CellResult]:
     """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell.
 
     warm: initial parameters (leading axis 1) of the warm cells by cell id, already prolonged to
-    the cell's model (``resdyn.sweeps.sweep`` resolves them); other cells start from their seed."""
+    the cell's model (``resdyn.sweeps.sweep`` resolves them); other cells start from their seed.
+    progress: called with a :class:`GroupProgress` when training starts (or resumes) and about a
+    hundred times along it.
+    """
     t0 = time.perf_counter()
     first = cells[0]
     if any(c.group_key != first.group_key for c in cells):
@@ -122,6 +140,19 @@ def train_group(
 
         hooks.append((max(1, min(50, train_cfg.steps // 20 or 1)), save))
 
+    if progress is not None:
+        start = state.step if state is not None else 0
+
+        def report(step: int, st: TrainState) -> None:
+            loss = float("nan")
+            if step > 0:
+                last = st.loss_history[step - 1]
+                finite = last[torch.isfinite(last)]
+                loss = float(finite.mean()) if finite.numel() else loss
+            progress(GroupProgress(step, train_cfg.steps, start, len(cells), loss))
+
+        progress(GroupProgress(start, train_cfg.steps, start, len(cells), float("nan")))
+        hooks.append((max(1, train_cfg.steps // 100), report))
     result = train(model, params0, data, idx, lr, train_cfg, seeds, state=state, hooks=hooks)
     t_train = time.perf_counter() - t0
     measures: dict[str, list[float]] = {}

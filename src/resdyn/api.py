@@ -1,0 +1,146 @@
+"""Trained models one call away: a store's cell as a model, its parameters and its configuration.
+
+    >>> cell = resdyn.load_cell("runs/my-sweep.sqlite", "019c1ad8")   # an id or a unique prefix
+    >>> model, params, config = cell                                   # params: leading axis E = 1
+    >>> net = resdyn.as_module(model, params)                          # a torch.nn.Module
+    >>> logits = net(x)                                                 # x: (n, *input_shape)
+
+The parameters are the ones the sweep wrote when the cell finished, in the dtype it trained in,
+so evaluating them on the cell's data reproduces the stored metrics exactly (same device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data.base import Dataset
+from .models.base import Model, Params
+from .models.io import load_params
+from .models.registry import build_model, check_model_fits
+from .sweeps.grid import _data_config, load_dataset
+from .sweeps.store import Store, StoreError
+
+__all__ = ["LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
+
+
+@dataclass(frozen=True)
+class LoadedCell:
+    """A finished cell: ``model``; ``params`` with a leading model axis of size 1; ``config``,
+    the cell's resolved configuration; ``row``, its store row (metrics, measures, timing).
+
+    Unpacks as ``model, params, config``.
+    """
+
+    cell_id: str
+    model: Model
+    params: Params
+    config: dict[str, Any]
+    row: dict[str, Any]
+
+    def __iter__(self):
+        return iter((self.model, self.params, self.config))
+
+    def data(self) -> Dataset:
+        """The cell's data set, as the sweep loaded it (its ``data_root`` included)."""
+        cfg = dict(self.config["data"])
+        if "data_root" in self.config:
+            cfg["root"] = self.config["data_root"]
+        return load_dataset(cfg)
+
+    def train_indices(self) -> Tensor:
+        """The cell's training sample: rows of the data set's pool, drawn from its own seed."""
+        data_table = dict(self.config["data"])
+        if "data_root" in self.config:
+            data_table["root"] = self.config["data_root"]
+        rule = _data_config(data_table, f"cell {self.row['cell_id']}")
+        return rule.indices(self.data(), self.config["sample_size"], self.config["seed"])
+
+    def module(self) -> ResdynModule:
+        return as_module(self.model, self.params)
+
+
+def find_cell(st: Store, cell_id: str) -> dict[str, Any]:
+    """The store row whose id is ``cell_id`` or starts with it (a unique prefix of >= 4 chars)."""
+    rows = st.rows()
+    exact = [r for r in rows if r["cell_id"] == cell_id]
+    if exact:
+        return exact[0]
+    if len(cell_id) < 4:
+        raise StoreError(f"cell id {cell_id!r} is too short: give the id or a prefix of at least 4 "
+                         "characters (see `resdyn results STORE --columns cell_id`)")
+    hits = [r for r in rows if r["cell_id"].startswith(cell_id)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise StoreError(f"no cell {cell_id!r} in store {st.path} ({len(rows)} cells; list them with "
+                         f"`resdyn results {st.path} --columns cell_id,spec`)")
+    raise StoreError(f"cell id prefix {cell_id!r} matches {len(hits)} cells in {st.path}: "
+                     + ", ".join(r["cell_id"] for r in hits[:5]))
+
+
+def load_cell(store: str | Path, cell_id: str, device: str | torch.device = "cpu") -> LoadedCell:
+    """The model, parameters (leading axis 1) and configuration of a finished cell of ``store``.
+
+    Raises :class:`~resdyn.sweeps.store.StoreError` when the store, the cell or its weights file
+    is missing.
+    """
+    with Store(store, create=False) as st:
+        row = find_cell(st, cell_id)
+        files = st.files
+    if not row.get("weights"):
+        raise StoreError(f"cell {row['cell_id']} of {store} has no weights file (it was stored "
+                         "without trained parameters)")
+    path = files / row["weights"]
+    if not path.is_file():
+        raise StoreError(f"the weights of cell {row['cell_id']} are missing: no file {path}")
+    model, params, _ = load_params(path, device)
+    config = row["config"]
+    expected = build_model(**config["model"])
+    if model != expected:
+        raise StoreError(f"weights file {path} holds a {model.family} model that differs from the "
+                         f"cell's configuration")
+    # The sweep writes one model's tensors (no model axis); give them the axis every function
+    # of resdyn takes.
+    shapes = expected.init(torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
+    params = {k: (v.unsqueeze(0) if v.dim() == shapes[k].dim() else v) for k, v in params.items()}
+    return LoadedCell(row["cell_id"], model, params, config, row)
+
+
+class ResdynModule(nn.Module):
+    """A resdyn model as an ``nn.Module``: ``forward(x)`` maps ``(n, *input_shape)`` to
+    ``(n, out_dim)`` logits with model index ``index`` of ``params``; the parameters are
+    ``nn.Parameter``s (trainable with any torch optimiser) named as in ``params``."""
+
+    def __init__(self, model: Model, params: Params, index: int = 0):
+        super().__init__()
+        E = next(iter(params.values())).shape[0]
+        if not 0 <= index < E:
+            raise ValueError(f"index must be in [0, {E}) (models in params), got {index}")
+        self.model = model
+        self.names = list(params)
+        self.weights = nn.ParameterDict(
+            {k: nn.Parameter(v[index : index + 1].detach().clone()) for k, v in params.items()})
+
+    def params(self) -> Params:
+        """The current parameters as resdyn's dict (leading model axis 1)."""
+        return {k: self.weights[k] for k in self.names}
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model.forward(self.params(), x.unsqueeze(0))[0]
+
+
+def as_module(model: Model, params: Params, index: int = 0,
+              data: Dataset | None = None) -> ResdynModule:
+    """``model`` with model ``index`` of ``params`` as a ``torch.nn.Module``.
+
+    With ``data``, first check that the model's in_dim / out_dim fit the data set (a clear
+    ``ValueError`` instead of a shape error deep inside torch).
+    """
+    if data is not None:
+        check_model_fits(model, data.input_shape, data.num_classes, f"data set {data.name!r}")
+    return ResdynModule(model, params, index)
