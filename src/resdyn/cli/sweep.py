@@ -101,7 +101,6 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
 def dry_run_spec(spec, store: Path, device: str, threads: int | None) -> None:
     """Say what ``resdyn run`` would do: cells, groups, what the store has, a rough time."""
     import time
-
     from dataclasses import replace
 
     from ..sweeps.grid import group_cells
