@@ -22,6 +22,7 @@ written in a transaction like every sweep's; a re-run trains only missing cells.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import tomllib
@@ -52,9 +53,8 @@ from ..theory.pacbayes import (
     kl_to_prior,
     make_combine,
 )
-from ..training.engine import TrainConfig, _Minibatches, per_model_finite, per_model_lr, train
-from ..training.layout import chunk_layout
-from ..training.optim import OptimizerSpec, init_state, update
+from ..training.engine import TrainConfig, train
+from ..training.objective import Objective
 from .base import Claim, ExperimentOutcome
 
 __all__ = ["CertificateSpec", "DataPlan", "analyze", "load_certificate_spec", "run", "run_spec",
@@ -173,7 +173,7 @@ def split_sample(idx: Tensor, seed: int, fraction: float) -> tuple[Tensor, Tenso
     return torch.sort(idx[perm[:k]]).values, torch.sort(idx[perm[k:]]).values
 
 
-# --------------------------------------------------------------------------------- adapter
+# ------------------------------------------------------------------------------ training
 
 
 def train_posterior(
@@ -189,43 +189,18 @@ def train_posterior(
     p_min: float,
     chunk_size: int = 64,
 ) -> tuple[Params, Tensor]:
-    """Train the E posteriors in ``post`` on a bound objective; returns (posterior, objective
-    history (steps, E)).
+    """Train the E posteriors in ``post`` on a bound objective with the engine; returns
+    (posterior, objective history (steps, E)).
 
-    ADAPTER, to be replaced at integration by the engine's own loop:
-    ``train(model, post, data, indices, lr, TrainConfig(steps=steps, loss='bounded_cross_entropy',
-    batch_size=batch_size), seeds, objective=Objective(sample=sample, combine=combine))``.
-    It mirrors the engine step for step (same minibatch streams, chunk layout, per-model
-    finiteness, the engine's Adam ``update``) and adds only what ``Objective`` adds: the networks
-    of step t are ``sample(post, t, seeds)``, the data loss is the bounded cross-entropy (p_min),
-    and the objective is ``combine(loss, post)``.
-    """
-    E = len(indices)
-    p0 = next(iter(post.values()))
-    dtype, device = p0.dtype, p0.device
-    spec = OptimizerSpec("adam", (0.9, 0.999), 1e-8, 0.0, 0.0)
-    opt = init_state(spec, post)
-    lr_t = per_model_lr(lr, E, dtype, device)
-    active = torch.ones(E, dtype=torch.bool, device=device)
-    batches = _Minibatches(indices, seeds, batch_size)
-    history = torch.full((steps, E), float("nan"), dtype=dtype)
-    post = {k: v.detach().clone() for k, v in post.items()}
-    for t in range(steps):
-        lay = chunk_layout(batches.at(t), chunk_size)
-        x = data.prepare(data.x[lay.index], dtype, device)
-        y = data.y[lay.index].to(device)
-        lay = lay.to(device)
-        leaves = {k: v.detach().requires_grad_(True) for k, v in post.items()}
-        theta = sample(leaves, t, seeds)
-        out = model.forward({k: v.index_select(0, lay.owner) for k, v in theta.items()}, x)
-        risk = lay.per_model_mean(bounded_cross_entropy(out, y, p_min))
-        objective = combine(risk, leaves)
-        grads = torch.autograd.grad(objective.sum(), list(leaves.values()))
-        objective = objective.detach()
-        active = active & per_model_finite(objective, grads)
-        history[t] = objective.cpu()
-        post, opt = update(spec, post, dict(zip(leaves, grads, strict=True)), opt, lr_t, t + 1, active)
-    return post, history
+    The networks of step t are ``sample(post, t, seeds)`` (each model's own ``posterior/t``
+    stream), the data loss is the bounded cross-entropy (p_min) and the objective is
+    ``combine(loss, post)`` (docs/theory.md, "PAC-Bayes risk certificates")."""
+    objective = Objective(loss=functools.partial(bounded_cross_entropy, p_min=p_min), sample=sample,
+                          combine=combine)
+    config = TrainConfig(steps=steps, batch_size=batch_size, chunk_size=chunk_size)
+    result = train(model, post, data, indices, lr, config, seeds, objective=objective,
+                   evaluate_test=False)
+    return result.params, result.state.loss_history.cpu()
 
 
 # ------------------------------------------------------------------------------ evaluation

@@ -10,10 +10,16 @@ Correct: argmax f = y for k > 1, sign(f) = t for k = 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
-__all__ = ["LOSSES", "correct", "per_sample_loss"]
+__all__ = ["LOSSES", "LossFn", "correct", "per_sample_loss"]
+
+#: A per-sample loss given as a function: (outputs (n_chunks, C, k), labels (n_chunks, C)) ->
+#: losses (n_chunks, C). Entry i may depend on sample i alone, which keeps models apart.
+LossFn = Callable[[Tensor, Tensor], Tensor]
 
 LOSSES = ("cross_entropy", "squared", "correlation")
 
@@ -24,7 +30,11 @@ def _targets(out: Tensor, y: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(y, out.shape[-1]).to(out.dtype)
 
 
-def per_sample_loss(out: Tensor, y: Tensor, loss: str) -> Tensor:
+def per_sample_loss(out: Tensor, y: Tensor, loss: str | LossFn) -> Tensor:
+    """The per-sample loss named ``loss`` (one of :data:`LOSSES`), or ``loss(out, y)`` when it is
+    a callable (e.g. the bounded cross-entropy of a PAC-Bayes objective)."""
+    if callable(loss):
+        return loss(out, y)
     if loss == "cross_entropy":
         if out.shape[-1] < 2:
             raise ValueError("loss 'cross_entropy' needs out_dim >= 2; use loss 'squared' for k = 1")

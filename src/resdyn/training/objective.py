@@ -24,28 +24,30 @@ from torch import Tensor
 
 from .._checks import check_choice
 from ..models.base import Params
-from .losses import LOSSES
+from .losses import LOSSES, LossFn
 
 __all__ = ["Objective"]
 
 
 @dataclass(frozen=True)
 class Objective:
-    """loss: per-sample loss name (``training.losses.LOSSES``). penalty(theta) -> (E,): added to
-    the mean data loss. frozen: parameter names never updated (no gradient is taken for them).
+    """loss: per-sample loss name (``training.losses.LOSSES``) or a function (out, y) -> losses.
+    penalty(theta) -> (E,): added to the mean data loss. frozen: parameter names never updated
+    (no gradient is taken for them).
     sample(theta, t, seeds) -> the parameters the model's forward takes at step t (frozen ones
     are added by the engine); called inside the differentiated graph. combine(L, theta) -> (E,):
     the objective from the (E,) mean data loss, replacing L + penalty. ``theta`` is always the
     dict of trainable parameters (leading model axis E)."""
 
-    loss: str = "cross_entropy"
+    loss: str | LossFn = "cross_entropy"
     penalty: Callable[[Params], Tensor] | None = None
     frozen: frozenset[str] = frozenset()
     sample: Callable[[Params, int, Sequence[int]], Params] | None = None
     combine: Callable[[Tensor, Params], Tensor] | None = None
 
     def __post_init__(self) -> None:
-        check_choice("loss", self.loss, LOSSES)
+        if not callable(self.loss):
+            check_choice("loss", self.loss, LOSSES)
         if isinstance(self.frozen, str):
             raise ValueError(f"frozen must be a set of parameter names, got the string {self.frozen!r}")
         object.__setattr__(self, "frozen", frozenset(self.frozen))
