@@ -79,10 +79,20 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
             return f"{finished['cells'] / secs:.3g}" if finished["cells"] and secs > 0 else "-"
 
         def on_step(p) -> None:
+            nonlocal t0
+            if "started" not in finished:
+                # Speed (and so the ETA) counts from the first step, not from start-up (imports,
+                # data loading, building the model).
+                finished["started"] = 1
+                t0 = time.perf_counter()
+                bar.reset(task, total=total, completed=0)
             work = finished["work"] + max(p.step - p.start_step, 0) * p.models
+            secs = time.perf_counter() - t0
+            # models per second from the steps done so far: work / steps-per-model / time
+            speed = work / max(p.steps, 1) / secs if work and secs > 0 else 0.0
             bar.update(task, completed=work, step=f"step {p.step}/{p.steps}",
                        loss="-" if p.mean_loss != p.mean_loss else f"{p.mean_loss:.4g}",
-                       rate=rate())
+                       rate=f"{speed:.3g}" if speed > 0 else rate())
 
         def on_group(results):
             finished["cells"] += len(results)
