@@ -20,7 +20,7 @@ SHIPPED = {"sample-size-quick": 8, "depth-quick": 6, "dead-zone-quick": 10,
 
 USER_SPEC = """
 name = "my-sweep"
-description = "A user's own spec: two families, two data sets (one of images), S and seeds."
+description = "A user's own spec: discrete and continuous-time families, two data sets (one of images), S and seeds."
 [data]
 name = "two_spirals"
 [model]
@@ -33,7 +33,7 @@ steps = 25
 lr = 2e-2
 [sweep]
 data = [{ name = "two_spirals" }, { name = "digits" }]
-model = [{ family = "resnet" }, { family = "dnl", width = 8 }]
+model = [{ family = "resnet" }, { family = "ode_resnet", knots = 2 }]
 sample_size = [16, 32, 64]
 seed = [0, 1]
 [measures.test_error_bound]

@@ -81,7 +81,7 @@ def test_results_json_is_strict_and_has_weights_and_identifiers_first(user_store
     rows = strict(res.output)
     assert list(rows[0])[:7] == ["cell_id", "spec", "status", "data", "family", "sample_size", "seed"]
     assert all(r["weights"].endswith(f"{r['cell_id']}.safetensors") for r in rows)
-    # dnl on digits has no path-norm bound: null, not NaN
+    # tanh networks have no path-norm bound: null, not NaN
     assert any(r.get("test_error_bound.path_norm") is None for r in rows)
     assert {r["test_error_bound.family"] for r in rows} <= {"path_norm", "spectral", "marion", None}
     sub = CliRunner().invoke(main, ["results", str(user_store), "--format", "json", "--where",
