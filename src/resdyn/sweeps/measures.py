@@ -192,7 +192,8 @@ def _measure_displacement(ctx: MeasureContext) -> dict[str, Tensor]:
 def _train_loss(ctx: TrackContext) -> dict[str, Tensor]:
     """The training loss and accuracy of every model at the current parameters (the engine's
     ``evaluate`` on its own sample), float64."""
-    cfg = ctx.config or TrainConfig()
+    # Without the run's configuration: the loss each output size is trained with by default.
+    cfg = ctx.config or TrainConfig(loss="squared" if int(ctx.model.out_dim) == 1 else "cross_entropy")
     res = evaluate(ctx.model, ctx.params, ctx.data, ctx.train_indices, cfg.loss, cfg.chunk_size)
     return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
 
