@@ -51,7 +51,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
     r.name: r
     for r in (
         Reproduction("sample-size", "generalization gap against S, log-log slope vs -1/2",
-                     ("sample-size",), sample_size.analyze,
+                     ("sample-size", "sample-size-mnist"), sample_size.analyze,
                      image_specs=("sample-size-images",)),
         Reproduction("depth", "loss and accuracy against depth at fixed horizon",
                      ("depth",), depth.analyze),
