@@ -145,7 +145,14 @@ def peak_memory(device: str) -> float:
     """Bytes: peak allocated device memory (cuda) or peak resident set of this process (cpu)."""
     if device == "cuda":
         return float(torch.cuda.max_memory_allocated())
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # Linux: kilobytes
+    # VmHWM belongs to this process's own address space; ru_maxrss would not do: Linux keeps it
+    # across execve, so a child would report its parent's peak when that is larger.
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1]) * 1024.0  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0  # kilobytes on Linux
 
 
 def matmul_peak(device: str, n: int = 2048, reps: int = 10) -> float:
