@@ -167,3 +167,16 @@ def test_bad_objective_and_optimiser_arguments_are_named():
         LBFGS(line_search="wolfe")
     with pytest.raises(ValueError, match="betas must be two numbers"):
         Adam(betas=(0.9, 1.0))
+
+
+def test_training_in_blocks_of_max_rows_changes_no_number(spirals):
+    model = ResNet(width=6, depth=3)
+    idx = _indices(len(spirals.y), SIZES, SEEDS)
+    obj = Objective(penalty=lambda p: 1e-2 * _l2(p))
+    cfg = TrainConfig(steps=15)
+    whole = train(model, init_params(model, SEEDS), spirals, idx, 1e-2, cfg, SEEDS, objective=obj)
+    blocks = train(model, init_params(model, SEEDS), spirals, idx, 1e-2, cfg, SEEDS, objective=obj,
+                   max_rows=100)  # blocks (64, 16), (100), (32)
+    assert _same(whole.params, blocks.params)
+    assert torch.equal(whole.state.loss_history, blocks.state.loss_history)
+    assert torch.equal(whole.metrics["test_loss"], blocks.metrics["test_loss"])

@@ -26,6 +26,7 @@ from torch import Tensor
 from .._checks import check_choice, check_int
 from ..data.base import Dataset
 from ..models.base import Model, Params, generator_for
+from .flat import FlatLayout
 from .layout import ChunkLayout, chunk_layout
 from .losses import LOSSES, correct, per_sample_loss
 from .objective import Objective
@@ -218,6 +219,7 @@ def train(
     objective: Objective | None = None,
     optimizer: Optimizer | None = None,
     progress: bool | ProgressFn = False,
+    max_rows: int | None = None,
 ) -> TrainResult:
     """Train the E models in ``params`` (leading axis E) and report per-model metrics.
 
@@ -229,6 +231,8 @@ def train(
     penalty); ``loss_history[t, e]`` holds model e's objective J_e before update t+1. optimizer:
     an :class:`~resdyn.training.optim.Optimizer` (default: built from ``config``). progress: True
     for a progress bar, or a callable fn(step, total, objective (E,)) called after every step.
+    max_rows: train the models in consecutive blocks of at most this many rows per step (memory of
+    one block; numbers unchanged); None: one block.
     Metrics: train_loss, train_acc, test_loss, test_acc, loss_gap = test_loss - train_loss,
     error_gap = train_acc - test_acc, diverged (0/1), diverged_step (-1: none); losses are the
     objective's per-sample loss, at the forward parameters of ``objective.sample`` (if any) at
@@ -247,6 +251,9 @@ def train(
     dtype, device = p0.dtype, p0.device
     lr_t = per_model_lr(lr, E, dtype, device)
     scales = getattr(model, "lr_scales", lambda: {})()
+    if max_rows is not None:
+        check_int("max_rows", max_rows, 1)
+    batches_of = config.batch_size
 
     if state is None:
         params = {k: v.detach().clone() for k, v in params.items()}
@@ -259,58 +266,75 @@ def train(
             loss_history=torch.full((config.steps, E), float("nan"), dtype=dtype, device=device),
         )
 
-    full: tuple[ChunkLayout, Tensor, Tensor] | None = None
-    batches = None
-    if config.batch_size is None:
-        lay = chunk_layout(train_indices, config.chunk_size)
-        full = (lay.to(device), data.prepare(data.x[lay.index], dtype, device),
-                data.y[lay.index].to(device))
-    else:
-        batches = _Minibatches(train_indices, seeds, config.batch_size)
+    # Models are split into consecutive blocks of at most ``max_rows`` training rows; each block
+    # runs its own forward and backward, so memory is that of one block. A model's arithmetic is
+    # the same in any block (its own chunks), so blocks change no number.
+    blocks = _model_blocks([len(i) if batches_of is None else min(batches_of, len(i))
+                            for i in train_indices], max_rows)
+    batches = None if config.batch_size is None else _Minibatches(train_indices, seeds,
+                                                                   config.batch_size)
+    fixed_data = None if batches is not None else [
+        _block_data(data, [train_indices[e] for e in range(e0, e1)], config.chunk_size, dtype, device)
+        for e0, e1 in blocks]
+
+    flat = None
+    if hasattr(opt, "flat_step"):
+        flat = FlatLayout(trainable, state.params)
+        x_flat = flat.flatten(state.params)
+        slots = {s_: flat.flatten(state.opt_state, f"{s_}.") for s_ in opt.slots}
+        rate = flat.rate(lr_t, scales)
 
     def run_hooks(step: int, final: bool = False) -> None:
         for every, fn in hooks:
             if step == 0 or final or (every > 0 and step % every == 0):
                 fn(step, state)
 
+    def block_J(theta: Params, t: int, bi: int, lay: ChunkLayout, x: Tensor, y: Tensor) -> Tensor:
+        e0, e1 = blocks[bi]
+        whole = len(blocks) == 1
+        sub = theta if whole else {k: v[e0:e1] for k, v in theta.items()}
+        fixed = {k: (state.params[k] if whole else state.params[k][e0:e1]) for k in frozen}
+        fwd = objective.forward_params(sub, fixed, t, seeds[e0:e1])
+        out = _batched_outputs(model, fwd, x, lay.owner)
+        return objective.value(lay.per_model_mean(per_sample_loss(out, y, objective.loss)), sub)
+
     report = make_progress(progress, E, config.steps, state.step)
     if state.step == 0:
         run_hooks(0)
     try:
         for t in range(state.step, config.steps):
-            if full is not None:
-                lay, x, y = full
-            else:
-                lay = chunk_layout(batches.at(t), config.chunk_size)
-                x = data.prepare(data.x[lay.index], dtype, device)
-                y = data.y[lay.index].to(device)
-                lay = lay.to(device)
-            fixed = {k: state.params[k] for k in frozen}
+            step_data = fixed_data if batches is None else _step_data(
+                data, batches.at(t), blocks, config.chunk_size, dtype, device)
 
-            def J_of(theta: Params, t=t, lay=lay, x=x, y=y, fixed=fixed) -> Tensor:
-                fwd = objective.forward_params(theta, fixed, t, seeds)
-                out = _batched_outputs(model, fwd, x, lay.owner)
-                return objective.value(lay.per_model_mean(per_sample_loss(out, y, objective.loss)),
-                                       theta)
-
-            def evaluate_at(theta: Params, J_of=J_of) -> Tensor:
+            def evaluate_at(theta: Params, t=t, step_data=step_data) -> Tensor:
                 with torch.no_grad():
-                    return J_of(theta)
+                    return torch.cat([block_J(theta, t, bi, *d) for bi, d in enumerate(step_data)])
 
-            leaves = {k: state.params[k].detach().requires_grad_(True) for k in trainable}
-            J = J_of(leaves)
-            grads = torch.autograd.grad(J.sum(), list(leaves.values()), allow_unused=True)
-            grads = [torch.zeros_like(v) if g is None else g
-                     for v, g in zip(leaves.values(), grads, strict=True)]
-            J = J.detach()
-            ok = per_model_finite(J, grads)
+            if flat is not None:
+                leaf = x_flat.detach().requires_grad_(True)
+                theta = flat.views(leaf)
+                J = _J_and_grad(block_J, theta, [leaf], t, step_data)
+                g = leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+                ok = torch.isfinite(J) & flat.per_model_all_finite(g)
+            else:
+                leaves = {k: state.params[k].detach().requires_grad_(True) for k in trainable}
+                J = _J_and_grad(block_J, leaves, list(leaves.values()), t, step_data)
+                grads = {k: torch.zeros_like(v) if v.grad is None else v.grad for k, v in leaves.items()}
+                ok = per_model_finite(J, list(grads.values()))
             newly = state.active & ~ok
             state.diverged_step = torch.where(newly, t, state.diverged_step)
             state.active = state.active & ok
             state.loss_history[t] = J
-            ctx = StepContext(lr_t, t + 1, state.active, scales, J, evaluate_at)
-            new, state.opt_state = opt.step({k: v.detach() for k, v in leaves.items()},
-                                            dict(zip(leaves, grads, strict=True)), state.opt_state, ctx)
+            if flat is not None:
+                x_flat, slots = opt.flat_step(x_flat, g, slots, rate, flat.per_element(state.active),
+                                              t + 1)
+                new = flat.views(x_flat)
+                state.opt_state = {k: v for s_, buf in slots.items()
+                                   for k, v in flat.views(buf, f"{s_}.").items()}
+            else:
+                ctx = StepContext(lr_t, t + 1, state.active, scales, J, evaluate_at)
+                new, state.opt_state = opt.step({k: v.detach() for k, v in leaves.items()}, grads,
+                                                state.opt_state, ctx)
             state.params = {k: new[k] if k in new else state.params[k] for k in state.params}
             state.step = t + 1
             run_hooks(state.step, final=state.step == config.steps)
@@ -321,6 +345,45 @@ def train(
     metrics = _final_metrics(model, state, data, train_indices, config, evaluate_test, objective,
                              seeds, frozen)
     return TrainResult(state=state, metrics=metrics)
+
+
+def _model_blocks(rows: Sequence[int], max_rows: int | None) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) model ranges of at most ``max_rows`` rows (one model at least)."""
+    if max_rows is None:
+        return [(0, len(rows))]
+    out, start, acc = [], 0, 0
+    for e, r in enumerate(rows):
+        if e > start and acc + r > max_rows:
+            out.append((start, e))
+            start, acc = e, 0
+        acc += r
+    out.append((start, len(rows)))
+    return out
+
+
+def _block_data(data: Dataset, indices: Sequence[Tensor], chunk_size: int, dtype, device
+                ) -> tuple[ChunkLayout, Tensor, Tensor]:
+    lay = chunk_layout(indices, chunk_size)
+    return (lay.to(device), data.prepare(data.x[lay.index], dtype, device),
+            data.y[lay.index].to(device))
+
+
+def _step_data(data, batch: Sequence[Tensor], blocks, chunk_size, dtype, device) -> list:
+    return [_block_data(data, batch[e0:e1], chunk_size, dtype, device) for e0, e1 in blocks]
+
+
+def _J_and_grad(block_J, theta: Params, leaves: list[Tensor], t: int, step_data) -> Tensor:
+    """(E,) objective; gradients of sum_e J_e accumulated into ``leaves``' ``.grad``, block by
+    block (a block's gradient is zero outside its models, so the sum is exact)."""
+    Js = []
+    for bi, d in enumerate(step_data):
+        J = block_J(theta, t, bi, *d)
+        grads = torch.autograd.grad(J.sum(), leaves, allow_unused=True)
+        for leaf, g in zip(leaves, grads, strict=True):
+            if g is not None:
+                leaf.grad = g if leaf.grad is None else leaf.grad + g
+        Js.append(J.detach())
+    return Js[0] if len(Js) == 1 else torch.cat(Js)
 
 
 def _final_metrics(model, state, data, train_indices, config, evaluate_test, objective, seeds,

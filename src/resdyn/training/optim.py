@@ -121,6 +121,22 @@ class Adam:
             new_params[k] = torch.where(keep, p - step_k, p)
         return new_params, new_state
 
+    slots = ("m", "v")
+
+    def flat_step(self, x: Tensor, g: Tensor, state: dict[str, Tensor], rate: Tensor, keep: Tensor,
+                  step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`step` on flat buffers (``resdyn.training.flat``): the same operations in the
+        same order on every element, so bitwise the same result."""
+        b1, b2 = self.betas
+        if self.weight_decay:
+            g = g + self.weight_decay * x
+        m = b1 * state["m"] + (1 - b1) * g
+        v = b2 * state["v"] + (1 - b2) * g * g
+        denom = torch.sqrt(v / (1 - b2**step)) + self.eps
+        step_x = rate * (m / (1 - b1**step)) / denom
+        return torch.where(keep, x - step_x, x), {"m": torch.where(keep, m, state["m"]),
+                                                  "v": torch.where(keep, v, state["v"])}
+
 
 @dataclass(frozen=True)
 class SGD:
@@ -152,6 +168,20 @@ class SGD:
                 step_k = rate * g
             new_params[k] = torch.where(keep, p - step_k, p)
         return new_params, new_state
+
+    @property
+    def slots(self) -> tuple[str, ...]:
+        return ("u",) if self.momentum else ()
+
+    def flat_step(self, x: Tensor, g: Tensor, state: dict[str, Tensor], rate: Tensor, keep: Tensor,
+                  step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """:meth:`step` on flat buffers, bitwise the same."""
+        if self.weight_decay:
+            g = g + self.weight_decay * x
+        if not self.momentum:
+            return torch.where(keep, x - rate * g, x), {}
+        u = self.momentum * state["u"] + g
+        return torch.where(keep, x - rate * u, x), {"u": torch.where(keep, u, state["u"])}
 
 
 def _flat(params: Mapping[str, Tensor], names: list[str]) -> Tensor:
