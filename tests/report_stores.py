@@ -20,7 +20,7 @@ SHIPPED = {"sample-size-quick": 8, "depth-quick": 6, "dead-zone-quick": 10,
 
 USER_SPEC = """
 name = "my-sweep"
-description = "A user's own spec: discrete and continuous-time families, two data sets (one of images), S and seeds."
+description = "A user's own spec: discrete and continuous-time families, two data sets, S and seeds."
 [data]
 name = "two_spirals"
 [model]

@@ -209,7 +209,7 @@ class Store:
                 self.db.execute("PRAGMA busy_timeout = 60000")
             self._check()  # before anything is written: a foreign or damaged file stays as it was
             if not self.readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
+                _enable_wal(self.db)
                 self.db.executescript(SCHEMA)
                 self._migrate()
         except sqlite3.DatabaseError as err:
@@ -637,6 +637,22 @@ class _Tx:
         except sqlite3.DatabaseError as err:
             if exc_type is None:
                 raise StoreError(f"cannot write store {self.path}: {err}") from None
+
+
+def _enable_wal(db: sqlite3.Connection, timeout: float = 60.0) -> None:
+    """Switch to write-ahead logging. SQLite answers a journal-mode change that races another
+    connection's first open with SQLITE_BUSY at once, without calling the busy handler, so two
+    processes creating one store together retry here instead of failing."""
+    deadline, wait = time.monotonic() + timeout, 0.005
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(wait)
+            wait = min(2 * wait, 0.25)
 
 
 def _finite_or_none(v: float) -> float | None:
