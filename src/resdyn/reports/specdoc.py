@@ -23,8 +23,10 @@ def _cell(v: object) -> str:
 
 
 def _first_line(doc: str | None) -> str:
-    lines = [ln.strip() for ln in (doc or "").strip().splitlines() if ln.strip()]
-    return lines[0] if lines else ""
+    """The docstring's first sentence (its first paragraph up to the first full stop)."""
+    para = " ".join((doc or "").strip().split("\n\n")[0].split())
+    end = re.search(r"\.(\s|$)", para)
+    return para[: end.start() + 1] if end else para
 
 
 def _datasets() -> str:

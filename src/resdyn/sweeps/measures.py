@@ -24,7 +24,9 @@ marion_bound           Rad_S bound of the Lipschitz-in-depth class (.pieces, .K_
 test_error_bound       the assembled bound on the test error (.margin_loss, .complexity,
                        .confidence, .gamma, .family, .path_norm, .spectral, .marion and, when the
                        engine measured them, .measured_test_error, .measured_gap)
-meanfield_kl_bound     the KL-ball bound of docs/meanfield.md with k-NN KL radii (.rademacher ...)
+meanfield_kl_plugin    the KL-ball formula of docs/meanfield.md with the k-NN KL radii of the trained
+                       model plugged in: an estimate, not a bound (.rademacher, .r1_raw ...);
+                       ``meanfield_kl_bound`` is its deprecated alias (values under .bound)
 gram, kl, displacement mean-field diagnostics of the trained model (``resdyn.analysis.diagnostics``)
 =====================  ==========================================================================
 
@@ -176,14 +178,17 @@ def _gram(ctx: MeasureContext | TrackContext) -> dict[str, Tensor]:
 
 
 def _kl(ctx: MeasureContext | TrackContext) -> dict[str, Tensor]:
+    """KL of the encoder and predictor particles from N(0, I): k-NN and Gaussian-fit estimates."""
     return particle_kl(ctx.model, ctx.params, ctx.options.get("k"))
 
 
 def _track_displacement(ctx: TrackContext) -> dict[str, Tensor]:
+    """Mean, max and root-mean-square particle displacement since the initial parameters."""
     return displacement(ctx.model, ctx.params, ctx.params0)
 
 
 def _measure_displacement(ctx: MeasureContext) -> dict[str, Tensor]:
+    """Mean, max and root-mean-square particle displacement of the trained model since its init."""
     # A cell's initial parameters are a function of its seed alone (resdyn._seeds).
     p = next(iter(ctx.params.values()))
     return displacement(ctx.model, ctx.params, init_params(ctx.model, ctx.seeds, p.dtype, p.device))
@@ -199,6 +204,7 @@ def _train_loss(ctx: TrackContext) -> dict[str, Tensor]:
 
 
 def _linear_rate(ctx: TrackContext) -> dict[str, Tensor]:
+    """Least-squares slope of log training loss against step since option ``start`` (default 0)."""
     return {"linear_rate": fit_linear_rate(ctx.loss_history[: ctx.step], int(ctx.options.get("start", 0)))}
 
 
@@ -209,6 +215,7 @@ _SCALAR = Applies(scalar_output=True)
 
 MEASURES: dict[str, _Entry] = {
     **{name: _Entry(fn, _RESNETS) for name, fn in BOUND_MEASURES.items()},
+    "meanfield_kl_plugin": _Entry(meanfield_theory.MEASURES["meanfield_kl_plugin"], _MEANFIELD_BOUND),
     "meanfield_kl_bound": _Entry(meanfield_theory.MEASURES["meanfield_kl_bound"], _MEANFIELD_BOUND),
     "gram": _Entry(_gram, _SCALAR),
     "kl": _Entry(_kl, _MEANFIELD),

@@ -122,7 +122,7 @@ def _measure_kl_bound(ctx: Any, prefix: str = "bound") -> dict[str, Tensor]:
 
 
 def _measure_kl_plugin(ctx: Any) -> dict[str, Tensor]:
-    """Measure 'meanfield_kl_plugin': the plug-in estimate (see :func:`_measure_kl_bound`)."""
+    """The KL-ball formula with each trained model's k-NN KL estimates as radii (an estimate, not a bound)."""
     return _measure_kl_bound(ctx, "plugin")
 
 
