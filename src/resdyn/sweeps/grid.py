@@ -157,6 +157,8 @@ class Cell:
     def group_key(self) -> str:
         shared = {k: v for k, v in self.config.items() if k not in _PER_MODEL}
         shared["train"] = {k: v for k, v in shared["train"].items() if k != "lr"}
+        if "warm_start" in shared:  # where a cell starts is per model: warm and cold train together
+            shared["warm_start"] = {k: v for k, v in shared["warm_start"].items() if k != "init"}
         return cell_hash(shared)
 
 
