@@ -26,14 +26,13 @@ name = "two_spirals"
 [model]
 family = "resnet"
 width = 8
-depth = 2
 activation = "tanh"
 [train]
 steps = 25
 lr = 2e-2
 [sweep]
 data = [{ name = "two_spirals" }, { name = "digits" }]
-model = [{ family = "resnet" }, { family = "ode_resnet", knots = 2 }]
+model = [{ family = "resnet", depth = 2 }, { family = "ode_resnet", knots = 2 }]
 sample_size = [16, 32, 64]
 seed = [0, 1]
 [measures.test_error_bound]

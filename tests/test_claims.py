@@ -37,7 +37,7 @@ def _store(path, bound, slope=-0.5, seeds=5, gap_noise=0.03):
 
 
 def _claims(path, tmp_path):
-    (out,) = outcomes_from_store(path, tmp_path / "figs")
+    (out,) = outcomes_from_store(path, tmp_path / "figs", generic=False)
     return out, {c.text.split(":")[-1].strip(): c for c in out.claims}
 
 

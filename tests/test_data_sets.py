@@ -30,7 +30,7 @@ def test_unknown_name_and_option_are_value_errors_that_name_them():
     with pytest.raises(ValueError, match=r"unknown data set 'mnits'.*two_spirals.*cifar100"):
         load("mnits")
     with pytest.raises(ValueError, match=r"unknown option 'turn'.*allowed: pool_size, test_size, "
-                                         r"seed, turns, noise"):
+                                         r"seed, draw, standardise, turns, noise"):
         load("two_spirals", turn=2)
     with pytest.raises(ValueError, match=r"option noise must be a finite number >= 0, got -1"):
         load("circles", noise=-1)

@@ -111,7 +111,7 @@ def test_markdown_escapes_pipes_and_tables_put_identifiers_first(tmp_path):
     _, md = write_report([o], tmp_path)
     text = md.read_text()
     assert "| data | seed | zeta | a\\|b | missing |" in text
-    assert "| d | 0 | 1 | p\\|q |  |" in text
+    assert "| d | 0 | 1 | p\\|q | not applicable |" in text
     assert "was not measured" in text  # the note that explains the empty cell
     assert order_columns([{"b": 1, "cell_id": 2, "a": 3}]) == ["cell_id", "b", "a"]
     strict((tmp_path / "report-data.json").read_text())

@@ -29,7 +29,7 @@ def test_generated_lists_are_in_sync_with_the_registries():
         section = _section(text, block)
         for name in names:
             assert f"`{name}`" in section or f'"{name}"' in section, (block, name)
-        listed = set(re.findall(r"^\| `(\w+)` \|", section, re.M))
+        listed = set(re.findall(r"^\| `([\w-]+)` \|", section, re.M))
         if block in ("datasets", "measures", "trackers"):
             assert listed == set(names), (block, listed ^ set(names))
 

@@ -66,7 +66,7 @@ def flatten_row(row: dict[str, Any], store_files: Path | None = None) -> dict[st
     out: dict[str, Any] = {"cell_id": row["cell_id"], "spec": row["spec"], "status": row["status"],
                            "data": cfg["data"]["name"], "family": cfg["model"]["family"],
                            "sample_size": cfg["sample_size"], "seed": cfg["seed"],
-                           "lr": cfg["train"]["lr"], "steps": cfg["train"]["steps"]}
+                           "lr": cfg.get("train", {}).get("lr"), "steps": cfg.get("train", {}).get("steps")}
     for k in MODEL_KEYS:
         if k in cfg["model"]:
             v = cfg["model"][k]
