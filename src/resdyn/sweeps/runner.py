@@ -223,7 +223,9 @@ def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, 
     averages over one data set). Per cell: the final J, loss, penalty, accuracy, gradient norm,
     the same at the initial weights, the H^1 seminorm and (``fine_steps``) the continuous
     objective of its minimizer, and, for a cell that depends on the level below, the distance
-    ``source_distance`` = ||Pi theta_source - Pi theta_cell||_{L^2(Delta)} to the best of it."""
+    ``source_distance`` = ||Pi theta_source - Pi theta_cell||_{L^2(Delta)} to the best of it.
+    Such a group is not checkpointed along training (a resumed run trains it again from the
+    start) and reports no progress within it."""
     t0 = time.perf_counter()
     first = cells[0]
     ctl, cfg = first.training.control, first.training.config

@@ -324,16 +324,9 @@ def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: C
 def prolongate(model, params: Params):
     """(model of depth 2N, params): the controls Pi theta_N at the nodes of grid 2N; embedding and
     readout copied. Works for DNLNet (P1 on the triangle) and the one-layer ResNet (P1 in s)."""
-    layout = _check_model(model)
-    N = model.depth
-    deeper = _replace(model, depth=2 * N)
-    out = dict(params)
-    for name in CONTROLS:
-        if layout == "triangle":
-            out[name] = p1_at_grid(params[name], N, 2 * N)
-        else:
-            out[name] = _layer_p1(params[name], N, 2 * N)[:, : 2 * N]
-    return deeper, out
+    _check_model(model)
+    deeper = _replace(model, depth=2 * model.depth)
+    return deeper, prolong_to(model, params, deeper)
 
 
 def can_prolong(model) -> bool:
