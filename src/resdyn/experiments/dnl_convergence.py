@@ -99,7 +99,8 @@ def _level(variant: str, N: int, cells: list[dict[str, Any]]) -> dict[str, Any]:
 def levels(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     """Per variant (in :data:`VARIANTS` order), one dict per N (ascending) from the finished rows
     of trained control cells: J*, spread, accuracies, ..., and the differences to the next level
-    ``dJ_next`` = |J*_2N - J*_N| and ``D_next`` = D_N. Levels stop at the first incomplete one."""
+    ``dJ_next`` = |J*_2N - J*_N| and ``D_next`` = D_N. A level counts the cells the rows hold (a
+    store read while its run goes on gives the levels as far as they are stored)."""
     by: dict[str, dict[int, list]] = {}
     for r in rows:
         if r.get("status", "done") not in ("done", "diverged") or "control" not in r["config"]["train"]:
