@@ -2,7 +2,10 @@
 per test session (under pytest's base temporary directory) for the report, CLI and browser tests.
 
 A shipped spec keeps its name and its whole grid (so the report recognises it and analyses every
-cell the reproduction would have) with fewer training steps, so the stores build in seconds.
+cell the reproduction would have) with fewer training steps, so the stores build in seconds. The
+certificates reproduction (its own spec format) keeps its name, first data set and sample sizes,
+with depths 4, 16, 64, short training and one Monte-Carlo round, and stores its analysed
+outcome as ``resdyn reproduce`` does.
 """
 
 from __future__ import annotations
@@ -10,13 +13,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from resdyn.experiments import certificates
 from resdyn.experiments.registry import spec_path
+from resdyn.reports.build import outcome_to_json
 from resdyn.sweeps.spec import load_spec
+from resdyn.sweeps.store import Store
 from resdyn.sweeps.sweep import run_sweep
 
 # shipped quick spec -> training steps in the test store (trackers every steps // 2)
 SHIPPED = {"sample-size-quick": 8, "depth-quick": 6, "dead-zone-quick": 10,
-           "mean-field-diagnostics": 10}
+           "mean-field-quick": 10, "mean-field-diagnostics": 10}
+CUSTOM = ("certificates-quick",)
 
 USER_SPEC = """
 name = "my-sweep"
@@ -65,23 +72,39 @@ def _shipped(name: str):
     return dataclasses.replace(spec, train={**spec.train, "steps": steps}, trackers=trackers)
 
 
+def _certificates(store: Path) -> None:
+    spec = certificates.load_certificate_spec(spec_path("certificates-quick"))
+    plan = dataclasses.replace(spec.data[0], prior_steps=20, posterior_steps=5)
+    spec = dataclasses.replace(spec, data=(plan,), depths=(4, 16, 64), prior_depth=16, rounds=1,
+                               test_rounds=1)
+    outcome = certificates.analyze(certificates.run_spec(spec, store), store.parent / "figs", spec.name)
+    with Store(store) as st:
+        st.save_outcome(spec.name, outcome_to_json(outcome))
+
+
 def build(base: Path, name: str) -> Path:
-    """The store for ``name`` (a key of SHIPPED, 'my-sweep' or 'my-images'), built on first use."""
+    """The store for ``name`` (a key of SHIPPED, one of CUSTOM, "my-sweep" or "my-images"), built on
+    first use."""
     store = Path(base) / "stores" / f"{name}.sqlite"
     if store.is_file():
         return store
     store.parent.mkdir(parents=True, exist_ok=True)
-    if name in SHIPPED:
+    tmp = store.with_name(f".{store.name}")
+    if name in CUSTOM:
+        _certificates(tmp)
+        spec = None
+    elif name in SHIPPED:
         spec = _shipped(name)
     else:
         text = {"my-sweep": USER_SPEC, "my-images": IMAGE_SPEC}[name]
         path = store.with_suffix(".toml")
         path.write_text(text)
         spec = load_spec(path)
-    tmp = store.with_name(f".{store.name}")
-    run_sweep(spec, tmp)
-    for suffix in ("", ".d"):  # appear complete or not at all
-        Path(str(tmp) + suffix).rename(str(store) + suffix)
+    if spec is not None:
+        run_sweep(spec, tmp)
+    for suffix in (".d", ""):  # appear complete or not at all (a store without weights has no .d)
+        if Path(str(tmp) + suffix).exists():
+            Path(str(tmp) + suffix).rename(str(store) + suffix)
     return store
 
 

@@ -157,6 +157,7 @@ batch_size = 32
 def test_reproduce_certificates_writes_cells_into_the_given_store(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
+    import resdyn.cli.reproduce  # noqa: F401  bound to the real spec_path before it is patched
     from resdyn.cli.main import main
     from resdyn.experiments import registry
 

@@ -365,7 +365,6 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
     * the certificate is above the stochastic predictor's measured test error in every cell
       (the smallest margin is reported).
     """
-    del out_dir
     outcome = ExperimentOutcome(name)
     ok = [r for r in rows if r["status"] == "done"]
     key = lambda r: (r["config"]["data"]["name"], r["config"]["sample_size"], r["config"]["depth"],  # noqa: E731
@@ -380,6 +379,8 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
     outcome.tables["certificates"] = table
     if not table:
         return outcome
+    if out_dir is not None:
+        outcome.figures.update(_figures(table, Path(out_dir), name))
     thresholds = thresholds or {}
     by_data = group_rows(table, lambda r: r["data"])
     worst = min(table, key=lambda r: r["margin"])
@@ -428,6 +429,42 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
             "at every (data, L, seed): certificate at the largest S below the smallest S's, and a "
             "negative least-squares slope of log certificate on log S", {"slopes": slopes}))
     return outcome
+
+
+def _series(rows: list[dict], x: str, y: str, label: str) -> dict[str, Any]:
+    """Seed means of ``y`` against ``x`` with the seeds as faint points."""
+    by_x = group_rows(rows, lambda r: r[x])
+    xs = sorted(by_x)
+    return {"label": label, "x": xs, "y": [sum(r[y] for r in by_x[v]) / len(by_x[v]) for v in xs],
+            "seeds": [[r[y] for r in by_x[v]] for v in xs]}
+
+
+def _figures(table: list[dict], out_dir: Path, name: str) -> dict[str, Path]:
+    """Per data set, the 0-1 certificate and the stochastic predictor's test error against depth L
+    (one line per S; depth-uniformity is a flat certificate line), and one panel per data set of
+    the certificate against S (one line per L)."""
+    from ..plotting import Palette, line_figure, panel_figure
+
+    palette, figs = Palette(), {}
+    by_data = group_rows(table, lambda r: r["data"])
+    for d, rs in by_data.items():
+        series = []
+        for S, at_S in sorted(group_rows(rs, lambda r: r["S"]).items()):
+            series.append(_series(at_S, "L", "certificate", f"certificate, S={S}"))
+            series.append(_series(at_S, "L", "test_error", f"test error, S={S}"))
+        figs[f"{d}: certificate against depth"] = line_figure(
+            out_dir / f"{name}_{d}_depth.png", series, "depth L (knot-path ResNet)",
+            "0-1 error certificate / test error (fraction)", f"{d}: PAC-Bayes-kl certificate and "
+            "measured test error of the stochastic predictor against depth", logx=True,
+            hline=1.0, y_range=(0.0, 1.0), palette=palette)
+    panels = [(d, [_series(at_L, "S", "certificate", f"L={L}")
+                   for L, at_L in sorted(group_rows(rs, lambda r: r["L"]).items())])
+              for d, rs in by_data.items()]
+    figs["certificate against S"] = panel_figure(
+        out_dir / f"{name}_sample_size.png", panels, "training samples S", "0-1 error certificate",
+        "PAC-Bayes-kl certificate against S at each depth (seed means, seeds faint)", palette,
+        logx=True, logy=True)
+    return figs
 
 
 THRESHOLDS = {"mnist-5k": 0.35, "two_spirals": 0.3}

@@ -181,16 +181,14 @@ def lambda_min_settling(
 # The reproduction
 # ---------------------------------------------------------------------------------------------
 def _plot(out_dir: Path, name: str, draw: Any) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """``draw(plt)`` -> figure, written as the report's other figures are (PNG 150 dpi, PDF, SVG)."""
     import matplotlib.pyplot as plt
 
+    from ..plotting import save_figure
+
     fig = draw(plt)
-    path = out_dir / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    fig.tight_layout()
+    return save_figure(fig, out_dir / f"{name}.png")
 
 
 def _main_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

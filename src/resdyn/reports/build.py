@@ -37,7 +37,7 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
                         generic: bool = True) -> list[ExperimentOutcome]:
     """Every outcome the report of a store shows, in order: the analysis of each shipped
     reproduction the store holds (its claims on top), the stored outcomes of custom reproductions,
-    then (``generic``) the generic section of every spec in the store (see
+    then (``generic``) the generic section of every other spec in the store (see
     :mod:`resdyn.reports.generic`), one palette for all of them."""
     from ..plotting import Palette
     from .generic import sweep_outcome
@@ -65,5 +65,7 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
     if generic:
         palette = Palette()
         for spec_name, rs in sorted(by_spec.items()):
+            if spec_name in stored:  # a custom reproduction's cells: its stored outcome shows them
+                continue
             out.append(sweep_outcome(spec_name, rs, fig_dir, palette))
     return out
