@@ -3,7 +3,6 @@
 import itertools
 import math
 
-import pytest
 import torch
 
 from resdyn.data.synthetic import two_spirals
@@ -113,20 +112,3 @@ def test_a_model_trained_in_a_group_equals_the_model_trained_alone():
     J = objective(model, group.params, x, y, w)["J"]
     assert torch.allclose(m["J"], J, rtol=1e-10, atol=0)
     assert torch.equal(group.params["A"], p["A"])  # the embedding is frozen
-
-
-@pytest.mark.slow
-def test_quick_experiment_runs_and_reports_its_claims(tmp_path):
-    from resdyn.experiments.dnl_convergence import run
-
-    out = run(quick=True, out_dir=tmp_path, variants=("dnl",), log=lambda s: None)
-    rows = out.tables["convergence"]
-    assert [r["N"] for r in rows] == [2, 4, 8, 16]
-    assert all(r["acc_min"] >= 0.9 for r in rows)
-    assert out.claims[0].held  # every trained model reaches training accuracy >= 0.9
-    assert all(p.exists() for p in out.figures.values())
-    # the warm start is the prolongation: the coarse minimizer's value is attainable at 2N up to
-    # the discretisation, so J*_N changes by well under a quarter per doubling on this task
-    # (about 16%, 11%, 7% in the runs seen)
-    J = [r["J_star"] for r in rows]
-    assert all(abs(a - b) < 0.25 * a for a, b in itertools.pairwise(J))

@@ -94,7 +94,7 @@ def test_interrupted_reproduction_resumes_to_identical_claims_and_figure_data(tm
     assert reports[0]["dead-zone-quick"]["claims"], "the claim was evaluated"
 
 
-@pytest.mark.parametrize("name", ["dnl-convergence"])
+@pytest.mark.parametrize("name", ["certificates"])
 def test_custom_reproductions_take_what_reproduce_passes(name):
     import inspect
 

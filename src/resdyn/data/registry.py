@@ -84,7 +84,7 @@ def _flag(key: str, v: Any) -> Any:
     return v
 
 
-_SYN = {"pool_size": (4096, _int(1)), "test_size": (2000, _int(1)), "seed": (0, _seed),
+_SYN = {"pool_size": (4096, _int(1)), "test_size": (2000, _int(0)), "seed": (0, _seed),
         "draw": ("streams", _choice("streams", "joint")), "standardise": (False, _flag)}
 
 

@@ -1,24 +1,31 @@
 """``resdyn reproduce dnl-convergence``: optimal values and minimizers of the regularised DNL
 training problem as the depth N doubles (docs/dnl.md, section 5).
 
+It is a sweep: the specs ``dnl-convergence.toml`` and ``dnl-convergence-quick.toml`` hold every
+number (data, lifting, weights alpha, beta, gamma, Adam and L-BFGS budgets, N, restarts, the warm
+start), the runner trains every (variant, N, seed) cell with the control objective
+(``[train.control]``: ``resdyn.training.control.train_control``, which is the engine) and writes
+one row per cell, and :func:`analyze` computes everything reported from those rows.
+
 Task: two spirals (turns 1, noise 0.05), lifted to R^m by a fixed z_0 = A x with A = 2 Q, Q an
 orthonormal (m x 2) frame drawn once (A and c = 0 are frozen: the state equation's initial value).
-For N = 2, 4, ..., N_max the regularised problem J_N (``resdyn.training.control``) is solved in
-float64 from several random restarts (smooth kernels K(t_k, t_j) drawn from seeds 0..R-1, the same
-function for every N) and from the warm start Pi theta*_{N/2} (the prolongation of the best
-minimizer one level down): batched Adam, then L-BFGS one model at a time. The weights alpha,
-beta, gamma are module constants fixed before any run.
+For N = 2, 4, ..., N_max the regularised problem J_N is solved in float64 from several random
+restarts (smooth kernels K(t_k, t_j) drawn from seeds 0..R-1, the same function for every N) and
+from the warm start Pi theta*_{N/2} (seed R: the prolongation of the best minimizer one level
+down, a dependency the runner resolves from the store). Every cell after the first N depends on
+the level below and records its distance to the best minimizer there (``source_distance``).
 
-Variants (same data, same budget): 'dnl' (the scaled DNL network, form A, dense kernels),
-'dnl_no_h1' (beta = 0), 'densenet_unscaled' (h replaced by 1: a plain pre-activation DenseNet
-with a skip from z_0) and 'resnet' (``ResNet(block='one_layer')``, the neural-ODE baseline, under
-the DNL regulariser restricted to K_{k,j} = K_j).
+Variants (same data, same budget), told apart by their configuration: 'dnl' (the scaled DNL
+network, form A, dense kernels), 'dnl_no_h1' (beta = 0), 'densenet_unscaled' (h replaced by 1: a
+plain pre-activation DenseNet with a skip from z_0) and 'resnet' (``ResNet(block='one_layer')``,
+the neural-ODE baseline, under the DNL regulariser restricted to K_{k,j} = K_j).
 
-Reported per variant and N: J*_N (best over restarts and warm start), the spread over restarts
-(max - min of the final J_N of every start), training accuracies, the final gradient norms, the
-continuous objective J(Pi theta*_N) (state equation by the trapezoid rule on a fine grid, P1 norms
-exactly), the distance D_N = ||Pi theta*_N - Pi theta*_{2N}||_{L^2(Delta)} between successive
-minimizers and the H^1 seminorm of Pi theta*_N.
+Reported per variant and N, from the rows: J*_N (best over restarts and warm start), the spread
+over starts (max - min of the final J_N of every start), training accuracies, the final gradient
+norms, the continuous objective J(Pi theta*_N) (state equation by the trapezoid rule on a fine
+grid, P1 norms exactly; recorded per cell), the distance D_N = ||Pi theta*_N - Pi theta*_{2N}||
+_{L^2(Delta)} between successive minimizers (the ``source_distance`` of the best cell at 2N) and
+the H^1 seminorm of Pi theta*_N.
 """
 
 from __future__ import annotations
@@ -26,151 +33,89 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import time
+import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ..data.synthetic import two_spirals
-from ..models.base import init_params
-from ..models.dnl import DNLNet
-from ..models.resnet import ResNet
-from ..models.volterra import p1_at_grid, p1_norms
-from ..training.control import (
-    ControlWeights,
-    continuous_objective,
-    control_l2_distance,
-    objective,
-    prolongate,
-    train_control,
-)
 from .base import Claim, ExperimentOutcome
 
-__all__ = ["ALPHA", "BETA", "GAMMA", "VARIANTS", "run"]
+__all__ = ["VARIANTS", "analyze", "levels", "variant_of"]
 
-# Regularisation weights, fixed before the runs (docs/dnl.md, section 5).
-ALPHA, BETA, GAMMA = 1e-2, 1e-1, 1e-3
-WIDTH, N_TRAIN, TURNS, NOISE, HORIZON = 4, 160, 1.0, 0.05, 1.0
-LR, WARM_LR = 1e-2, 1e-3
 VARIANTS = ("dnl", "dnl_no_h1", "densenet_unscaled", "resnet")
-
-FULL = {"Ns": [2, 4, 8, 16, 32, 64, 128], "restarts": 3, "adam_steps": 600, "lbfgs_iters": 400,
-        "fine_steps": 512}
-QUICK = {"Ns": [2, 4, 8, 16], "restarts": 2, "adam_steps": 300, "lbfgs_iters": 150,
-         "fine_steps": 64}
+TABLE_KEYS = ("variant", "N", "J_star", "dJ_next", "spread", "acc_min", "grad_norm_star", "J_cont",
+              "D_next", "h1_seminorm", "loss_star", "init_grad_norm", "best_is_warm", "seconds")
 
 
-def _data(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x, y = two_spirals(N_TRAIN, seed=0, turns=TURNS, noise=NOISE)
-    g = torch.Generator().manual_seed(20251002)
-    Q, _ = torch.linalg.qr(torch.randn(WIDTH, 2, generator=g, dtype=torch.float64))
-    return x.to(dtype=dtype, device=device), y.to(device), (2.0 * Q).to(dtype=dtype, device=device)
+def variant_of(config: dict[str, Any]) -> str:
+    """The variant a cell's configuration describes (see the module docstring)."""
+    model, control = config["model"], config["train"].get("control", {})
+    if model["family"] == "resnet":
+        return "resnet"
+    if not model.get("scaled", True):
+        return "densenet_unscaled"
+    return "dnl_no_h1" if control.get("beta", 0.0) == 0.0 else "dnl"
 
 
-def _model(variant: str, N: int):
-    if variant == "resnet":
-        return ResNet(in_dim=2, out_dim=2, width=WIDTH, depth=N, horizon=HORIZON, block="one_layer",
-                      init_scale=1.0, bias_scale=0.5)
-    return DNLNet(in_dim=2, out_dim=2, width=WIDTH, depth=N, horizon=HORIZON,
-                  scaled=variant != "densenet_unscaled", init_scale=1.0, bias_scale=0.5)
+def _is_warm(row: dict[str, Any]) -> bool:
+    ws = row["config"].get("warm_start")
+    return ws is not None and ws.get("init", True)
 
 
-def _weights(variant: str) -> ControlWeights:
-    return ControlWeights(ALPHA, 0.0 if variant == "dnl_no_h1" else BETA, GAMMA)
+def _level(variant: str, N: int, cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """The numbers of one (variant, N) from its cells: restarts by seed, then the warm start."""
+    cells = sorted(cells, key=lambda r: (_is_warm(r), r["config"]["seed"]))
+    m = [r["metrics"] for r in cells]
+    J = [x["J"] for x in m]
+    finite = [(j, e) for e, j in enumerate(J) if math.isfinite(j)]
+    e_best = min(finite)[1] if finite else 0  # the first of equal minima, as torch.argmin
+    best, first = m[e_best], m[0]
+    curve = cells[0].get("series", {}).get("train_objective", {})
+    row: dict[str, Any] = {
+        "variant": variant, "N": N,
+        "J_star": J[e_best],
+        "J_all": J,
+        "spread": max(J) - min(J) if len(finite) == len(J) else math.nan,
+        "best_is_warm": _is_warm(cells[e_best]),
+        "loss_star": best["loss"],
+        "penalty_star": best["penalty"],
+        "acc_all": [x["acc"] for x in m],
+        "acc_min": min(x["acc"] for x in m),
+        "grad_norm_all": [x["grad_norm"] for x in m],
+        "grad_norm_star": best["grad_norm"],
+        "lbfgs_iters": [int(x["lbfgs_iters"]) for x in m],
+        "init_loss": first["init_loss"],
+        "init_grad_norm": first["init_grad_norm"],
+        "adam_curve_seed0": [curve[t] for t in sorted(curve)],
+        "h1_seminorm": best["h1_seminorm"],
+    }
+    if "J_cont" in best:
+        row["J_cont"], row["loss_cont"] = best["J_cont"], best["loss_cont"]
+    if "source_distance" in best:
+        row["D_prev"] = best["source_distance"]
+    row["seconds"] = sum(r["timing"].get("seconds_per_model", 0.0) for r in cells)
+    return row
 
 
-def _one(params: dict, e: int) -> dict:
-    return {k: v[e : e + 1] for k, v in params.items()}
-
-
-def _distance(variant: str, a: dict, Na: int, b: dict, Nb: int) -> float:
-    """||Pi theta_a - Pi theta_b||_{L^2(Delta)} over the controls K and b."""
-    total = 0.0
-    for name in ("K", "b"):
-        ta, tb = a[name], b[name]
-        if variant == "resnet":  # theta(t, s) = theta(s): compare as triangle functions
-            ta, tb = _as_triangle(ta, Na), _as_triangle(tb, Nb)
-        total += float(control_l2_distance(ta, Na, tb, Nb, HORIZON)[0]) ** 2
-    return math.sqrt(total)
-
-
-def _as_triangle(theta: torch.Tensor, N: int) -> torch.Tensor:
-    from ..models.volterra import pair_nodes
-
-    _, j = pair_nodes(N)
-    return theta.index_select(1, j.to(theta.device))
-
-
-def _h1_seminorm(variant: str, p: dict, N: int) -> float:
-    total = 0.0
-    for name in ("K", "b"):
-        th = _as_triangle(p[name], N) if variant == "resnet" else p[name]
-        _, d = p1_norms(p1_at_grid(th, N, N, diagonal=True), N, HORIZON)
-        total += float(d[0])
-    return math.sqrt(total)
-
-
-def _sweep(variant: str, cfg: dict, x, y, A, dtype, device, log) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    best_prev: tuple[Any, dict] | None = None
-    weights = _weights(variant)
-    for N in cfg["Ns"]:
-        t0 = time.time()
-        model = _model(variant, N)
-        R = cfg["restarts"]
-        params = init_params(model, list(range(R)), dtype, device)
-        lrs = [LR] * R
-        if best_prev is not None:
-            _, warm = prolongate(best_prev[0], best_prev[1])
-            params = {k: torch.cat([params[k], warm[k]]) for k in params}
-            lrs.append(WARM_LR)
-        E = len(lrs)
-        params["A"] = A.expand(E, *A.shape).clone()
-        params["c"] = torch.zeros(E, WIDTH, dtype=dtype, device=device)
-        init_eval = objective(model, _one(params, 0), x, y, weights)
-        leaves = {k: v.detach().requires_grad_(k not in ("A", "c")) for k, v in _one(params, 0).items()}
-        J0 = objective(model, leaves, x, y, weights)["J"].sum()
-        g0 = torch.autograd.grad(J0, [v for k, v in leaves.items() if k not in ("A", "c")])
-        init_grad = math.sqrt(sum(float(g.square().sum()) for g in g0))
-        res = train_control(model, params, x, y, weights, adam_steps=cfg["adam_steps"],
-                            lr=torch.tensor(lrs, dtype=dtype), lbfgs_iters=cfg["lbfgs_iters"])
-        J = res.metrics["J"]
-        e_best = int(torch.argmin(torch.where(torch.isfinite(J), J, torch.full_like(J, math.inf))))
-        best = _one(res.params, e_best)
-        row: dict[str, Any] = {
-            "variant": variant, "N": N,
-            "J_star": float(J[e_best]),
-            "J_all": [float(v) for v in J],
-            "spread": float(J.max() - J.min()),
-            "best_is_warm": bool(best_prev is not None and e_best == E - 1),
-            "loss_star": float(res.metrics["loss"][e_best]),
-            "penalty_star": float(res.metrics["penalty"][e_best]),
-            "acc_all": [float(v) for v in res.metrics["acc"]],
-            "acc_min": float(res.metrics["acc"].min()),
-            "grad_norm_all": [float(v) for v in res.metrics["grad_norm"]],
-            "grad_norm_star": float(res.metrics["grad_norm"][e_best]),
-            "lbfgs_iters": [int(v) for v in res.metrics["lbfgs_iters"]],
-            "init_loss": float(init_eval["loss"][0]),
-            "init_grad_norm": init_grad,
-            "adam_curve_seed0": [float(v) for v in res.history[:, 0]],
-            "h1_seminorm": _h1_seminorm(variant, best, N),
-        }
-        if variant != "densenet_unscaled":
-            cont = continuous_objective(model, best, x, y, weights, cfg["fine_steps"])
-            row["J_cont"] = float(cont["J"][0])
-            row["loss_cont"] = float(cont["loss"][0])
-        if best_prev is not None:
-            rows[-1]["D_next"] = _distance(variant, best_prev[1], best_prev[0].depth, best, N)
-        row["seconds"] = time.time() - t0
-        rows.append(row)
-        log(f"{variant:18s} N={N:4d} J*={row['J_star']:.6f} spread={row['spread']:.2e} "
-            f"acc_min={row['acc_min']:.3f} |grad|={row['grad_norm_star']:.1e} "
-            f"J_cont={row.get('J_cont', float('nan')):.6f} ({row['seconds']:.0f}s)")
-        best_prev = (model, best)
-    for a, b in itertools.pairwise(rows):
-        a["dJ_next"] = abs(b["J_star"] - a["J_star"])
-    return rows
+def levels(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per variant (in :data:`VARIANTS` order), one dict per N (ascending) from the finished rows
+    of trained control cells: J*, spread, accuracies, ..., and the differences to the next level
+    ``dJ_next`` = |J*_2N - J*_N| and ``D_next`` = D_N. A level counts the cells the rows hold (a
+    store read while its run goes on gives the levels as far as they are stored)."""
+    by: dict[str, dict[int, list]] = {}
+    for r in rows:
+        if r.get("status", "done") not in ("done", "diverged") or "control" not in r["config"]["train"]:
+            continue
+        by.setdefault(variant_of(r["config"]), {}).setdefault(r["config"]["model"]["depth"], []).append(r)
+    out = {}
+    for v in (v for v in VARIANTS if v in by):
+        out[v] = [_level(v, N, by[v][N]) for N in sorted(by[v])]
+        for a, b in itertools.pairwise(out[v]):
+            a["dJ_next"] = abs(b["J_star"] - a["J_star"])
+            if "D_prev" in b:
+                a["D_next"] = b["D_prev"]
+        for r in out[v]:
+            r.pop("D_prev", None)
+    return out
 
 
 def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
@@ -300,49 +245,38 @@ def _claims(sweeps: dict[str, list[dict]]) -> list[Claim]:
     return claims
 
 
-def run(quick: bool = False, out_dir: Path | None = None, device: str = "cpu",
-        dtype: torch.dtype = torch.float64, threads: int | None = None,
-        variants: tuple[str, ...] = VARIANTS, log=print) -> ExperimentOutcome:
-    """Run the depth sweep (``quick``: N <= 16, fewer restarts and steps) and return its outcome.
-
-    out_dir: where figures and ``dnl_convergence.json`` go (default: a fresh temporary folder).
-    variants: a subset of ``VARIANTS``. threads: torch CPU threads for the run (default 1).
-    """
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown or not variants:
-        raise ValueError(f"variants must be a non-empty subset of {', '.join(VARIANTS)}; got {variants}")
-    # One thread unless asked otherwise: every tensor here is tiny (width 4, 160 points), so an
-    # op's work is microseconds and a second thread's synchronisation costs more than it saves
-    # (profiled: the quick run took 7.5 CPU-minutes on 2 threads, under 1 on one; same numbers).
-    torch.set_num_threads(1 if threads is None else int(threads))
-    if out_dir is None:
-        import tempfile
-
-        out_dir = Path(tempfile.mkdtemp(prefix="dnl_convergence_"))
-    out_dir = Path(out_dir)
+def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
+            name: str = "dnl-convergence") -> ExperimentOutcome:
+    """Tables, claims and figures of the reproduction from its per-cell store rows (see the
+    module docstring); ``rows`` may carry ``series`` (the Adam curve of seed 0). Figures and
+    ``dnl_convergence.json`` go to ``out_dir`` (default: a fresh temporary folder)."""
+    sweeps = levels(rows)
+    outcome = ExperimentOutcome(name)
+    if not sweeps:
+        return outcome
+    if "dnl" in sweeps and len(sweeps["dnl"]) >= 2:
+        outcome.claims = _claims(sweeps)
+    outcome.tables = {"convergence": [{k: r.get(k) for k in TABLE_KEYS}
+                                      for v_rows in sweeps.values() for r in v_rows]}
+    cfg0 = next(r["config"] for r in rows if "control" in r["config"]["train"])
+    ctl, data = cfg0["train"]["control"], cfg0["data"]
+    restarts = sorted({r["config"]["seed"] for r in rows if "control" in r["config"]["train"]
+                       and not _is_warm(r)})
+    warm_lr = [r["config"]["train"]["lr"] for r in rows if _is_warm(r)]
+    outcome.data = {
+        "config": {"Ns": [r["N"] for r in next(iter(sweeps.values()))], "restarts": len(restarts),
+                   "adam_steps": cfg0["train"]["steps"], "lbfgs_iters": ctl["lbfgs_iters"],
+                   "fine_steps": ctl["fine_steps"], "alpha": ctl["alpha"], "beta": ctl["beta"],
+                   "gamma": ctl["gamma"], "width": cfg0["model"]["width"],
+                   "n_train": cfg0["sample_size"], "turns": data.get("turns"),
+                   "noise": data.get("noise"), "horizon": cfg0["model"]["horizon"],
+                   "lr": cfg0["train"]["lr"], "warm_lr": warm_lr[0] if warm_lr else None,
+                   "quick": name.endswith("-quick"), "dtype": cfg0["dtype"]},
+        "sweeps": sweeps,
+        "seconds": sum(r["seconds"] for v_rows in sweeps.values() for r in v_rows),
+    }
+    out_dir = Path(tempfile.mkdtemp(prefix="dnl_convergence_")) if out_dir is None else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
-    cfg = QUICK if quick else FULL
-    x, y, A = _data(dtype, dev)
-    t_start = time.time()
-    sweeps = {v: _sweep(v, cfg, x, y, A, dtype, dev, log) for v in variants}
-    seconds = time.time() - t_start
-
-    claims: list[Claim] = []
-    if "dnl" in sweeps:
-        claims += _claims(sweeps)
-
-    table = []
-    for _v, rows in sweeps.items():
-        for r in rows:
-            table.append({k: r.get(k) for k in ("variant", "N", "J_star", "dJ_next", "spread", "acc_min",
-                                                "grad_norm_star", "J_cont", "D_next", "h1_seminorm",
-                                                "loss_star", "init_grad_norm", "best_is_warm",
-                                                "seconds")})
-    figures = _plot(out_dir, sweeps)
-    data = {"config": {**cfg, "alpha": ALPHA, "beta": BETA, "gamma": GAMMA, "width": WIDTH,
-                       "n_train": N_TRAIN, "turns": TURNS, "noise": NOISE, "horizon": HORIZON,
-                       "lr": LR, "warm_lr": WARM_LR, "quick": quick, "dtype": str(dtype)},
-            "sweeps": sweeps, "seconds": seconds}
-    (out_dir / "dnl_convergence.json").write_text(json.dumps(data, indent=1))
-    return ExperimentOutcome("dnl-convergence", {"convergence": table}, claims, figures, data)
+    outcome.figures = _plot(out_dir, sweeps)
+    (out_dir / "dnl_convergence.json").write_text(json.dumps(outcome.data, indent=1))
+    return outcome

@@ -62,7 +62,7 @@ REPRODUCTIONS: dict[str, Reproduction] = {
         Reproduction("certificates", "PAC-Bayes risk certificates against S and depth L (knot paths)",
                      run=certificates.run),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
-                     run=dnl_convergence.run),
+                     ("dnl-convergence",), dnl_convergence.analyze),
     )
 }
 

@@ -11,9 +11,8 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from ..models.base import Params
 from .grid import Cell
-from .runner import CheckpointIO, train_group
+from .runner import CheckpointIO, WarmStart, train_group
 from .store import CellResult
 
 __all__ = ["EXECUTORS", "LocalExecutor", "RayExecutor", "make_executor"]
@@ -30,7 +29,7 @@ class LocalExecutor:
         self.progress = None
 
     def run(self, groups: Sequence[Sequence[Cell]], checkpoint: CheckpointIO | None = None,
-            checkpoint_seconds: float = 120.0, warm: Mapping[str, Params] | None = None
+            checkpoint_seconds: float = 120.0, warm: Mapping[str, WarmStart] | None = None
             ) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
         import torch
 
@@ -41,7 +40,7 @@ class LocalExecutor:
 
 
 def _remote_train(cells: list[Cell], device: str, threads: int, pid_dir: str | None,
-                  warm: Mapping[str, Params] | None = None) -> list[CellResult]:
+                  warm: Mapping[str, WarmStart] | None = None) -> list[CellResult]:
     import torch
 
     torch.set_num_threads(threads)
@@ -77,7 +76,7 @@ class RayExecutor:
         self._task = ray.remote(_remote_train).options(num_cpus=threads, max_retries=max_retries)
 
     def run(self, groups: Sequence[Sequence[Cell]], checkpoint: CheckpointIO | None = None,
-            checkpoint_seconds: float = 120.0, warm: Mapping[str, Params] | None = None
+            checkpoint_seconds: float = 120.0, warm: Mapping[str, WarmStart] | None = None
             ) -> Iterator[tuple[Sequence[Cell], list[CellResult]]]:
         del checkpoint, checkpoint_seconds
         pending = {}

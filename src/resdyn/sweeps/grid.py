@@ -23,6 +23,7 @@ from .._seeds import generator_for
 from ..data.base import Dataset
 from ..models.base import Model
 from ..models.registry import build_model, model_to_dict
+from ..training.control import ControlConfig, can_prolong
 from ..training.engine import TrainConfig
 from .spec import Spec, SpecError, _sweep_target
 
@@ -78,17 +79,21 @@ class DataConfig:
 class TrainingConfig:
     """The engine's settings, the learning rate, and where initial weights come from: seed s
     (``init_seed_stride`` = 0) or seed ``init_seed_stride`` * s + S (the numbering of the
-    mean-field reproduction)."""
+    mean-field reproduction). ``control``: train with the control objective J_N
+    (``resdyn.training.control``: ``config.steps`` Adam steps, then L-BFGS) instead of the loss."""
 
     config: TrainConfig
     lr: float
     init_seed_stride: int = 0
+    control: ControlConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{k: (list(v) if isinstance(v, tuple) else v)
                   for k, v in dataclasses.asdict(self.config).items()}, "lr": float(self.lr)}
         if self.init_seed_stride:
             out["init_seed_stride"] = self.init_seed_stride
+        if self.control is not None:
+            out["control"] = dataclasses.asdict(self.control)
         return out
 
 
@@ -110,6 +115,9 @@ class Cell:
     # prolonged along the model key ``warm_key`` (docs/sweeps.md, "Dependencies").
     warm_from: tuple[str, ...] = ()
     warm_key: str = ""
+    # False: the cell depends on ``warm_from`` (its row measures against the best of them) but
+    # starts from its seed ([warm_start] depend = "all").
+    warm_init: bool = True
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
@@ -125,6 +133,8 @@ class Cell:
         }
         if self.warm_from:
             config["warm_start"] = {"key": self.warm_key, "from": list(self.warm_from)}
+            if not self.warm_init:
+                config["warm_start"]["init"] = False
         if self.data.root is not None:
             config["data_root"] = self.data.root
         return config
@@ -147,6 +157,8 @@ class Cell:
     def group_key(self) -> str:
         shared = {k: v for k, v in self.config.items() if k not in _PER_MODEL}
         shared["train"] = {k: v for k, v in shared["train"].items() if k != "lr"}
+        if "warm_start" in shared:  # where a cell starts is per model: warm and cold train together
+            shared["warm_start"] = {k: v for k, v in shared["warm_start"].items() if k != "init"}
         return cell_hash(shared)
 
 
@@ -186,6 +198,11 @@ def _fill_shapes(model: dict[str, Any], data: Dataset) -> dict[str, Any]:
 def _assign(tables: dict[str, dict], key: str, value: Any, target: str) -> None:
     if target == "cell":
         tables["cell"][key] = value
+    elif target == "variant":  # {model = {...}, train = {...}, data = {...}}; nested tables merged
+        for section, table in value.items():
+            for k, v in table.items():
+                old = tables[section].get(k)
+                tables[section][k] = {**old, **v} if isinstance(old, dict) and isinstance(v, dict) else v
     elif target == "variants":
         tables[key].update(value)
     else:
@@ -236,8 +253,10 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
         train = tables["train"]
         lr = train.pop("lr", 1e-2)
         stride = train.pop("init_seed_stride", 0)
+        control = train.pop("control", None)
         try:
             tc = TrainConfig(**train)
+            control = None if control is None else ControlConfig(**control)
         except (ValueError, TypeError) as err:
             raise SpecError(f"spec key train ({where}): {err}") from None
         if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
@@ -245,7 +264,11 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
         if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
             raise SpecError(f"spec key train.init_seed_stride ({where}): must be an integer >= 0, "
                             f"got {stride!r}")
-        cells.append(Cell(model, data_cfg, TrainingConfig(tc, float(lr), stride), S,
+        if control is not None and not can_prolong(model):
+            raise SpecError(f"spec key train.control ({where}): the control objective needs a dnl "
+                            "model without shared operator parameters or a resnet with "
+                            "block='one_layer' and tied=false")
+        cells.append(Cell(model, data_cfg, TrainingConfig(tc, float(lr), stride, control), S,
                           tables["cell"].get("seed", 0), dtype,
                           {k: dict(v) for k, v in spec.measures.items()},
                           {k: dict(v) for k, v in spec.trackers.items()}))
@@ -257,12 +280,16 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
 
 def _resolve_warm_starts(cells: list[Cell], spec: Spec) -> list[Cell]:
     """Give each warm cell at the i-th value of the warm-start key the ids of every cell at the
-    (i-1)-th value with the same other settings (any seed). Deeper levels are resolved after the
-    levels they depend on, since a cell's id covers the ids it depends on."""
-    key = spec.warm_start["key"]
+    (i-1)-th value with the same other settings (any seed; any learning rate when ``lr`` is
+    given). Deeper levels are resolved after the levels they depend on, since a cell's id covers
+    the ids it depends on. Options (docs/sweeps.md, "Dependencies"): ``lr``, the learning rate of
+    warm cells; ``warm_only``: the warm seeds have no cell at the first level; ``depend = 'all'``:
+    every cell after the first level depends on the level below, only the warm seeds start from it."""
+    ws = spec.warm_start
+    key = ws["key"]
     field_name = key.split(".", 1)[-1]
     values = spec.sweep[key]
-    warm_seeds = set(spec.warm_start["seeds"])
+    warm_seeds = set(ws["seeds"])
 
     def level(c: Cell) -> int:
         return values.index(getattr(c.model, field_name))
@@ -270,15 +297,30 @@ def _resolve_warm_starts(cells: list[Cell], spec: Spec) -> list[Cell]:
     def signature(c: Cell) -> str:
         cfg = {k: v for k, v in c.config.items() if k not in ("seed", "warm_start", "data_root")}
         cfg["model"] = {k: v for k, v in cfg["model"].items() if k != field_name}
+        if "lr" in ws:
+            cfg["train"] = {k: v for k, v in cfg["train"].items() if k != "lr"}
         return cell_hash(cfg)
 
     resolved: list[Cell] = []
     for i in range(len(values)):
         below = [c for c in resolved if level(c) == i - 1]
         for c in (c for c in cells if level(c) == i):
-            if i > 0 and c.seed in warm_seeds:
+            warm = c.seed in warm_seeds
+            if i == 0 and warm and ws.get("warm_only"):
+                continue
+            if i > 0 and (warm or ws.get("depend") == "all"):
                 deps = tuple(d.cell_id for d in below if signature(d) == signature(c))
-                c = dataclasses.replace(c, warm_from=deps, warm_key=field_name) if deps else c
+                if deps and warm and not hasattr(c.model, "prolong") and not (
+                        c.training.control is not None and can_prolong(c.model)):
+                    raise SpecError(f"spec key warm_start.key: model family {c.model.family!r} cannot "
+                                    "start from a shallower solution; allowed: dnl, or resnet "
+                                    "(one_layer) trained with [train.control]")
+                training = c.training
+                if deps and warm and "lr" in ws:
+                    training = dataclasses.replace(training, lr=float(ws["lr"]))
+                if deps:
+                    c = dataclasses.replace(c, warm_from=deps, warm_key=field_name, warm_init=warm,
+                                            training=training)
             resolved.append(c)
     return resolved
 

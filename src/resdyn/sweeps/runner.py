@@ -8,6 +8,7 @@ keeps batch-mates apart bitwise.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,14 +18,26 @@ import torch
 
 from .._checks import resolve_dtype
 from ..models.base import Params, init_params
+from ..training.control import control_diagnostics, controls_distance, lift, train_control
 from ..training.engine import TrainState, train
 from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
 
-__all__ = ["CheckpointIO", "GroupProgress", "train_group"]
+__all__ = ["CheckpointIO", "GroupProgress", "WarmStart", "train_group"]
 
 CheckpointIO = tuple[Callable[[str], Any], Callable[[str, dict, dict], None]]
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """What a cell that depends on the level below receives: ``params`` (leading axis 1), the
+    best source's weights prolonged to the cell's model, and that ``source`` model with its
+    ``source_params`` as stored (leading axis 1)."""
+
+    params: Params
+    source: Any
+    source_params: Params
 
 
 @dataclass(frozen=True)
@@ -78,13 +91,15 @@ def train_group(
     device: str = "cpu",
     checkpoint: CheckpointIO | None = None,
     checkpoint_seconds: float = 120.0,
-    warm: Mapping[str, Params] | None = None,
+    warm: Mapping[str, WarmStart | Params] | None = None,
     progress: Callable[[GroupProgress], None] | None = None,
 ) -> list[CellResult]:
     """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell.
 
-    warm: initial parameters (leading axis 1) of the warm cells by cell id, already prolonged to
-    the cell's model (``resdyn.sweeps.sweep`` resolves them); other cells start from their seed.
+    warm: by cell id, the :class:`WarmStart` of each cell that depends on the level below
+    (``resdyn.sweeps.sweep.warm_params`` resolves them): a warm cell (``warm_init``) starts from its
+    ``params``, already prolonged to the cell's model (a plain dict of parameters is taken as
+    those); other cells start from their seed.
     progress: called with a :class:`GroupProgress` when training starts (or resumes) and about a
     hundred times along it.
     """
@@ -92,6 +107,8 @@ def train_group(
     first = cells[0]
     if any(c.group_key != first.group_key for c in cells):
         raise ValueError("train_group: cells of one group must share every setting but S, seed, lr")
+    if first.training.control is not None:
+        return _train_control_group(cells, device, warm or {})
     dtype = resolve_dtype(first.dtype)
     model = first.model
     data = first.data.load()
@@ -101,10 +118,7 @@ def train_group(
     idx = [c.data.indices(data, c.sample_size, c.seed) for c in cells]
     lr = torch.tensor([c.lr for c in cells], dtype=dtype)
     params0 = init_params(model, seeds, dtype, device)
-    for e, c in enumerate(cells):
-        if warm and c.cell_id in warm:
-            for k, v in warm[c.cell_id].items():
-                params0[k][e] = v[0].to(device=params0[k].device, dtype=params0[k].dtype)
+    _start_warm(cells, params0, warm)
 
     state = None
     series: dict[str, dict[str, list]] = {c.cell_id: {} for c in cells}
@@ -167,10 +181,7 @@ def train_group(
         hist = result.state.loss_history[:, e].detach().cpu().tolist()
         metrics = {k: float(v[e]) for k, v in result.metrics.items()}
         metrics["final_train_objective"] = hist[-1] if hist else float("nan")
-        stride = max(1, len(hist) // 200)
-        loss_series = [(t, hist[t]) for t in range(0, len(hist), stride)]
-        if hist and loss_series[-1][0] != len(hist) - 1:
-            loss_series.append((len(hist) - 1, hist[-1]))
+        loss_series = _loss_series(hist)
         out.append(CellResult(
             cell_id=c.cell_id,
             config=c.config,
@@ -182,3 +193,79 @@ def train_group(
                     "seconds_per_model": t_all / len(cells)},
         ))
     return out
+
+
+def _start_warm(cells: Sequence[Cell], params0: Params,
+                warm: Mapping[str, WarmStart | Params] | None) -> None:
+    """Warm cells (``warm_init``) start from their prolonged source, in place (a plain dict of
+    parameters is taken as the prolonged source)."""
+    for e, c in enumerate(cells):
+        if warm and c.cell_id in warm and c.warm_init:
+            w = warm[c.cell_id]
+            for k, v in (w.params if isinstance(w, WarmStart) else w).items():
+                params0[k][e] = v[0].to(device=params0[k].device, dtype=params0[k].dtype)
+
+
+def _loss_series(hist: list[float]) -> list[tuple[int, float]]:
+    """About 200 points of a training curve, its last point always kept."""
+    stride = max(1, len(hist) // 200)
+    series = [(t, hist[t]) for t in range(0, len(hist), stride)]
+    if hist and series[-1][0] != len(hist) - 1:
+        series.append((len(hist) - 1, hist[-1]))
+    return series
+
+
+def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, WarmStart | Params]
+                         ) -> list[CellResult]:
+    """Cells with ``[train.control]``: the control problem J_N (``train_control``: the engine's
+    Adam for ``steps``, then its L-BFGS), the frozen lifting applied to every cell's initial
+    weights (warm ones included). Cells that share one training sample train as one batch (J_N
+    averages over one data set). Per cell: the final J, loss, penalty, accuracy, gradient norm,
+    the same at the initial weights, the H^1 seminorm and (``fine_steps``) the continuous
+    objective of its minimizer, and, for a cell that depends on the level below, the distance
+    ``source_distance`` = ||Pi theta_source - Pi theta_cell||_{L^2(Delta)} to the best of it.
+    Such a group is not checkpointed along training (a resumed run trains it again from the
+    start) and reports no progress within it."""
+    t0 = time.perf_counter()
+    first = cells[0]
+    ctl, cfg = first.training.control, first.training.config
+    dtype = resolve_dtype(first.dtype)
+    model, data = first.model, first.data.load()
+    params0 = init_params(model, [c.init_seed for c in cells], dtype, device)
+    _start_warm(cells, params0, warm)
+    if ctl.lift_scale:
+        params0 = lift(params0, ctl.lift_scale, ctl.lift_seed)
+    batches: dict[tuple[int, ...], list[int]] = {}
+    for e, c in enumerate(cells):
+        batches.setdefault(tuple(c.data.indices(data, c.sample_size, c.seed).tolist()), []).append(e)
+    out: dict[int, CellResult] = {}
+    for key, members in batches.items():
+        idx = torch.tensor(key, dtype=torch.long)
+        x, y = data.prepare(data.x[idx], dtype, device), data.y[idx].to(device)
+        sub = {k: v[members] for k, v in params0.items()}
+        lr = torch.tensor([cells[e].lr for e in members], dtype=dtype)
+        res = train_control(model, sub, x, y, ctl.weights, adam_steps=cfg.steps, lr=lr,
+                            lbfgs_iters=ctl.lbfgs_iters, loss=cfg.loss, grad_tol=ctl.grad_tol,
+                            history_size=ctl.history_size, optimizer=cfg.optimizer_spec.build())
+        metrics = {**res.metrics, **control_diagnostics(model, res.params, x, y, ctl.weights,
+                                                        ctl.fine_steps, cfg.loss)}
+        for i, e in enumerate(members):
+            c = cells[e]
+            m = {k: float(v[i]) for k, v in metrics.items()}
+            if isinstance(warm.get(c.cell_id), WarmStart):
+                one = {k: v[i : i + 1] for k, v in res.params.items()}
+                w = warm[c.cell_id]
+                m["source_distance"] = float(controls_distance(w.source, w.source_params, model, one)[0])
+            m.update(train_loss=m["loss"], train_acc=m["acc"], final_train_objective=m["J"],
+                     diverged=float(not math.isfinite(m["J"])), diverged_step=-1.0)
+            hist = res.history[:, i].tolist() if res.history is not None else []
+            out[e] = CellResult(
+                cell_id=c.cell_id, config=c.config, metrics=m,
+                series={"train_objective": _loss_series(hist)},
+                weights={k: v[i].detach().cpu() for k, v in res.params.items()},
+                timing={})
+    t_all = time.perf_counter() - t0
+    for r in out.values():
+        r.timing = {"group_seconds": t_all, "train_seconds": t_all, "group_size": len(cells),
+                    "seconds_per_model": t_all / len(cells)}
+    return [out[e] for e in range(len(cells))]

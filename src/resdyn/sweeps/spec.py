@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from .._paths import check_name, safe_file_name
+from ..training.control import ControlConfig
 from ..training.engine import TrainConfig
 
 __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
@@ -60,7 +61,9 @@ __all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
             "warm_start")
 CELL_KEYS = ("sample_size", "seed")
-TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride")
+TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride", "control")
+CONTROL_KEYS = tuple(f.name for f in dataclasses.fields(ControlConfig))
+VARIANT_SECTIONS = ("model", "train", "data")
 
 #: Upper limits of sizes (inclusive). Model sizes not listed are bounded by MAX_MODEL_BYTES.
 LIMITS: dict[str, int] = {
@@ -90,6 +93,7 @@ class RunOptions:
     group_size: int = 256
     checkpoint_seconds: float = 120.0
     lease_seconds: float = 900.0
+    threads: int | None = None  # torch CPU threads when the command line does not say
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,8 @@ def _sweep_target(key: str, model_fields: set[str]) -> str:
     """Where a swept key lands: 'cell', 'train', 'model', 'data' or a whole-table variant."""
     if key in CELL_KEYS:
         return "cell"
+    if key == "variant":
+        return "variant"
     if key in ("model", "data", "train"):
         return "variants"
     if "." in key:
@@ -203,6 +209,9 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
         if k == "seed":
             for i, s in enumerate(values):
                 _check_int(f"sweep.seed[{i}]", s, -SEED_MAX - 1, SEED_MAX)
+        if target == "variant":
+            for i, v in enumerate(values):
+                _check_variant(f"sweep.{k}[{i}]", v, fields)
         if target == "variants":
             for i, v in enumerate(values):
                 _check_type(f"sweep.{k}[{i}]", v, (dict,), "a table (inline {key = value})")
@@ -217,6 +226,10 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     sweep.setdefault("seed", [0])
     measures, trackers = _options(raw, "measures"), _options(raw, "trackers")
     _check_names(measures, trackers)
+    if trackers and ("control" in train or any("control" in v.get("train", {})
+                                               for v in sweep.get("variant", []))):
+        raise _fail("trackers", "trackers are not recorded under [train.control] (its training runs "
+                    "in two stages); remove them")
     for k, v in model.items():
         if k != "family":
             _check_key("model", k, v, f"model.{k}", fields)
@@ -227,32 +240,49 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     description = raw.get("description", "")
     _check_type("description", description, (str,), "a string")
     _check_finite(raw, "")  # the rest: data options, measure options, model floats
-    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"])
+    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"],
+                       "control" in train)
     return Spec(name, data, model, train, sweep, measures, trackers, run, description, source, warm)
 
 
+WARM_KEYS = ("key", "seeds", "lr", "warm_only", "depend")
+
+
 def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str],
-                family: str) -> dict[str, Any]:
+                family: str, control: bool = False) -> dict[str, Any]:
     """[warm_start]: key (a swept model key: depth), seeds (the seeds whose cells start warm;
     default every seed). A warm cell at the i-th value of ``key`` depends on every cell at the
-    (i-1)-th value that shares its other settings, and starts from the best of them."""
+    (i-1)-th value that shares its other settings, and starts from the best of them. Optional:
+    lr (the warm cells' learning rate), warm_only (no cell of the warm seeds at the first value),
+    depend ('warm', default, or 'all': every cell after the first value depends on the level
+    below and its row measures against the best of it; only the warm seeds start from it)."""
     if not raw:
         return {}
     for k in raw:
-        if k not in ("key", "seeds"):
-            raise _fail(f"warm_start.{k}", "unknown key; allowed: key, seeds")
+        if k not in WARM_KEYS:
+            raise _fail(f"warm_start.{k}", f"unknown key; allowed: {', '.join(WARM_KEYS)}")
     key = raw.get("key")
     if key not in sweep or _sweep_target(key, fields) != "model" or len(sweep[key]) < 2:
         raise _fail("warm_start.key", f"must name a swept model key with at least two values, got {key!r}")
     from ..models.registry import _family_class
 
-    if not hasattr(_family_class(family), "prolong"):
+    if not hasattr(_family_class(family), "prolong") and not (control and family == "resnet"):
         raise _fail("warm_start.key", f"model family {family!r} cannot start from a shallower solution "
-                    "(no prolong); allowed: dnl")
+                    "(no prolong); allowed: dnl, or resnet trained with [train.control]")
     seeds = raw.get("seeds", list(sweep.get("seed", [0])))
     if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
         raise _fail("warm_start.seeds", f"must be a list of integer seeds, got {seeds!r}")
-    return {"key": key, "seeds": seeds}
+    out: dict[str, Any] = {"key": key, "seeds": seeds}
+    if "lr" in raw:
+        out["lr"] = _check_number("warm_start.lr", raw["lr"], "a number > 0 and finite", lambda v: v > 0)
+    if "warm_only" in raw:
+        _check_type("warm_start.warm_only", raw["warm_only"], (bool,), "true or false")
+        out["warm_only"] = raw["warm_only"]
+    if "depend" in raw:
+        if raw["depend"] not in ("warm", "all"):
+            raise _fail("warm_start.depend", f"must be 'warm' or 'all', got {raw['depend']!r}")
+        out["depend"] = raw["depend"]
+    return out
 
 
 def _check_finite(value: Any, path: str) -> None:
@@ -300,6 +330,39 @@ def _check_train(path: str, key: str, value: Any) -> None:
         _check_int(path, value, 1, LIMITS["train.batch_size"])
     elif key in ("loss", "optimizer"):
         _check_type(path, value, (str,), "a string")
+    elif key == "control":
+        _check_type(path, value, (dict,), "a table ([train.control])")
+        for k in value:
+            if k not in CONTROL_KEYS:
+                raise _fail(f"{path}.{k}", f"unknown key; allowed: {', '.join(CONTROL_KEYS)}")
+        _check_finite(value, path)
+        try:
+            ControlConfig(**value)
+        except (ValueError, TypeError) as err:
+            raise _fail(path, str(err)) from None
+
+
+def _check_variant(path: str, value: Any, fields: set[str]) -> None:
+    """One entry of ``sweep.variant``: a table of ``model``, ``train`` and ``data`` tables."""
+    _check_type(path, value, (dict,), "a table {model = {...}, train = {...}, data = {...}}")
+    for section, table in value.items():
+        if section not in VARIANT_SECTIONS:
+            raise _fail(f"{path}.{section}", f"unknown section; allowed: {', '.join(VARIANT_SECTIONS)}")
+        _check_type(f"{path}.{section}", table, (dict,), "a table")
+        if section == "model" and "family" in table:
+            _check_type(f"{path}.model.family", table["family"], (str,), "a string naming a model family")
+            fields = _model_fields(table["family"])
+        for k, v in table.items():
+            if section == "model" and k != "family" and k not in fields:
+                raise _fail(f"{path}.model.{k}", f"unknown option of the model; allowed: "
+                            f"{', '.join(sorted(fields))}")
+            if section == "train" and k == "control" and isinstance(v, dict):
+                for kk in v:
+                    if kk not in CONTROL_KEYS:
+                        raise _fail(f"{path}.train.control.{kk}",
+                                    f"unknown key; allowed: {', '.join(CONTROL_KEYS)}")
+                continue
+            _check_key(section, k, v, f"{path}.{section}.{k}", fields)
 
 
 def _check_key(section: str, key: str, value: Any, path: str, fields: set[str]) -> None:
@@ -334,6 +397,7 @@ def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list]) -> 
         vals = [model.get(key, default)]
         vals += list(sweep.get(key, [])) + list(sweep.get(f"model.{key}", []))
         vals += [v.get(key) for v in sweep.get("model", []) if isinstance(v, Mapping)]
+        vals += [v.get("model", {}).get(key) for v in sweep.get("variant", []) if isinstance(v, Mapping)]
         ints = [v for v in vals if isinstance(v, int) and not isinstance(v, bool)]
         return max(ints, default=default)
 
@@ -392,6 +456,8 @@ def _model_variants(model: Mapping[str, Any], sweep: Mapping[str, list],
                 out.append((f"sweep.{k}[{i}]", {**base, k.split(".", 1)[-1]: v}))
             elif target == "variants" and k == "model":
                 out.append((f"sweep.model[{i}]", {**base, **v}))
+            elif target == "variant" and "model" in v:
+                out.append((f"sweep.variant[{i}]", {**base, **v["model"]}))
     return out
 
 
@@ -419,6 +485,8 @@ def _run_options(raw: Mapping[str, Any]) -> RunOptions:
     if not isinstance(opts.dtype, str) or opts.dtype not in ("float32", "float64"):
         raise _fail("run.dtype", f"must be 'float32' or 'float64', got {opts.dtype!r}")
     _check_int("run.group_size", opts.group_size, 1, LIMITS["run.group_size"])
+    if opts.threads is not None:
+        _check_int("run.threads", opts.threads, 1, 1024)
     _check_number("run.checkpoint_seconds", opts.checkpoint_seconds,
                   "a finite number of seconds > 0", lambda v: v > 0)
     _check_number("run.lease_seconds", opts.lease_seconds,

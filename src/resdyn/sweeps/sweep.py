@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..models.base import Params
+from ..training.control import prolong_to
 from .executors import LocalExecutor, RayExecutor
 from .grid import Cell, expand, group_cells
+from .runner import WarmStart
 from .spec import Spec
 from .store import CellResult, Store, check_store_path, provenance
 
@@ -55,6 +56,8 @@ def run_sweep(
     cells = expand(spec) if cells is None else cells
     check_store_path(store_path)
     executor = executor or LocalExecutor(device)
+    if spec.run.threads is not None and isinstance(executor, LocalExecutor) and executor.threads is None:
+        executor.threads = spec.run.threads  # the spec's choice unless the command line made one
     owner = Store.new_owner()
     with Store(store_path) as store:
         done = store.done_ids()
@@ -97,9 +100,11 @@ def run_sweep(
     return summary
 
 
-def warm_params(store: Store, cells: list[Cell]) -> dict[str, Params]:
-    """Initial parameters of every warm cell: the stored weights of the cell it depends on with
-    the lowest final training objective (finished, not diverged), prolonged to its model."""
+def warm_params(store: Store, cells: list[Cell]) -> dict[str, WarmStart]:
+    """Initial parameters of every warm cell (and the reference of every cell that depends on the
+    level below without starting from it): the stored weights of the cell it depends on with the
+    lowest final training objective (finished, not diverged), prolonged to its model (the model's
+    ``prolong``, else ``resdyn.training.control.prolong_to``)."""
     from ..models.io import load_params
 
     warm_cells = [c for c in cells if c.warm_from]
@@ -115,7 +120,9 @@ def warm_params(store: Store, cells: list[Cell]) -> dict[str, Params]:
             raise RuntimeError(f"cell {c.cell_id}: every cell it starts from diverged "
                                f"({', '.join(c.warm_from)})")
         src_model, params, _ = load_params(store.weights_path(min(scores)[1]))
-        out[c.cell_id] = src_model.prolong({k: v.unsqueeze(0) for k, v in params.items()}, c.model)
+        src = {k: v.unsqueeze(0) for k, v in params.items()}
+        out[c.cell_id] = WarmStart(src_model.prolong(src, c.model) if hasattr(src_model, "prolong")
+                                   else prolong_to(src_model, src, c.model), src_model, src)
     return out
 
 

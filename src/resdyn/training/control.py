@@ -54,20 +54,27 @@ from ..models.volterra import march, p1_at_grid, p1_norms, pair_count
 from .engine import TrainConfig, train
 from .losses import LOSSES, correct, per_sample_loss
 from .objective import Objective
-from .optim import LBFGS, Adam
+from .optim import LBFGS, Adam, Optimizer
 
 __all__ = [
     "CONTROLS",
     "READOUT",
+    "ControlConfig",
     "ControlResult",
     "ControlWeights",
+    "can_prolong",
     "continuous_objective",
     "continuous_penalty",
+    "control_diagnostics",
     "control_l2_distance",
     "control_objective",
+    "controls_distance",
     "h1_penalty",
     "h1_penalty_layers",
+    "h1_seminorm",
+    "lift",
     "objective",
+    "prolong_to",
     "prolongate",
     "train_control",
 ]
@@ -87,6 +94,51 @@ class ControlWeights:
     def __post_init__(self) -> None:
         for name in ("alpha", "beta", "gamma"):
             check_positive(name, getattr(self, name), allow_zero=True)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """A training problem J_N as a sweep cell states it (``[train.control]`` of a spec): the
+    weights ``alpha``, ``beta``, ``gamma`` (:class:`ControlWeights`); ``lbfgs_iters`` steps of the
+    engine's L-BFGS after the Adam steps (``history_size`` pairs, ``grad_tol``); the frozen lifting
+    z_0 = A x + c with A = ``lift_scale`` Q, Q the orthonormal (m x d) factor of a standard normal
+    matrix drawn from ``lift_seed`` (:func:`lift`), c = 0 (``lift_scale`` = 0: the model's own
+    initial A, c, still frozen); ``fine_steps``: the fine grid on which each trained model's
+    continuous objective J(Pi theta) is recorded (0: not recorded; a multiple of every depth)."""
+
+    alpha: float = 1e-3
+    beta: float = 1e-2
+    gamma: float = 1e-3
+    lbfgs_iters: int = 500
+    history_size: int = 20
+    grad_tol: float = 1e-9
+    lift_scale: float = 0.0
+    lift_seed: int = 0
+    fine_steps: int = 0
+
+    def __post_init__(self) -> None:
+        ControlWeights(self.alpha, self.beta, self.gamma)  # checks the weights
+        check_int("lbfgs_iters", self.lbfgs_iters, 0)
+        check_int("history_size", self.history_size, 1)
+        check_positive("grad_tol", self.grad_tol, allow_zero=True)
+        check_positive("lift_scale", self.lift_scale, allow_zero=True)
+        check_int("lift_seed", self.lift_seed, 0)
+        check_int("fine_steps", self.fine_steps, 0)
+
+    @property
+    def weights(self) -> ControlWeights:
+        return ControlWeights(self.alpha, self.beta, self.gamma)
+
+
+def lift(params: Params, scale: float, seed: int) -> Params:
+    """``params`` with the embedding replaced by A = ``scale`` Q, c = 0 for every model: Q (m, d)
+    the orthonormal factor (QR) of a standard normal float64 matrix from ``torch.Generator``
+    seeded with ``seed``, the same for every model and every depth."""
+    E, m, d = params["A"].shape
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(m, d, generator=g, dtype=torch.float64))
+    A = (scale * Q).to(dtype=params["A"].dtype, device=params["A"].device)
+    return {**params, "A": A.expand(E, m, d).clone(), "c": torch.zeros_like(params["c"])}
 
 
 def _check_model(model) -> str:
@@ -272,16 +324,83 @@ def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: C
 def prolongate(model, params: Params):
     """(model of depth 2N, params): the controls Pi theta_N at the nodes of grid 2N; embedding and
     readout copied. Works for DNLNet (P1 on the triangle) and the one-layer ResNet (P1 in s)."""
+    _check_model(model)
+    deeper = _replace(model, depth=2 * model.depth)
+    return deeper, prolong_to(model, params, deeper)
+
+
+def can_prolong(model) -> bool:
+    """Whether :func:`prolong_to` handles ``model`` (a DNLNet without shared operator parameters,
+    or a one-layer untied ResNet)."""
+    try:
+        _check_model(model)
+    except ValueError:
+        return False
+    return True
+
+
+def prolong_to(model, params: Params, deeper) -> Params:
+    """Pi theta_N at the nodes of ``deeper`` (``model`` with a depth a multiple of N): the P1
+    extension on the triangle (DNLNet) or in s (one-layer ResNet); embedding and readout copied."""
     layout = _check_model(model)
-    N = model.depth
-    deeper = _replace(model, depth=2 * N)
+    if _replace(deeper, depth=model.depth) != model or deeper.depth % model.depth:
+        raise ValueError(f"prolong_to: the deeper model must equal this one but for a depth that is a "
+                         f"multiple of {model.depth}; got {deeper!r}")
+    N, Nf = model.depth, deeper.depth
     out = dict(params)
     for name in CONTROLS:
-        if layout == "triangle":
-            out[name] = p1_at_grid(params[name], N, 2 * N)
-        else:
-            out[name] = _layer_p1(params[name], N, 2 * N)[:, : 2 * N]
-    return deeper, out
+        out[name] = (p1_at_grid(params[name], N, Nf) if layout == "triangle"
+                     else _layer_p1(params[name], N, Nf)[:, :Nf])
+    return out
+
+
+def _as_triangle(model, theta: Tensor) -> Tensor:
+    """Controls as packed triangle controls: theta(t, s) = theta(s) for the ResNet layout."""
+    if _check_model(model) == "triangle":
+        return theta
+    from ..models.volterra import pair_nodes  # local: only this path needs it
+
+    _, j = pair_nodes(model.depth)
+    return theta.index_select(1, j.to(theta.device))
+
+
+def controls_distance(model_a, a: Params, model_b, b: Params) -> Tensor:
+    """||Pi theta_a - Pi theta_b||_{L^2(Delta)} over the controls K and b of two models of one
+    layout (depths one a multiple of the other), exactly on the common refinement: (B,)."""
+    total = 0.0
+    for name in CONTROLS:
+        d = control_l2_distance(_as_triangle(model_a, a[name]), model_a.depth,
+                                _as_triangle(model_b, b[name]), model_b.depth, model_a.horizon)
+        total = total + d.square()
+    return torch.sqrt(total)
+
+
+def h1_seminorm(model, params: Params) -> Tensor:
+    """||grad Pi theta||_{L^2(Delta)} over the controls K and b, exactly: (B,)."""
+    total = 0.0
+    for name in CONTROLS:
+        th = _as_triangle(model, params[name])
+        _, d = p1_norms(p1_at_grid(th, model.depth, model.depth, diagonal=True), model.depth,
+                        model.horizon)
+        total = total + d
+    return torch.sqrt(total)
+
+
+def control_diagnostics(model, params: Params, x: Tensor, y: Tensor, weights: ControlWeights,
+                        fine_steps: int = 0, loss: str = "cross_entropy") -> dict[str, Tensor]:
+    """Per model (E,) CPU tensors: ``h1_seminorm`` and, with ``fine_steps`` > 0, the continuous
+    objective ``J_cont`` and its data term ``loss_cont`` (:func:`continuous_objective`). Each model
+    is evaluated alone (leading axis 1), so its numbers do not depend on its batch-mates."""
+    E = params["R"].shape[0]
+    out: dict[str, list[float]] = {"h1_seminorm": []}
+    for e in range(E):
+        one = {k: v[e : e + 1] for k, v in params.items()}
+        out["h1_seminorm"].append(float(h1_seminorm(model, one)[0]))
+        if fine_steps:
+            cont = continuous_objective(model, one, x, y, weights, fine_steps, loss)
+            out.setdefault("J_cont", []).append(float(cont["J"][0]))
+            out.setdefault("loss_cont", []).append(float(cont["loss"][0]))
+    return {k: torch.tensor(v, dtype=torch.float64) for k, v in out.items()}
 
 
 def _replace(model, **changes):
@@ -313,7 +432,8 @@ def _gcd(a: int, b: int) -> int:
 class ControlResult:
     """params: trained (leading axis E); per-model (E,) CPU tensors: J, loss, penalty, acc,
     grad_norm (Euclidean norm of grad J_N over the trained parameters), adam_J (J after Adam),
-    lbfgs_iters (L-BFGS iterations taken); history: J of every model after each Adam step."""
+    lbfgs_iters (L-BFGS iterations taken), init_J, init_loss, init_grad_norm (at the initial
+    parameters); history: J of every model after each Adam step."""
 
     params: Params
     metrics: dict[str, Tensor] = field(default_factory=dict)
@@ -343,6 +463,7 @@ def train_control(
     loss: str = "cross_entropy",
     grad_tol: float = 1e-9,
     history_size: int = 20,
+    optimizer: Optimizer | None = None,
 ) -> ControlResult:
     """Minimise J_N for every model of ``params`` (leading axis E) with the engine: ``adam_steps``
     of batched Adam (learning rate ``lr``, one number or one per model), then ``lbfgs_iters`` steps
@@ -351,7 +472,9 @@ def train_control(
     max |grad| <= ``grad_tol``). ``frozen`` parameters are not trained. The objective is
     :func:`control_objective` (data loss + R_N + readout penalty). A model whose objective stops
     being finite is frozen at its last finite parameters; an L-BFGS run that ends worse (or not
-    finite) is discarded."""
+    finite) is discarded. ``optimizer``: the first stage (default: ``Adam()``). Metrics also hold
+    each model's objective, data loss and gradient norm at its initial parameters (``init_J``,
+    ``init_loss``, ``init_grad_norm``; each model evaluated alone)."""
     _check_model(model)
     check_int("adam_steps", adam_steps, 0)
     check_int("lbfgs_iters", lbfgs_iters, 0)
@@ -363,8 +486,10 @@ def train_control(
     data = Dataset("control", x, y, x[:0], y[:0], max(int(y.max()) + 1, 2) if len(y) else 2)
     idx = [torch.arange(len(y))] * E
     cfg = TrainConfig(steps=adam_steps, loss=loss, chunk_size=max(len(y), 1))
+    init = [_grad_norms(model, {k: v[e : e + 1] for k, v in params.items()}, x, y, weights, loss,
+                        trained) for e in range(E)]
     adam = train(model, params, data, idx, lr, cfg, evaluate_test=False, objective=obj,
-                 optimizer=Adam())
+                 optimizer=Adam() if optimizer is None else optimizer)
     cur = {k: adam.params[k] for k in trained}
     after_adam, _ = _grad_norms(model, {**fixed, **cur}, x, y, weights, loss, trained)
 
@@ -382,6 +507,9 @@ def train_control(
     final = {**fixed, **cur}
     res, gn = _grad_norms(model, final, x, y, weights, loss, trained)
     metrics = {k: v.cpu() for k, v in res.items()}
-    metrics.update(grad_norm=gn.cpu(), adam_J=after_adam["J"].cpu(), lbfgs_iters=iters)
+    metrics.update(grad_norm=gn.cpu(), adam_J=after_adam["J"].cpu(), lbfgs_iters=iters,
+                   init_J=torch.cat([r["J"] for r, _ in init]).cpu(),
+                   init_loss=torch.cat([r["loss"] for r, _ in init]).cpu(),
+                   init_grad_norm=torch.cat([g for _, g in init]).cpu())
     return ControlResult({k: v.detach() for k, v in final.items()}, metrics,
                          adam.state.loss_history.cpu())
