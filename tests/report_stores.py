@@ -22,7 +22,7 @@ from resdyn.sweeps.sweep import run_sweep
 
 # shipped quick spec -> training steps in the test store (trackers every steps // 2)
 SHIPPED = {"sample-size-quick": 8, "depth-quick": 6, "dead-zone-quick": 10,
-           "mean-field-quick": 10, "mean-field-diagnostics": 10}
+           "mean-field-quick": 10, "mean-field-diagnostics": 10, "dnl-convergence-quick": 20}
 CUSTOM = ("certificates-quick",)
 
 USER_SPEC = """
@@ -69,7 +69,10 @@ def _shipped(name: str):
     spec = load_spec(spec_path(name))
     steps = SHIPPED[name]
     trackers = {k: {**v, "every": max(1, steps // 2)} for k, v in spec.trackers.items()}
-    return dataclasses.replace(spec, train={**spec.train, "steps": steps}, trackers=trackers)
+    train = {**spec.train, "steps": steps}
+    if "control" in train:  # the second (L-BFGS) stage of an optimal-control objective, as short
+        train["control"] = {**train["control"], "lbfgs_iters": steps}
+    return dataclasses.replace(spec, train=train, trackers=trackers)
 
 
 def _certificates(store: Path) -> None:
