@@ -39,7 +39,7 @@ def test_sample_size_quick_reports_slopes_on_both_sets_and_runs_the_conv_path(tm
     print(res.output)
     for series in ("two_spirals / resnet", "two_spirals / ode_resnet", "digits / resnet",
                    "digits / ode_resnet", "mnist / conv_resnet", "cifar10 / conv_resnet",
-                   "mnist-5k / conv_resnet", "mnist-5k / ode_resnet"):
+                   "mnist-5k / resnet", "mnist-5k / ode_resnet"):
         assert series in res.output
     assert "cifar100: not used" in res.output
     out = tmp_path / "report"
