@@ -395,8 +395,9 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
                       for d in by_data)
     outcome.claims.append(Claim(
         "non-vacuous at every depth", shown, not vac,
-        "0-1 certificate < 1 (and < the data set's threshold " + str(thresholds) + ") at the largest "
-        "S, every L", {"failing": vac}))
+        "0-1 certificate < 1" + ("".join(f", < {t:g} on {d}" for d, t in sorted(thresholds.items()))
+                                 if thresholds else "") + " at the largest S, every L",
+        {"failing": vac}))
     ratios = []
     for (d, S, s), rs in group_rows(table, lambda r: (r["data"], r["S"], r["seed"])).items():
         by_L = {r["L"]: r["certificate"] for r in rs}
