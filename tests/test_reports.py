@@ -1,10 +1,10 @@
 """The report: self-contained HTML checked in headless Chromium, Markdown, claims."""
 
 import re
-import shutil
 
 import pytest
 
+from report_stores import chrome
 from resdyn.experiments.base import Claim, ExperimentOutcome
 from resdyn.plotting import line_figure
 from resdyn.reports.render import write_report
@@ -39,29 +39,12 @@ def test_report_is_self_contained_and_lists_claims(tmp_path, outcomes):
     assert "| no |" in md
 
 
-def _chrome():
-    chromium = shutil.which("chromium")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (scripts/setup.sh test)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-                 "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(driver), options=opts)
-
-
 def test_report_renders_in_headless_chromium_with_every_figure_loaded(tmp_path, outcomes):
     html_path, _ = write_report(outcomes, tmp_path / "out")
     # The report must not need the figure files beside it.
     for png in (tmp_path / "out").glob("*.png"):
         png.unlink()
-    browser = _chrome()
+    browser = chrome()
     try:
         browser.get(html_path.resolve().as_uri())
         imgs = browser.execute_script(

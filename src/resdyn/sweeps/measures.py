@@ -13,17 +13,9 @@ model does not have fails before anything trains or any store is created.
 =====================  ==========================================================================
 measure                value (and terms)
 =====================  ==========================================================================
-path_norm_bound        Rad_S bound of the path-norm class at the model's own path norm
-                       (.path_norm, .factor, .depth0)
-flow_bound             the same for the continuous-time class, path norm through the linear ODE
-                       (.path_norm)
-dead_zone              the non-negative dead-zone term subtracted from path_norm_bound
-                       (.dead_fraction, .mu, .band, .refined)
-spectral_bound         Rad_S bound of the spectrally normalised class (.capacity, .radius)
-marion_bound           Rad_S bound of the Lipschitz-in-depth class (.pieces, .K_W, .K_V)
-test_error_bound       the assembled bound on the test error (.margin_loss, .complexity,
-                       .confidence, .gamma, .family, .path_norm, .spectral, .marion and, when the
-                       engine measured them, .measured_test_error, .measured_gap)
+path_norm_bound, flow_bound, dead_zone, spectral_bound, marion_bound, test_error_bound
+                       the bounds of ``resdyn.theory.measures`` (its docstring lists each one's
+                       value and terms)
 meanfield_kl_plugin    the KL-ball formula of docs/meanfield.md with the k-NN KL radii of the trained
                        model plugged in: an estimate, not a bound (.rademacher, .r1_raw ...);
                        ``meanfield_kl_bound`` is its deprecated alias (values under .bound)
@@ -149,7 +141,7 @@ def _bound_measure(name: str) -> Measure:
                 for k in keys}
 
     fn.__name__ = name
-    fn.__doc__ = f"The {name!r} bound and its terms, per model (see the module docstring)."
+    fn.__doc__ = f"The {name!r} bound and its terms, per model (listed in resdyn.theory.measures)."
     return fn
 
 
