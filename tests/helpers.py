@@ -3,6 +3,26 @@
 import sqlite3
 from pathlib import Path
 
+# A small resnet sweep: 9 cells (3 sizes x 3 seeds) in groups of ``group_size``.
+SPEC_TOML = """
+name = "sweep-test"
+[data]
+name = "two_spirals"
+[model]
+family = "resnet"
+width = 6
+depth = 3
+[train]
+steps = {steps}
+lr = 0.01
+[sweep]
+sample_size = [32, 64, 128]
+seed = [0, 1, 2]
+[run]
+group_size = {group_size}
+checkpoint_seconds = {ckpt}
+"""
+
 
 def count_rows(store) -> int:
     """Finished cells in a store that another process may be writing (0 while it is absent)."""

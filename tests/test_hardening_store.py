@@ -7,7 +7,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 import warnings
@@ -17,7 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import count_rows
+from helpers import SPEC_TOML, count_rows
 from resdyn.cli.main import main
 from resdyn.models.io import load_params
 from resdyn.sweeps import Store, expand, parse_spec, run_sweep
@@ -341,29 +340,10 @@ def test_a_cell_id_is_never_a_path(tmp_path):
                 st.checkpoint_path(bad)
 
 
-SIGTERM_SPEC = """
-name = "sigterm-test"
-[data]
-name = "two_spirals"
-[model]
-family = "resnet"
-width = 6
-depth = 3
-[train]
-steps = 400
-lr = 0.01
-[sweep]
-sample_size = [32, 64, 128]
-seed = [0, 1, 2]
-[run]
-group_size = 1
-"""
-
-
 @pytest.mark.slow
 def test_sigterm_releases_the_leases_says_so_and_a_rerun_completes(tmp_path):
     spec = tmp_path / "s.toml"
-    spec.write_text(textwrap.dedent(SIGTERM_SPEC))
+    spec.write_text(SPEC_TOML.format(steps=400, group_size=1, ckpt=120))
     store = tmp_path / "t.sqlite"
     cmd = [sys.executable, "-m", "resdyn.cli", "run", str(spec), "--store", str(store), "--quiet",
            "--threads", "1"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from helpers import count_rows
+from helpers import SPEC_TOML, count_rows
 from resdyn.cli.main import main
 from resdyn.models.io import load_params
 from resdyn.sweeps import SpecError, Store, expand, group_cells, parse_spec, run_sweep
@@ -41,24 +41,6 @@ def write_spec(path: Path, text: str) -> Path:
     return path
 
 
-SPEC_TOML = """
-name = "sweep-test"
-[data]
-name = "two_spirals"
-[model]
-family = "resnet"
-width = 6
-depth = 3
-[train]
-steps = {steps}
-lr = 0.01
-[sweep]
-sample_size = [32, 64, 128]
-seed = [0, 1, 2]
-[run]
-group_size = {group_size}
-checkpoint_seconds = {ckpt}
-"""
 
 
 def _metrics(store_path):
