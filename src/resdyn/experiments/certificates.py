@@ -433,11 +433,15 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
 
 
 def _series(rows: list[dict], x: str, y: str, label: str) -> dict[str, Any]:
-    """Seed means of ``y`` against ``x`` with the seeds as faint points."""
+    """The seed mean of the fraction ``y`` against ``x`` with its percentile interval over seeds
+    (:func:`resdyn.plotting.seed_interval`), the seeds as faint points."""
+    from ..plotting import seed_interval
+
     by_x = group_rows(rows, lambda r: r[x])
     xs = sorted(by_x)
-    return {"label": label, "x": xs, "y": [sum(r[y] for r in by_x[v]) / len(by_x[v]) for v in xs],
-            "seeds": [[r[y] for r in by_x[v]] for v in xs]}
+    seeds = [[r[y] for r in by_x[v]] for v in xs]
+    centre, lo, hi = zip(*(seed_interval(v, fraction=True) for v in seeds), strict=True)
+    return {"label": label, "x": xs, "y": list(centre), "lo": list(lo), "hi": list(hi), "seeds": seeds}
 
 
 def _figures(table: list[dict], out_dir: Path, name: str) -> dict[str, Path]:
