@@ -63,10 +63,11 @@ def strict_loads(text: str) -> Any:
 def flatten_row(row: dict[str, Any], store_files: Path | None = None) -> dict[str, Any]:
     """A store row as one flat record (see the module docstring)."""
     cfg = row["config"]
+    train = cfg.get("train", {})  # hand-written or old stores may lack training fields
     out: dict[str, Any] = {"cell_id": row["cell_id"], "spec": row["spec"], "status": row["status"],
                            "data": cfg["data"]["name"], "family": cfg["model"]["family"],
                            "sample_size": cfg["sample_size"], "seed": cfg["seed"],
-                           "lr": cfg.get("train", {}).get("lr"), "steps": cfg.get("train", {}).get("steps")}
+                           "lr": train.get("lr"), "steps": train.get("steps")}
     for k in MODEL_KEYS:
         if k in cfg["model"]:
             v = cfg["model"][k]
