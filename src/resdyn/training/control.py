@@ -342,16 +342,13 @@ def can_prolong(model) -> bool:
 def prolong_to(model, params: Params, deeper) -> Params:
     """Pi theta_N at the nodes of ``deeper`` (``model`` with a depth a multiple of N): the P1
     extension on the triangle (DNLNet) or in s (one-layer ResNet); embedding and readout copied."""
-    layout = _check_model(model)
+    if _check_model(model) == "triangle":
+        return model.prolong(params, deeper)  # DNLNet's own P1 extension on the triangle
     if _replace(deeper, depth=model.depth) != model or deeper.depth % model.depth:
         raise ValueError(f"prolong_to: the deeper model must equal this one but for a depth that is a "
                          f"multiple of {model.depth}; got {deeper!r}")
     N, Nf = model.depth, deeper.depth
-    out = dict(params)
-    for name in CONTROLS:
-        out[name] = (p1_at_grid(params[name], N, Nf) if layout == "triangle"
-                     else _layer_p1(params[name], N, Nf)[:, :Nf])
-    return out
+    return {**params, **{name: _layer_p1(params[name], N, Nf)[:, :Nf] for name in CONTROLS}}
 
 
 def _as_triangle(model, theta: Tensor) -> Tensor:
