@@ -18,7 +18,7 @@ from helpers import SPEC_TOML, count_rows
 from resdyn.cli.main import main
 from resdyn.models.io import load_params
 from resdyn.sweeps import SpecError, Store, expand, group_cells, parse_spec, run_sweep
-from resdyn.sweeps.runner import train_group
+from resdyn.sweeps.runner import WarmStart, train_group
 
 BASE = {
     "name": "t",
@@ -380,10 +380,11 @@ def test_warm_start_cells_depend_on_the_shallower_level_and_train_from_its_best(
         best = min(objective, key=objective.get)
         src_model, src, _ = load(st.weights_path(best))
         got = load(st.weights_path(cells[(4, 1)].cell_id))[1]
-    warm = src_model.prolong({k: v.unsqueeze(0) for k, v in src.items()}, cells[(4, 1)].model)
+    src1 = {k: v.unsqueeze(0) for k, v in src.items()}
+    warm = src_model.prolong(src1, cells[(4, 1)].model)
     # Pi theta at the old nodes keeps the old values (P1 interpolation), the new pairs are averages.
     assert torch.equal(warm["A"][0], src["A"])
-    again = train_group([cells[(4, 1)]], warm={cells[(4, 1)].cell_id: warm})[0]
+    again = train_group([cells[(4, 1)]], warm={cells[(4, 1)].cell_id: WarmStart(warm, src_model, src1)})[0]
     cold = train_group([cells[(4, 1)]])[0]
     assert all(torch.equal(again.weights[k], got[k]) for k in got)
     assert not all(torch.equal(cold.weights[k], got[k]) for k in got)

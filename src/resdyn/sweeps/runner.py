@@ -91,15 +91,14 @@ def train_group(
     device: str = "cpu",
     checkpoint: CheckpointIO | None = None,
     checkpoint_seconds: float = 120.0,
-    warm: Mapping[str, WarmStart | Params] | None = None,
+    warm: Mapping[str, WarmStart] | None = None,
     progress: Callable[[GroupProgress], None] | None = None,
 ) -> list[CellResult]:
     """Train ``cells`` (one group key) together; return one :class:`CellResult` per cell.
 
     warm: by cell id, the :class:`WarmStart` of each cell that depends on the level below
     (``resdyn.sweeps.sweep.warm_params`` resolves them): a warm cell (``warm_init``) starts from its
-    ``params``, already prolonged to the cell's model (a plain dict of parameters is taken as
-    those); other cells start from their seed.
+    ``params``, already prolonged to the cell's model; other cells start from their seed.
     progress: called with a :class:`GroupProgress` when training starts (or resumes) and about a
     hundred times along it.
     """
@@ -195,14 +194,11 @@ def train_group(
     return out
 
 
-def _start_warm(cells: Sequence[Cell], params0: Params,
-                warm: Mapping[str, WarmStart | Params] | None) -> None:
-    """Warm cells (``warm_init``) start from their prolonged source, in place (a plain dict of
-    parameters is taken as the prolonged source)."""
+def _start_warm(cells: Sequence[Cell], params0: Params, warm: Mapping[str, WarmStart] | None) -> None:
+    """Warm cells (``warm_init``) start from their prolonged source, in place."""
     for e, c in enumerate(cells):
         if warm and c.cell_id in warm and c.warm_init:
-            w = warm[c.cell_id]
-            for k, v in (w.params if isinstance(w, WarmStart) else w).items():
+            for k, v in warm[c.cell_id].params.items():
                 params0[k][e] = v[0].to(device=params0[k].device, dtype=params0[k].dtype)
 
 
@@ -215,7 +211,7 @@ def _loss_series(hist: list[float]) -> list[tuple[int, float]]:
     return series
 
 
-def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, WarmStart | Params]
+def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, WarmStart]
                          ) -> list[CellResult]:
     """Cells with ``[train.control]``: the control problem J_N (``train_control``: the engine's
     Adam for ``steps``, then its L-BFGS), the frozen lifting applied to every cell's initial
@@ -252,7 +248,7 @@ def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, 
         for i, e in enumerate(members):
             c = cells[e]
             m = {k: float(v[i]) for k, v in metrics.items()}
-            if isinstance(warm.get(c.cell_id), WarmStart):
+            if c.cell_id in warm:
                 one = {k: v[i : i + 1] for k, v in res.params.items()}
                 w = warm[c.cell_id]
                 m["source_distance"] = float(controls_distance(w.source, w.source_params, model, one)[0])
