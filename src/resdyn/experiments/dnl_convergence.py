@@ -119,10 +119,9 @@ def levels(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..plotting import save_figure
 
     figs: dict[str, Path] = {}
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -137,10 +136,8 @@ def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
     ax.set_ylabel("objective")
     ax.legend(fontsize=6)
     ax.set_title("Optimal values against depth")
-    figs["optimal_values"] = out_dir / "dnl_optimal_values.png"
     fig.tight_layout()
-    fig.savefig(figs["optimal_values"], dpi=120)
-    plt.close(fig)
+    figs["optimal_values"] = save_figure(fig, out_dir / "dnl_optimal_values.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for v, rows in sweeps.items():
@@ -159,10 +156,8 @@ def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
     ax.set_xlabel("N")
     ax.legend(fontsize=6)
     ax.set_title("Differences of optimal values and minimizers")
-    figs["differences"] = out_dir / "dnl_differences.png"
     fig.tight_layout()
-    fig.savefig(figs["differences"], dpi=120)
-    plt.close(fig)
+    figs["differences"] = save_figure(fig, out_dir / "dnl_differences.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for v in ("dnl", "densenet_unscaled"):
@@ -179,10 +174,8 @@ def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
         a.set_xlabel("N")
         a.legend(fontsize=6)
     axes[0].set_title("Scaled DNL vs unscaled DenseNet")
-    figs["unscaled"] = out_dir / "dnl_unscaled_ablation.png"
     fig.tight_layout()
-    fig.savefig(figs["unscaled"], dpi=120)
-    plt.close(fig)
+    figs["unscaled"] = save_figure(fig, out_dir / "dnl_unscaled_ablation.png")
     return figs
 
 
