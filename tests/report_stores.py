@@ -78,7 +78,7 @@ def _shipped(name: str):
 def _certificates(store: Path) -> None:
     spec = certificates.load_certificate_spec(spec_path("certificates-quick"))
     plan = dataclasses.replace(spec.data[0], prior_steps=20, posterior_steps=5)
-    spec = dataclasses.replace(spec, data=(plan,), depths=(4, 16, 64), prior_depth=16, rounds=1,
+    spec = dataclasses.replace(spec, data=(plan,), depths=(4, 16, 64), prior_depths=(4, 16), rounds=1,
                                test_rounds=1)
     outcome = certificates.analyze(certificates.run_spec(spec, store), store.parent / "figs", spec.name)
     with Store(store) as st:

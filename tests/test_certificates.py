@@ -125,6 +125,10 @@ def test_shipped_specs_load_and_errors_name_the_key(tmp_path):
                  'sample_sizes = [10]\n')
     with pytest.raises(ValueError, match="must be one of the grid"):
         load_certificate_spec(p)
+    p.write_text('name = "x"\n[run]\nprior_depths = []\n[[data]]\nname = "digits"\n'
+                 'sample_sizes = [10]\n')
+    with pytest.raises(ValueError, match=r"run\.prior_depths must name at least one depth"):
+        load_certificate_spec(p)
     assert dataclasses.fields(CertificateSpec)
 
 

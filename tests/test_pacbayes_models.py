@@ -9,7 +9,7 @@ import torch
 from resdyn.models import ResNet, init_params
 from resdyn.models.conv_resnet import ConvResNet
 from resdyn.models.ode_resnet import ODEResNet
-from resdyn.models.paths import KnotResNet, at_depth, knot_layer_weights
+from resdyn.models.paths import DepthStack, KnotResNet, at_depth, knot_layer_weights
 from resdyn.models.stochastic import (
     evaluation_draw,
     init_posterior,
@@ -18,6 +18,7 @@ from resdyn.models.stochastic import (
     softplus_inv,
 )
 from resdyn.theory.pacbayes import posterior_kl
+from resdyn.training.losses import correct, per_sample_loss
 
 D64 = torch.float64
 
@@ -126,3 +127,25 @@ def test_sampling_is_reparametrised_and_per_model():
 def test_with_depth_keeps_every_other_option():
     knot = KnotResNet(ResNet(in_dim=3, width=5, depth=4, activation="relu"), knots=2)
     assert dataclasses.replace(knot.with_depth(64).inner, depth=4) == knot.inner
+
+
+def test_depth_stack_heads_are_the_networks_of_each_depth_and_the_loss_is_their_mean():
+    knot = KnotResNet(ResNet(in_dim=2, out_dim=3, width=5, depth=4, horizon=2.0), knots=4)
+    stack = DepthStack(knot, (4, 64))
+    p = init_params(stack, [0, 1], D64)
+    x = _x(6, seed=2).expand(2, 6, 2)
+    out = stack.forward(p, x)
+    assert out.shape == (2, 6, 2, 3)
+    for h, L in enumerate((4, 64)):
+        assert torch.equal(out[:, :, h], at_depth(knot, L).forward(p, x))
+    # The coarse and the fine network differ, so the mean is not either one.
+    assert not torch.allclose(out[:, :, 0], out[:, :, 1], atol=1e-3)
+    y = torch.tensor([[0, 1, 2, 0, 1, 2], [2, 2, 1, 1, 0, 0]])
+    for loss in ("cross_entropy", "squared"):
+        per_head = [per_sample_loss(out[:, :, h], y, loss) for h in range(2)]
+        assert torch.equal(per_sample_loss(out, y, loss), torch.stack(per_head, -1).mean(-1))
+    assert torch.equal(correct(out, y), (correct(out[:, :, 0], y) + correct(out[:, :, 1], y)) / 2)
+    with pytest.raises(ValueError, match="do not fit labels"):
+        per_sample_loss(out[..., None], y, "cross_entropy")
+    with pytest.raises(ValueError, match="multiple of the 4 knots"):
+        DepthStack(ODEResNet(in_dim=2, out_dim=3, width=4, knots=4), (6,))

@@ -5,8 +5,9 @@ One cell = (data set, S, L, seed). For each data set and seed:
 
 1. the sample of size S (stratified, nested in S) is split by the ``(seed, 'certificate/prior-split')``
    stream into a prior part (``prior_fraction`` of S) and a bound part of n examples;
-2. the prior mean is the knot network trained by ERM on the prior part with the engine, at depth
-   ``prior_depth`` (data-dependent prior), or the initialisation (``prior = 'init'``, n = S);
+2. the prior mean is the knot path trained by ERM on the prior part with the engine, the loss
+   averaged over the networks of depths ``prior_depths`` (:class:`DepthStack`; data-dependent
+   prior), or the initialisation (``prior = 'init'``, n = S);
 3. for every depth L the posterior N(mu, diag softplus(rho)^2), started at the prior mean, is
    trained on the bound part with a bound objective (f-quad by default), the network of depth L
    evaluating the knot path at t_k = k T / L;
@@ -41,7 +42,7 @@ from ..data import load, subsample
 from ..data.base import Dataset
 from ..models.base import Params, init_params
 from ..models.conv_resnet import ConvResNet
-from ..models.paths import KnotResNet, at_depth
+from ..models.paths import DepthStack, KnotResNet, at_depth
 from ..models.resnet import ResNet
 from ..models.stochastic import init_posterior, posterior_parts, sample
 from ..sweeps.grid import cell_hash
@@ -91,7 +92,7 @@ class CertificateSpec:
     seeds: tuple[int, ...] = (0,)
     prior: str = "data"
     prior_fraction: float = 0.5
-    prior_depth: int = 16
+    prior_depths: tuple[int, ...] = (16,)
     objective: str = "f-quad"
     prior_scales: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)
     train_prior_scale: float = 0.01
@@ -104,7 +105,7 @@ class CertificateSpec:
     description: str = ""
 
 
-_RUN_KEYS = {"depths", "seeds", "prior", "prior_fraction", "prior_depth", "objective", "prior_scales",
+_RUN_KEYS = {"depths", "seeds", "prior", "prior_fraction", "prior_depths", "objective", "prior_scales",
              "train_prior_scale", "delta", "delta_mc", "rounds", "test_rounds", "p_min", "dtype"}
 _DATA_KEYS = {"name", "sample_sizes", "options", "model", "prior_steps", "posterior_steps", "lr",
               "posterior_lr", "batch_size"}
@@ -144,8 +145,12 @@ def load_certificate_spec(path: str | Path) -> CertificateSpec:
     if spec.train_prior_scale not in spec.prior_scales:
         raise ValueError(f"run.train_prior_scale {spec.train_prior_scale} must be one of the grid "
                          f"run.prior_scales {list(spec.prior_scales)} (the grid is fixed in advance)")
-    for L in (*spec.depths, spec.prior_depth):
+    for L in spec.depths:
         check_int("run.depths", L, 1)
+    if not spec.prior_depths:
+        raise ValueError("run.prior_depths must name at least one depth, e.g. [4, 64]")
+    for L in spec.prior_depths:
+        check_int("run.prior_depths", L, 1)
     return spec
 
 
@@ -253,7 +258,7 @@ def cell_config(spec: CertificateSpec, plan: DataPlan, S: int, L: int, seed: int
         "reproduction": SPEC_NAME, "data": {"name": plan.name, **plan.options}, "sample_size": S,
         "seed": seed, "depth": L, "model": dict(plan.model), "prior": spec.prior,
         "prior_fraction": spec.prior_fraction if spec.prior == "data" else 0.0,
-        "prior_depth": spec.prior_depth, "objective": spec.objective,
+        "prior_depths": list(spec.prior_depths), "objective": spec.objective,
         "prior_scales": list(spec.prior_scales), "train_prior_scale": spec.train_prior_scale,
         "delta": spec.delta, "delta_mc": spec.delta_mc, "rounds": spec.rounds,
         "test_rounds": spec.test_rounds, "p_min": spec.p_min, "dtype": spec.dtype,
@@ -299,13 +304,14 @@ def run_spec(spec: CertificateSpec, store_path: str | Path, device: str = "cpu",
             members = [(S, s) for S in plan.sample_sizes for s in spec.seeds]
             seeds = [s for _, s in members]
             samples = [subsample(data, S, s) for S, s in members]
-            base = knot_model(plan, data, spec.prior_depth)
+            base = knot_model(plan, data, spec.prior_depths[0])
             params0 = init_params(base, seeds, dtype, dev)
             if spec.prior == "data":
                 parts = [split_sample(i, s, spec.prior_fraction) for i, s in zip(samples, seeds, strict=True)]
                 prior_idx, bound_idx = [p for p, _ in parts], [b for _, b in parts]
                 cfg = TrainConfig(steps=plan.prior_steps, batch_size=plan.batch_size)
-                prior_mu = train(base, params0, data, prior_idx, plan.lr, cfg, seeds,
+                prior_model = DepthStack(base, tuple(spec.prior_depths))
+                prior_mu = train(prior_model, params0, data, prior_idx, plan.lr, cfg, seeds,
                                  evaluate_test=False).params
             else:
                 bound_idx, prior_mu = samples, params0

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["KnotResNet", "SmoothPath", "at_depth", "knot_layer_weights", "layers_from_knots",
+__all__ = ["DepthStack", "KnotResNet", "SmoothPath", "at_depth", "knot_layer_weights", "layers_from_knots",
            "sample_layer_weights"]
 
 
@@ -225,3 +225,36 @@ def at_depth(model: Any, depth: int) -> Any:
         return dataclasses.replace(model, steps_per_knot=depth // model.knots)
     raise ValueError("at_depth needs a KnotResNet or an ODEResNet, got "
                      f"{getattr(model, 'family', type(model).__name__)!r}")
+
+
+@dataclass(frozen=True)
+class DepthStack:
+    """One depth-free parameter set read by the networks of several depths L_1..L_H at once:
+    ``forward`` returns (B, n, H, k), head h being ``at_depth(model, depths[h])``. With the
+    engine's heads rule (:mod:`resdyn.training.losses`) the training loss is the mean over depths
+
+        (1/H) sum_h loss(f_{L_h}(theta; x), y),
+
+    so ERM on it finds a path that is a good network at every depth it names (the certificates'
+    data-dependent prior, docs/theory.md)."""
+
+    model: Any
+    depths: tuple[int, ...]
+    family = "depth_stack"
+
+    def __post_init__(self) -> None:
+        if not self.depths:
+            raise ValueError("DepthStack needs at least one depth")
+        for L in self.depths:
+            at_depth(self.model, L)  # validates every depth against the model
+
+    @property
+    def out_dim(self) -> int:
+        return self.model.out_dim
+
+    def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> dict[str,
+                                                                                               Tensor]:
+        return self.model.init(generator, dtype, device)
+
+    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        return torch.stack([at_depth(self.model, L).forward(params, x) for L in self.depths], -2)
