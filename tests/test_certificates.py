@@ -97,16 +97,28 @@ def _row(data, S, L, cert, err, seed=0):
 
 
 def test_claims_can_fail():
-    good = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.52, 0.2),
-            _row("d", 400, 16, 0.3, 0.1), _row("d", 400, 256, 0.31, 0.1)]
-    held = {c.text: c.held for c in analyze(good).claims}
-    assert all(held.values()) and len(held) == 4
+    # Three seeds: certificates 0.5 -> 0.3 over S (slopes -0.37, -0.40, -0.34), flat in depth.
+    good = [_row("d", S, L, c * (1 + 0.02 * L / 256), e, seed)
+            for seed, (c100, c400) in enumerate([(0.5, 0.3), (0.52, 0.30), (0.48, 0.30)])
+            for S, c, e in ((100, c100, 0.2), (400, c400, 0.1)) for L in (16, 256)]
+    out = analyze(good)
+    held = {c.text: c.verdict for c in out.claims}
+    assert held == dict.fromkeys(held, "held") and len(held) == 4
+    decay = out.claims[3].values["fits"]
+    assert [f["L"] for f in decay] == [16, 256] and all(f["slope"] < -0.3 for f in decay)
     bad = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.6, 0.2),       # 1.2 x: not uniform
-           _row("d", 400, 16, 0.55, 0.1), _row("d", 400, 256, 1.2, 0.1)]     # vacuous, grows with S
+           _row("d", 400, 16, 0.55, 0.1), _row("d", 400, 256, 1.2, 0.1)]     # vacuous
     out = analyze(bad)
-    verdict = {c.text: c.held for c in out.claims}
-    assert not verdict["depth-uniform"] and not verdict["non-vacuous at every depth"]
-    assert not verdict["certificate decays with S"]
+    verdict = {c.text: c.verdict for c in out.claims}
+    assert verdict["depth-uniform"] == verdict["non-vacuous at every depth"] == "not held"
+    # One seed: no slope can be tested, so the decay claim is inconclusive, never held.
+    assert verdict["certificate decays with S"] == "inconclusive"
+    assert "at least 2 seeds" in out.claims[3].measured
+    # Certificates that grow with S in every seed: the reverse one-sided test rejects.
+    grow = [_row("d", S, 16, c, 0.05, seed) for seed, k in enumerate((1.0, 1.1, 0.9))
+            for S, c in ((100, 0.2), (400, 0.2 * (1.5 + 0.1 * k)))]
+    grown = {c.text: c for c in analyze(grow).claims}["certificate decays with S"]
+    assert grown.verdict == "not held" and grown.values["fits"][0]["slope"] > 0.3
     below = analyze([_row("d", 100, 16, 0.1, 0.2)])
     assert not below.claims[0].held and "-0.1000" in below.claims[0].measured
     assert not analyze(good, thresholds={"d": 0.3}).claims[1].held
