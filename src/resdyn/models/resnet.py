@@ -16,6 +16,7 @@ from torch import Tensor
 from .._checks import check_bool, check_int
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
+from .fused import residual_stack
 
 __all__ = ["ResNet"]
 
@@ -59,8 +60,12 @@ class ResNet(ResidualOptions):
         return out
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
-        """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d)."""
+        """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d). The untied
+        two-layer stack runs as one fused node (:mod:`resdyn.models.fused`)."""
         act, h = self.act, self.step
+        if self.block == "two_layer" and not self.tied:
+            z = embed(params, x.flatten(2))
+            return readout(params, residual_stack(z, params["W"], params["b"], params["V"], h, act))
         layers = layer_params(params, self.block)
         z = embed(params, x.flatten(2))
         for k in range(self.depth):
