@@ -104,7 +104,10 @@ def _check_width(name: str, value: float, what: str = "tau") -> float:
 
 
 def _tanh(z: Tensor) -> Tensor:
-    return torch.sigmoid(z * 2).mul(2).sub(1)
+    s = torch.sigmoid(z * 2)
+    if torch.is_grad_enabled():  # sigmoid's backward keeps s: no writing into it
+        return s.mul(2).sub(1)
+    return s.mul_(2).sub_(1)  # the same arithmetic without two fresh tensors
 
 
 def _tanh_grad(g: Tensor, a: Tensor) -> Tensor:

@@ -64,13 +64,14 @@ class _Stack(torch.autograd.Function):
         gW = g.new_empty((L, B, p, m))
         gb = g.new_empty((L, B, p))
         gV = g.new_empty((L, B, m, p))
+        g = g.clone()  # autograd's tensor; ours from here on, updated in place
         for k in reversed(range(L)):
             a = acts[k]
             torch.bmm(g.transpose(1, 2), a, out=gV[k])
             gu = act.grad_from_output(torch.bmm(g, V[:, k]), a)
             torch.bmm(gu.transpose(1, 2), zs[k], out=gW[k])
             torch.sum(gu, 1, out=gb[k])
-            g = torch.baddbmm(g, gu, W[:, k], alpha=h)
+            g.baddbmm_(gu, W[:, k], alpha=h)
         # Model-major and contiguous again: the engine's index_add back to the models is ten times
         # slower on a strided source than this one copy.
         gW, gb, gV = (t.mul_(h).transpose(0, 1).contiguous() for t in (gW, gb, gV))
