@@ -103,17 +103,24 @@ def test_claims_can_fail():
             for S, c, e in ((100, c100, 0.2), (400, c400, 0.1)) for L in (16, 256)]
     out = analyze(good)
     held = {c.text: c.verdict for c in out.claims}
-    assert held == dict.fromkeys(held, "held") and len(held) == 4
-    decay = out.claims[3].values["fits"]
+    assert held == dict.fromkeys(held, "held") and len(held) == 5
+    decay = out.claims[4].values["fits"]
     assert [f["L"] for f in decay] == [16, 256] and all(f["slope"] < -0.3 for f in decay)
     bad = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.6, 0.2),       # 1.2 x: not uniform
            _row("d", 400, 16, 0.55, 0.1), _row("d", 400, 256, 1.2, 0.1)]     # vacuous
     out = analyze(bad)
     verdict = {c.text: c.verdict for c in out.claims}
-    assert verdict["depth-uniform"] == verdict["non-vacuous at every depth"] == "not held"
+    assert verdict["depth-uniform at the largest S of each data set"] == "not held"
+    assert verdict["depth-uniform at every S"] == verdict["non-vacuous at every depth"] == "not held"
     # One seed: no slope can be tested, so the decay claim is inconclusive, never held.
     assert verdict["certificate decays with S"] == "inconclusive"
-    assert "at least 2 seeds" in out.claims[3].measured
+    assert "at least 2 seeds" in out.claims[4].measured
+    # Uniform at the largest S but 1.3 x at a smaller one: only the every-S claim fails.
+    small = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.65, 0.2),
+             _row("d", 400, 16, 0.3, 0.1), _row("d", 400, 256, 0.31, 0.1)]
+    verdict = {c.text: c.verdict for c in analyze(small).claims}
+    assert verdict["depth-uniform at the largest S of each data set"] == "held"
+    assert verdict["depth-uniform at every S"] == "not held"
     # Certificates that grow with S in every seed: the reverse one-sided test rejects.
     grow = [_row("d", S, 16, c, 0.05, seed) for seed, k in enumerate((1.0, 1.1, 0.9))
             for S, c in ((100, 0.2), (400, 0.2 * (1.5 + 0.1 * k)))]
