@@ -21,7 +21,7 @@ gelu's constant is sup_z d/dz [z Phi(z)] = Phi(sqrt 2) + sqrt 2 phi(sqrt 2), att
 tanh is evaluated as 2 sigma(2 z) - 1 (sigma the logistic function), which is tanh exactly in real
 arithmetic and within 1.5 units of the last place of 1 in floating point (checked against
 ``torch.tanh`` on 4 million points in [-30, 30], both precisions): ``torch.tanh`` of the CPU build
-resdyn pins is 2.5 to 4 times slower than the logistic form on (189, 64, 16) float32 tensors
+resdyn pins is 2.4 to 3.1 times slower than the logistic form on (189, 64, 16) float32 tensors
 (``benchmarks/bench_activations.py``), and the activation is a quarter of a training step.
 
 ``grad_from_output(g, a)``, where given, is g * act'(u) written with the output a = act(u) only
