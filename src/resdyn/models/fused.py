@@ -87,11 +87,10 @@ def _transformed(t: Tensor) -> bool:
 def residual_stack(z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float, act: Activation) -> Tensor:
     """z_L of the two-layer stack (module docstring) from z_0 (B, n, m) and the untied layer
     weights W (B, L, p, m), b (B, L, p), V (B, L, m, p)."""
-    if not torch.is_grad_enabled() or not any(t.requires_grad for t in (z, W, b, V)):
-        return _forward(z, W, b, V, h, act, keep=False)[0]
-    if act.grad_from_output is None or any(_transformed(t) for t in (z, W, b, V)):
-        for k in range(W.shape[1]):
-            a = act(torch.baddbmm(b[:, k].unsqueeze(1), z, W[:, k].transpose(1, 2)))
-            z = torch.baddbmm(z, a, V[:, k].transpose(1, 2), alpha=h)
-        return z
-    return _Stack.apply(z, W, b, V, h, act)
+    tensors = (z, W, b, V)
+    fused = (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+             and act.grad_from_output is not None and not any(_transformed(t) for t in tensors))
+    if fused:
+        return _Stack.apply(z, W, b, V, h, act)
+    # No graph needed, or one autograd must build itself: the same recursion, op by op.
+    return _forward(z, W, b, V, h, act, keep=False)[0]

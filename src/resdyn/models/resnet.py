@@ -63,11 +63,10 @@ class ResNet(ResidualOptions):
         """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d). The untied
         two-layer stack runs as one fused node (:mod:`resdyn.models.fused`)."""
         act, h = self.act, self.step
+        z = embed(params, x.flatten(2))
         if self.block == "two_layer" and not self.tied:
-            z = embed(params, x.flatten(2))
             return readout(params, residual_stack(z, params["W"], params["b"], params["V"], h, act))
         layers = layer_params(params, self.block)
-        z = embed(params, x.flatten(2))
         for k in range(self.depth):
             z = z + h * residual_map(layers[0 if self.tied else k], z, act)
         return readout(params, z)
