@@ -6,9 +6,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VERDICTS", "Claim", "ExperimentOutcome"]
+__all__ = ["VERDICTS", "Claim", "ExperimentOutcome", "joint_verdict"]
 
 VERDICTS = ("held", "not held", "inconclusive")
+
+
+def joint_verdict(verdicts: list[str]) -> str:
+    """The verdict on a claim made of several tested parts: 'held' when every part is held,
+    'not held' when any part is, 'inconclusive' otherwise (and when there is no part)."""
+    if "not held" in verdicts:
+        return "not held"
+    return "held" if verdicts and all(v == "held" for v in verdicts) else "inconclusive"
 
 
 @dataclass(frozen=True, init=False)

@@ -55,7 +55,7 @@ from ..theory.pacbayes import (
 )
 from ..training.engine import TrainConfig, train
 from ..training.objective import Objective
-from .base import Claim, ExperimentOutcome
+from .base import Claim, ExperimentOutcome, joint_verdict
 
 __all__ = ["CertificateSpec", "DataPlan", "analyze", "load_certificate_spec", "run", "run_spec",
            "train_posterior"]
@@ -447,8 +447,7 @@ def _decay_claim(table: list[dict]) -> Claim:
         v = rate_claim(fit, 0.0, "faster", 0.0)
         fits.append({"data": d, "L": L, "verdict": v.verdict, "words": v.words, **v.values})
         verdicts.append(v.verdict)
-    verdict = ("not held" if "not held" in verdicts else
-               "held" if verdicts and all(v == "held" for v in verdicts) else "inconclusive")
+    verdict = joint_verdict(verdicts)
     slopes = [f["slope"] for f in fits if "slope" in f]
     measured = (f"per-seed log-log slopes, mean per (data, L) in [{min(slopes):.3f}, {max(slopes):.3f}]; "
                 if slopes else "no slope fitted; ")

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.summary import group_rows, mean_ci, welch_tost
-from .base import Claim, ExperimentOutcome
+from .base import Claim, ExperimentOutcome, joint_verdict
 from .checks import bound_claim, rank_against_gap
 
 __all__ = ["MARGIN", "analyze"]
@@ -57,8 +57,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
         tests = {L: welch_tost([r["metrics"]["test_acc"] for r in by_L[L]], acc_cont, MARGIN)
                  for L in Ls[-3:] if len(by_L[L]) >= 2}
         verdicts = [t.verdict for t in tests.values()]
-        verdict = ("held" if verdicts and all(v == "held" for v in verdicts)
-                   else "not held" if "not held" in verdicts else "inconclusive")
+        verdict = joint_verdict(verdicts)
         shown = "; ".join(f"L={L}: difference {t.diff:+.3f}, 90% CI [{t.ci90[0]:+.3f}, {t.ci90[1]:+.3f}], "
                           f"TOST p = {t.pvalue:.2g}" for L, t in tests.items())
         if verdict == "inconclusive":
