@@ -24,8 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_grouping import SIZES, L, M  # the grid of the benchmark, defined once
+
 ROOT = Path(__file__).resolve().parent.parent
-SIZES = [64, 128, 256, 512, 1024, 2048]
 
 
 def child(steps: int, threads: int) -> None:
@@ -37,7 +38,7 @@ def child(steps: int, threads: int) -> None:
     from resdyn.training import TrainConfig, train
 
     data = load("two_spirals")
-    model = ResNet(width=16, depth=8, activation="tanh")
+    model = ResNet(width=M, depth=L, activation="tanh")
     cells = [(S, s) for S in SIZES for s in range(3)]
     seeds = [s for _, s in cells]
     idx = [subsample(data, S, s) for S, s in cells]
