@@ -1,5 +1,6 @@
 """The fused two-layer residual stack against the same recursion through autograd, and the tanh
-it uses."""
+it uses. These test the torch path (CUDA, and CPUs without a C compiler): the native kernel that
+ResNet.forward prefers on the CPU is switched off here and tested in tests/test_native.py."""
 
 import pytest
 import torch
@@ -11,6 +12,11 @@ from resdyn.models.blocks import embed, layer_params, readout, residual_map
 from resdyn.models.fused import _Stack
 
 D64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _torch_path(monkeypatch):
+    monkeypatch.setenv("RESDYN_NATIVE", "0")
 
 
 def _autograd_forward(net: ResNet, p: dict, x: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,10 @@ stay within a chunk, so a chunk's numbers do not depend on the other chunks (the
 invariance). Used only where an activation states its derivative from its output
 (``Activation.grad_from_output``) and outside torch.func transforms (which need the autograd
 graph); elsewhere :func:`residual_stack` runs the same recursion through autograd.
+
+On the CPU, :func:`native_resnet` runs the whole network (embedding, stack, readout) through the
+C kernel of :mod:`resdyn.models.native` where it is built for the dtype, the widths and the
+activation: the same recursion, forward and backward, with or without a graph.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import native
 from .activations import Activation
 
 __all__ = ["residual_stack"]
@@ -76,6 +81,52 @@ class _Stack(torch.autograd.Function):
         # slower on a strided source than this one copy.
         gW, gb, gV = (t.mul_(h).transpose(0, 1).contiguous() for t in (gW, gb, gV))
         return g, gW, gb, gV, None, None
+
+
+class _NativeResNet(torch.autograd.Function):
+    """The whole two-layer ResNet through the C kernel: only x and the weights are saved; the
+    backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor, V: Tensor,
+                R: Tensor, r: Tensor, h: float, act: Activation, lib: native.NativeResNet
+                ) -> Tensor:
+        x, *weights = (t.contiguous() for t in (x, A, c, W, b, V, R, r))
+        ctx.h, ctx.act, ctx.lib = h, act, lib
+        ctx.save_for_backward(x, *weights)
+        return lib.forward(x, tuple(weights), h, native.activation_code(act), act.tau)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
+        x, *weights = ctx.saved_tensors
+        grads = ctx.lib.backward(x, tuple(weights), ctx.h, native.activation_code(ctx.act),
+                                 ctx.act.tau, e.contiguous(), ctx.needs_input_grad[0])
+        return (*grads, None, None, None)
+
+
+_NAMES = ("A", "c", "W", "b", "V", "R", "r")
+
+
+def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation
+                  ) -> Tensor | None:
+    """Outputs (B, n, k) of the untied two-layer ResNet (z_0 = A x + c, the stack of the module
+    docstring, f = R z_L + r) through the C kernel of :mod:`resdyn.models.native`, or None where
+    that does not apply (not on the CPU, a dtype or activation it lacks, inside a torch.func
+    transform, or no kernel built)."""
+    tensors = (x, *(params[k] for k in _NAMES))
+    if x.device.type != "cpu" or native.activation_code(act) is None:
+        return None
+    if any(t.dtype != x.dtype or t.device != x.device or _transformed(t) for t in tensors):
+        return None
+    A, W, R = params["A"], params["W"], params["R"]
+    lib = native.resnet_library(x.dtype, A.shape[2], A.shape[1], W.shape[2], R.shape[1])
+    if lib is None:
+        return None
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _NativeResNet.apply(*tensors, h, act, lib)
+    x, *weights = (t.contiguous() for t in tensors)
+    return lib.forward(x, tuple(weights), h, native.activation_code(act), act.tau)
 
 
 def _transformed(t: Tensor) -> bool:

@@ -16,7 +16,7 @@ from torch import Tensor
 from .._checks import check_bool, check_int
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
-from .fused import residual_stack
+from .fused import native_resnet, residual_stack
 
 __all__ = ["ResNet"]
 
@@ -61,11 +61,16 @@ class ResNet(ResidualOptions):
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d). The untied
-        two-layer stack runs as one fused node (:mod:`resdyn.models.fused`)."""
+        two-layer network runs through the native kernel on the CPU, else its stack as one fused
+        node (:mod:`resdyn.models.fused`)."""
         act, h = self.act, self.step
-        z = embed(params, x.flatten(2))
         if self.block == "two_layer" and not self.tied:
+            out = native_resnet(params, x.flatten(2), h, act)
+            if out is not None:
+                return out
+            z = embed(params, x.flatten(2))
             return readout(params, residual_stack(z, params["W"], params["b"], params["V"], h, act))
+        z = embed(params, x.flatten(2))
         layers = layer_params(params, self.block)
         for k in range(self.depth):
             z = z + h * residual_map(layers[0 if self.tied else k], z, act)

@@ -1,0 +1,212 @@
+"""The native two-layer ResNet: ``csrc/resnet.c`` compiled on first use, called through ctypes.
+
+A two-layer residual layer of width m and hidden width p costs 2 m p multiply-adds per row
+forward and 4 m p backward; as batched matrix products of (64 x 16) by (16 x 16) blocks the CPU
+build of torch runs them at a fraction of the machine's speed, and the activation, the residual
+add, the embedding, the readout and the per-chunk gradient sums are separate passes over memory.
+The C kernel takes a chunk of rows from input to output (and back) with a row in vector
+registers, and its backward reads the chunk's layers from cache (docs/engine.md, "Native
+ResNet").
+
+One shared library per (dtype, d, m, p, k) is built with the system C compiler (``$CC``, else
+``cc``, ``gcc`` or ``clang``) for this machine's instruction set (``-march=native``) and cached
+under ``$RESDYN_NATIVE_CACHE`` (default ``~/.cache/resdyn/native``), keyed by the source, the
+flags, the compiler and this CPU's feature flags, so that machines of a cluster sharing a home
+directory each get their own build. Where no compiler works, :func:`resnet_library` warns once
+and returns None, and the torch path runs instead; ``RESDYN_NATIVE=0`` asks for the torch path
+everywhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .activations import Activation
+
+__all__ = ["ACT_CODES", "MAX_IO", "MAX_WIDTH", "NativeResNet", "activation_code", "cache_dir",
+           "enabled", "resnet_library"]
+
+SOURCE = Path(__file__).with_name("csrc") / "resnet.c"
+FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
+         "-fPIC", "-shared")
+#: Threads come from OpenMP: linked to libgomp.so.1, the library shares the runtime torch has
+#: loaded (the loader matches the soname), so the kernel's team is torch's awake intra-op pool.
+#: A compiler without OpenMP builds a single-threaded kernel.
+OPENMP = ("-fopenmp",)
+#: Activations the kernel computes, by name, with their code in csrc/resnet.c.
+ACT_CODES = {"tanh": 0, "relu": 1, "soft_threshold": 2, "shifted_relu": 3}
+#: Widest state m or hidden width p built natively (a row's vectors live in registers).
+MAX_WIDTH = 256
+#: Largest input size d or output size k built natively.
+MAX_IO = 16384
+_DTYPES = {torch.float32: "float", torch.float64: "double"}
+
+_lock = threading.Lock()
+_built: dict[tuple[torch.dtype, int, int, int, int], NativeResNet | None] = {}
+_failure: str | None = None
+
+
+def enabled() -> bool:
+    """False when ``RESDYN_NATIVE=0`` (the torch path everywhere)."""
+    return os.environ.get("RESDYN_NATIVE", "1").strip() not in ("0", "false", "no", "off")
+
+
+def activation_code(act: Activation) -> int | None:
+    """The kernel's code for ``act``, or None when the kernel does not compute it."""
+    return ACT_CODES.get(act.name)
+
+
+_P = ctypes.c_void_p
+_I = ctypes.c_int
+_D = ctypes.c_double
+
+
+@dataclass(frozen=True)
+class NativeResNet:
+    """A loaded library for one (dtype, d, m, p, k); every array is a contiguous CPU tensor of
+    that dtype, chunk-major: x (B, n, d), A (B, m, d), c (B, m), W (B, L, p, m), b (B, L, p),
+    V (B, L, m, p), R (B, k, m), r (B, k)."""
+
+    lib: ctypes.CDLL
+    dtype: torch.dtype
+    widths: tuple[int, int, int, int]
+
+    def forward(self, x: Tensor, weights: tuple[Tensor, ...], h: float, act: int, tau: float
+                ) -> Tensor:
+        """f (B, n, k) for the weights (A, c, W, b, V, R, r)."""
+        B, n, _ = x.shape
+        out = x.new_empty((B, n, self.widths[3]))
+        status = self.lib.rs_forward(B, n, weights[2].shape[1], h, act, tau, x.data_ptr(),
+                                     *(w.data_ptr() for w in weights), out.data_ptr(),
+                                     torch.get_num_threads())
+        _check(status)
+        return out
+
+    def backward(self, x: Tensor, weights: tuple[Tensor, ...], h: float, act: int, tau: float,
+                 e: Tensor, want_x: bool) -> tuple[Tensor | None, ...]:
+        """(dJ/dx or None, dJ/dA, dJ/dc, ..., dJ/dr) from e = dJ/df (B, n, k)."""
+        B, n, _ = x.shape
+        grads = [torch.empty_like(w) for w in weights]
+        gx = torch.empty_like(x) if want_x else None
+        status = self.lib.rs_backward(B, n, weights[2].shape[1], h, act, tau, x.data_ptr(),
+                                      *(w.data_ptr() for w in weights), e.data_ptr(),
+                                      *(g.data_ptr() for g in grads),
+                                      None if gx is None else gx.data_ptr(),
+                                      torch.get_num_threads())
+        _check(status)
+        return (gx, *grads)
+
+
+def _check(status: int) -> None:
+    if status:
+        raise MemoryError("native ResNet: a thread could not allocate its buffers for one chunk")
+
+
+def resnet_library(dtype: torch.dtype, d: int, m: int, p: int, k: int) -> NativeResNet | None:
+    """The native ResNet for (dtype, d, m, p, k), built on first use; None when it cannot be used
+    here (disabled, an unsupported dtype or width, or no working C compiler: warned once)."""
+    if not enabled() or dtype not in _DTYPES:
+        return None
+    if not (1 <= m <= MAX_WIDTH and 1 <= p <= MAX_WIDTH and 1 <= d <= MAX_IO and 1 <= k <= MAX_IO):
+        return None
+    key = (dtype, d, m, p, k)
+    with _lock:
+        if key not in _built:
+            _built[key] = _build(dtype, (d, m, p, k))
+        return _built[key]
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.machine() + platform.processor()
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept: ``$RESDYN_NATIVE_CACHE``, else ``~/.cache/resdyn/native``
+    (``$XDG_CACHE_HOME`` respected)."""
+    if os.environ.get("RESDYN_NATIVE_CACHE"):
+        return Path(os.environ["RESDYN_NATIVE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "resdyn" / "native"
+
+
+def _build(dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNet | None:
+    global _failure
+    if _failure is not None:
+        return None
+    cc = _compiler()
+    try:
+        if cc is None:
+            raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
+        defines = [f"-DRS_{name}={w}" for name, w in zip("DMPK", widths, strict=True)]
+        defines += ["-DRS_DOUBLE"] if dtype == torch.float64 else []
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *OPENMP, *defines, cc, version,
+                                           _cpu_flags()]).encode()).hexdigest()[:16]
+        shape = "x".join(map(str, widths))
+        target = cache_dir() / f"resnet_{_DTYPES[dtype]}_{shape}_{digest}.so"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Built beside the target and renamed into place: processes building the same
+            # library at once each rename a complete file.
+            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+            os.close(fd)
+            try:
+                for extra in (OPENMP, ()):
+                    run = subprocess.run([cc, *FLAGS, *extra, *defines, "-o", tmp, str(SOURCE)],
+                                         capture_output=True, text=True, timeout=300)
+                    if run.returncode == 0:
+                        break
+                else:
+                    raise RuntimeError(f"{cc} failed: {run.stderr.strip()[-2000:]}")
+                os.replace(tmp, target)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return _load(target, dtype, widths)
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        _failure = str(err)
+        warnings.warn(f"resdyn: the native ResNet could not be built ({_failure}); the two-layer "
+                      "ResNet runs on the torch path, two to three times slower. Install a C "
+                      "compiler or set CC to one.", RuntimeWarning, stacklevel=3)
+        return None
+
+
+def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNet:
+    lib = ctypes.CDLL(str(path))
+    lib.rs_forward.argtypes = [_I, _I, _I, _D, _I, _D] + [_P] * 9 + [_I]
+    lib.rs_forward.restype = _I
+    lib.rs_backward.argtypes = [_I, _I, _I, _D, _I, _D] + [_P] * 17 + [_I]
+    lib.rs_backward.restype = _I
+    shape = (ctypes.c_int * 5)()
+    lib.rs_shape(shape)
+    expected = (torch.empty((), dtype=dtype).element_size(), *widths)
+    if tuple(shape) != expected:
+        raise RuntimeError(f"{path} was built for (bytes, d, m, p, k) = {tuple(shape)}, not "
+                           f"{expected}")
+    return NativeResNet(lib, dtype, widths)
