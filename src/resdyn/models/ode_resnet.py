@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint, odeint_adjoint
 
 from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
@@ -92,6 +91,9 @@ class ODEResNet(ResidualOptions):
 
     def flow(self, params: Params, z0: Tensor, return_knots: bool = False) -> Tensor:
         """Phi_T(z0), or with ``return_knots`` the states at every knot, shape (P+1, B, n, m)."""
+        # Imported here: torchdiffeq pulls in scipy.integrate (0.4 s), which no other family needs.
+        from torchdiffeq import odeint, odeint_adjoint
+
         z, out = z0, [z0]
         names = ("W", "b", "V") if self.block == "two_layer" else ("K", "b")
         layers = layer_params(params, self.block)
