@@ -91,8 +91,9 @@ def test_native_resnet_passes_gradcheck():
     net, params, x = _net_and_inputs("tanh", n=5, d=2, m=3, p=4, k=2, depth=3, B=2)
     lib = native.resnet_library(D64, 2, 3, 4, 2)
     leaves = [x.requires_grad_(True), *(params[k].requires_grad_(True) for k in _NAMES)]
-    assert torch.autograd.gradcheck(lambda *t: _NativeResNet.apply(*t, net.step, net.act, lib),
-                                    leaves)
+    owner = torch.arange(2)
+    assert torch.autograd.gradcheck(
+        lambda x, *w: _NativeResNet.apply(x, owner, *w, net.step, net.act, lib), leaves)
 
 
 @needs_cc
@@ -135,6 +136,31 @@ def test_a_chunk_is_bitwise_the_same_alone_among_others_and_on_any_number_of_thr
         torch.set_num_threads(before)
     for a, b in zip(together, alone, strict=True):
         assert torch.equal(a[4:5], b)
+
+
+@needs_cc
+def test_chunks_read_their_models_weights_in_place_bitwise_as_the_gathered_forward():
+    """forward_chunks (the engine's call) against forward on weights gathered per chunk: the same
+    outputs, and each model's gradient the sum of its chunks' in chunk order, as index_add forms
+    it; a model that owns no chunk gets a zero gradient."""
+    net, params, x = _net_and_inputs("tanh", torch.float32, n=16, d=2, m=16, p=16, k=2,
+                                     depth=4, B=3)
+    xs = torch.randn(6, 16, 2, generator=torch.Generator().manual_seed(7))
+    owner = torch.tensor([0, 0, 0, 2, 2, 0])  # model 1 owns nothing
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    out = net.forward_chunks(leaves, xs, owner)
+    gathered = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ref = net.forward({k: v.index_select(0, owner) for k, v in gathered.items()}, xs)
+    assert torch.equal(out, ref)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(8))
+    g1 = torch.autograd.grad((out * w).sum(), list(leaves.values()))
+    g2 = torch.autograd.grad((ref * w).sum(), list(gathered.values()))
+    for name, a, b in zip(leaves, g1, g2, strict=True):
+        assert torch.equal(a, b), name
+        assert not a[1].any() and a[0].abs().sum() > 0, name
+    with pytest.raises(ValueError, match="owner is outside"):
+        with torch.no_grad():
+            net.forward_chunks(params, xs, torch.tensor([0, 0, 0, 3, 2, 0]))
 
 
 @needs_cc

@@ -8,6 +8,12 @@ samples that share one model's parameters (see ``resdyn.training.layout``).
 
 ``init(generator, dtype, device)`` draws one model's parameters (no leading axis) from its own
 generator, so that a model's initial weights depend on its seed only, never on its batch-mates.
+
+A family may also define ``forward_chunks(params, x, owner)``: the outputs of chunk b of ``x``
+under model ``owner[b]`` of ``params`` (leading axis E), equal to ``forward`` on the gathered
+parameters ``{k: v[owner]}``, or None where it has no faster way; :func:`forward_chunks` uses it
+where given (the native ResNet reads each model's weights in place instead of copying them per
+chunk).
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from torch import Tensor
 
 from .._seeds import derive_seed, generator_for
 
-__all__ = ["Model", "Params", "derive_seed", "generator_for", "init_params", "num_parameters"]
+__all__ = ["Model", "Params", "derive_seed", "forward_chunks", "generator_for", "init_params",
+           "num_parameters"]
 
 Params = dict[str, Tensor]
 
@@ -38,6 +45,16 @@ class Model(Protocol):
         ...
 
     def forward(self, params: Params, x: Tensor) -> Tensor: ...
+
+
+def forward_chunks(model: Model, params: Params, x: Tensor, owner: Tensor) -> Tensor:
+    """Outputs (B, n, k) of chunk b of ``x`` under model ``owner[b]`` of ``params``: the family's
+    ``forward_chunks`` where it has one, else ``forward`` on the parameters gathered by owner."""
+    own = getattr(model, "forward_chunks", None)
+    out = None if own is None else own(params, x, owner)
+    if out is not None:
+        return out
+    return model.forward({k: v.index_select(0, owner) for k, v in params.items()}, x)
 
 
 def init_params(

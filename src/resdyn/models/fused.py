@@ -88,32 +88,36 @@ class _NativeResNet(torch.autograd.Function):
     backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c)."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor, V: Tensor,
-                R: Tensor, r: Tensor, h: float, act: Activation, lib: native.NativeResNet
-                ) -> Tensor:
+    def forward(ctx: Any, x: Tensor, owner: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor,
+                V: Tensor, R: Tensor, r: Tensor, h: float, act: Activation,
+                lib: native.NativeResNet) -> Tensor:
         x, *weights = (t.contiguous() for t in (x, A, c, W, b, V, R, r))
+        owner = owner.contiguous()
         ctx.h, ctx.act, ctx.lib = h, act, lib
-        ctx.save_for_backward(x, *weights)
-        return lib.forward(x, tuple(weights), h, native.activation_code(act), act.tau)
+        ctx.save_for_backward(x, owner, *weights)
+        return lib.forward(x, owner, tuple(weights), h, native.activation_code(act), act.tau)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
-        x, *weights = ctx.saved_tensors
-        grads = ctx.lib.backward(x, tuple(weights), ctx.h, native.activation_code(ctx.act),
-                                 ctx.act.tau, e.contiguous(), ctx.needs_input_grad[0])
-        return (*grads, None, None, None)
+        x, owner, *weights = ctx.saved_tensors
+        gx, *grads = ctx.lib.backward(x, owner, tuple(weights), ctx.h,
+                                      native.activation_code(ctx.act), ctx.act.tau,
+                                      e.contiguous(), ctx.needs_input_grad[0])
+        return (gx, None, *grads, None, None, None)
 
 
 _NAMES = ("A", "c", "W", "b", "V", "R", "r")
 
 
-def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation
-                  ) -> Tensor | None:
+def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation,
+                  owner: Tensor | None = None) -> Tensor | None:
     """Outputs (B, n, k) of the untied two-layer ResNet (z_0 = A x + c, the stack of the module
     docstring, f = R z_L + r) through the C kernel of :mod:`resdyn.models.native`, or None where
     that does not apply (not on the CPU, a dtype or activation it lacks, inside a torch.func
-    transform, or no kernel built)."""
+    transform, or no kernel built). ``owner`` (B,): the network of ``params`` (leading axis E)
+    that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
+    chunks' in chunk order."""
     tensors = (x, *(params[k] for k in _NAMES))
     if x.device.type != "cpu" or native.activation_code(act) is None:
         return None
@@ -123,10 +127,14 @@ def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activatio
     lib = native.resnet_library(x.dtype, A.shape[2], A.shape[1], W.shape[2], R.shape[1])
     if lib is None:
         return None
+    if owner is None:
+        owner = torch.arange(x.shape[0])
+    owner = owner.to(torch.int64)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _NativeResNet.apply(*tensors, h, act, lib)
+        return _NativeResNet.apply(x, owner, *tensors[1:], h, act, lib)
     x, *weights = (t.contiguous() for t in tensors)
-    return lib.forward(x, tuple(weights), h, native.activation_code(act), act.tau)
+    return lib.forward(x, owner.contiguous(), tuple(weights), h, native.activation_code(act),
+                       act.tau)
 
 
 def _transformed(t: Tensor) -> bool:

@@ -76,43 +76,47 @@ _D = ctypes.c_double
 
 @dataclass(frozen=True)
 class NativeResNet:
-    """A loaded library for one (dtype, d, m, p, k); every array is a contiguous CPU tensor of
-    that dtype, chunk-major: x (B, n, d), A (B, m, d), c (B, m), W (B, L, p, m), b (B, L, p),
-    V (B, L, m, p), R (B, k, m), r (B, k)."""
+    """A loaded library for one (dtype, d, m, p, k). Arrays are contiguous CPU tensors of that
+    dtype: inputs x (B, n, d) in B chunks, chunk c run by network owner[c] (int64, (B,)) of the
+    E whose weights are A (E, m, d), c (E, m), W (E, L, p, m), b (E, L, p), V (E, L, m, p),
+    R (E, k, m), r (E, k)."""
 
     lib: ctypes.CDLL
     dtype: torch.dtype
     widths: tuple[int, int, int, int]
 
-    def forward(self, x: Tensor, weights: tuple[Tensor, ...], h: float, act: int, tau: float
-                ) -> Tensor:
+    def forward(self, x: Tensor, owner: Tensor, weights: tuple[Tensor, ...], h: float, act: int,
+                tau: float) -> Tensor:
         """f (B, n, k) for the weights (A, c, W, b, V, R, r)."""
         B, n, _ = x.shape
         out = x.new_empty((B, n, self.widths[3]))
-        status = self.lib.rs_forward(B, n, weights[2].shape[1], h, act, tau, x.data_ptr(),
-                                     *(w.data_ptr() for w in weights), out.data_ptr(),
-                                     torch.get_num_threads())
-        _check(status)
+        _check(self.lib.rs_forward(B, weights[0].shape[0], n, weights[2].shape[1], h, act, tau,
+                                   owner.data_ptr(), x.data_ptr(),
+                                   *(w.data_ptr() for w in weights), out.data_ptr(),
+                                   torch.get_num_threads()))
         return out
 
-    def backward(self, x: Tensor, weights: tuple[Tensor, ...], h: float, act: int, tau: float,
-                 e: Tensor, want_x: bool) -> tuple[Tensor | None, ...]:
-        """(dJ/dx or None, dJ/dA, dJ/dc, ..., dJ/dr) from e = dJ/df (B, n, k)."""
+    def backward(self, x: Tensor, owner: Tensor, weights: tuple[Tensor, ...], h: float, act: int,
+                 tau: float, e: Tensor, want_x: bool) -> tuple[Tensor | None, ...]:
+        """(dJ/dx or None, dJ/dA, dJ/dc, ..., dJ/dr) from e = dJ/df (B, n, k); a network's
+        gradient is the sum of its chunks' in chunk order."""
         B, n, _ = x.shape
         grads = [torch.empty_like(w) for w in weights]
         gx = torch.empty_like(x) if want_x else None
-        status = self.lib.rs_backward(B, n, weights[2].shape[1], h, act, tau, x.data_ptr(),
-                                      *(w.data_ptr() for w in weights), e.data_ptr(),
-                                      *(g.data_ptr() for g in grads),
-                                      None if gx is None else gx.data_ptr(),
-                                      torch.get_num_threads())
-        _check(status)
+        _check(self.lib.rs_backward(B, weights[0].shape[0], n, weights[2].shape[1], h, act, tau,
+                                    owner.data_ptr(), x.data_ptr(),
+                                    *(w.data_ptr() for w in weights), e.data_ptr(),
+                                    *(g.data_ptr() for g in grads),
+                                    None if gx is None else gx.data_ptr(),
+                                    torch.get_num_threads()))
         return (gx, *grads)
 
 
 def _check(status: int) -> None:
+    if status == 2:
+        raise ValueError("native ResNet: a chunk's owner is outside [0, E) for E networks")
     if status:
-        raise MemoryError("native ResNet: a thread could not allocate its buffers for one chunk")
+        raise MemoryError("native ResNet: could not allocate its buffers")
 
 
 def resnet_library(dtype: torch.dtype, d: int, m: int, p: int, k: int) -> NativeResNet | None:
@@ -199,9 +203,9 @@ def _build(dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNe
 
 def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNet:
     lib = ctypes.CDLL(str(path))
-    lib.rs_forward.argtypes = [_I, _I, _I, _D, _I, _D] + [_P] * 9 + [_I]
+    lib.rs_forward.argtypes = [_I, _I, _I, _I, _D, _I, _D] + [_P] * 10 + [_I]
     lib.rs_forward.restype = _I
-    lib.rs_backward.argtypes = [_I, _I, _I, _D, _I, _D] + [_P] * 17 + [_I]
+    lib.rs_backward.argtypes = [_I, _I, _I, _I, _D, _I, _D] + [_P] * 18 + [_I]
     lib.rs_backward.restype = _I
     shape = (ctypes.c_int * 5)()
     lib.rs_shape(shape)

@@ -59,6 +59,14 @@ class ResNet(ResidualOptions):
             out.append(z)
         return out
 
+    def forward_chunks(self, params: Params, x: Tensor, owner: Tensor) -> Tensor | None:
+        """Outputs of chunk b of ``x`` under model ``owner[b]`` through the native kernel, which
+        reads each model's weights in place; None where it does not apply
+        (``models.base.forward_chunks`` then gathers the weights per chunk)."""
+        if self.block == "two_layer" and not self.tied:
+            return native_resnet(params, x.flatten(2), self.step, self.act, owner)
+        return None
+
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs g(z_L) of shape (B, n, k) for inputs ``x`` of shape (B, n, d). The untied
         two-layer network runs through the native kernel on the CPU, else its stack as one fused

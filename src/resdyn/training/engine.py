@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .._checks import check_choice, check_int
 from ..data.base import Dataset
-from ..models.base import Model, Params, generator_for
+from ..models.base import Model, Params, forward_chunks, generator_for
 from .flat import FlatLayout
 from .layout import ChunkLayout, chunk_layout
 from .losses import LOSSES, correct, per_sample_loss
@@ -132,11 +132,6 @@ def per_model_lr(lr: float | Sequence[float] | Tensor, E: int, dtype: torch.dtyp
     return out
 
 
-def _batched_outputs(model: Model, params: Params, x: Tensor, owner: Tensor) -> Tensor:
-    chunk_params = {k: v.index_select(0, owner) for k, v in params.items()}
-    return model.forward(chunk_params, x)
-
-
 def evaluate(
     model: Model,
     params: Params,
@@ -168,7 +163,7 @@ def evaluate(
             lay = chunk_layout(indices[start : start + block], chunk_size).to(p0.device)
             x = data.prepare(x_all[lay.index.cpu()], p0.dtype, p0.device)
             y = y_all[lay.index.cpu()].to(p0.device)
-            out = _batched_outputs(model, sub, x, lay.owner)
+            out = forward_chunks(model, sub, x, lay.owner)
             losses.append(lay.per_model_mean(per_sample_loss(out, y, loss)))
             accs.append(lay.per_model_mean(correct(out, y)))
     return {"loss": torch.cat(losses).cpu(), "acc": torch.cat(accs).cpu()}
@@ -295,7 +290,7 @@ def train(
         sub = theta if whole else {k: v[e0:e1] for k, v in theta.items()}
         fixed = {k: (state.params[k] if whole else state.params[k][e0:e1]) for k in frozen}
         fwd = objective.forward_params(sub, fixed, t, seeds[e0:e1])
-        out = _batched_outputs(model, fwd, x, lay.owner)
+        out = forward_chunks(model, fwd, x, lay.owner)
         return objective.value(lay.per_model_mean(per_sample_loss(out, y, objective.loss)), sub)
 
     report = make_progress(progress, E, config.steps, state.step)

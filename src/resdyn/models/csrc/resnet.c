@@ -210,6 +210,7 @@ typedef struct {
 typedef struct {
     int c0, c1, n, L, act, want_gx;
     T h, tau;
+    const int64_t *owner;
     const T *x, *A, *c, *W, *b, *V, *R, *r, *e;
     T *out, *gA, *gc, *gW, *gb, *gV, *gR, *gr, *gx;
     int failed;
@@ -276,8 +277,9 @@ static inline __attribute__((always_inline)) void layer_rows(int rb, Scratch *s,
 static void chunk_forward(const Job *J, Scratch *s, int c, int keep) {
     const int n = J->n, L = J->L;
     const T *x = J->x + (size_t)c * n * D;
-    columns(s->AT, J->A + (size_t)c * M * D, M, D, MV, 1);
-    load(s->bias, J->c + (size_t)c * M, MV, M);
+    const size_t w = (size_t)J->owner[c]; /* the chunk's network */
+    columns(s->AT, J->A + w * M * D, M, D, MV, 1);
+    load(s->bias, J->c + w * M, MV, M);
     for (int r = 0; r < n; r += RB) {
         const int rb = n - r >= RB ? RB : n - r;
         vec y[RB][WV];
@@ -288,10 +290,10 @@ static void chunk_forward(const Job *J, Scratch *s, int c, int keep) {
         for (int q = 0; q < rb; ++q) memcpy(s->z + (size_t)(r + q) * M, y[q], sizeof(T) * M);
     }
     for (int k = 0; k < L; ++k) {
-        const size_t ck = (size_t)c * L + k;
-        columns(s->WT, J->W + ck * P * M, P, M, PV, 1);
-        columns(s->hVT, J->V + ck * M * P, M, P, MV, J->h);
-        load(s->bias, J->b + ck * P, PV, P);
+        const size_t wk = w * L + k;
+        columns(s->WT, J->W + wk * P * M, P, M, PV, 1);
+        columns(s->hVT, J->V + wk * M * P, M, P, MV, J->h);
+        load(s->bias, J->b + wk * P, PV, P);
         int r = 0;
         for (; r + RB <= n; r += RB) layer_rows(RB, s, r, k, n, J->act, J->tau, keep);
         for (; r < n; ++r) layer_rows(1, s, r, k, n, J->act, J->tau, keep);
@@ -309,8 +311,9 @@ static void *forward_job(void *arg) {
     const int n = J->n;
     for (int c = J->c0; c < J->c1; ++c) {
         chunk_forward(J, &s, c, 0);
-        columns(s.Rc, J->R + (size_t)c * K * M, K, M, KV, 1);
-        load(s.bias, J->r + (size_t)c * K, KV, K);
+        const size_t w = (size_t)J->owner[c];
+        columns(s.Rc, J->R + w * K * M, K, M, KV, 1);
+        load(s.bias, J->r + w * K, KV, K);
         T *out = J->out + (size_t)c * n * K;
         for (int r = 0; r < n; r += RB) {
             const int rb = n - r >= RB ? RB : n - r;
@@ -372,15 +375,16 @@ static void *backward_job(void *arg) {
         /* Readout: dR = sum e z_L^T, dr = sum e; g = g_L = R^T e. */
         outer_sum(J->gR + (size_t)c * K * M, J->gr + (size_t)c * K, e, K, KV, s.z, M, MV, n, 1,
                   s.acc);
-        rows_of(s.Rr, J->R + (size_t)c * K * M, K, M, MV, 1);
+        const size_t w = (size_t)J->owner[c];
+        rows_of(s.Rr, J->R + w * K * M, K, M, MV, 1);
         int r = 0;
         for (; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, e + r * K, K, s.Rr, 0);
         for (; r < n; ++r) back_rows(1, s.g + r * M, e + r * K, K, s.Rr, 0);
         for (int k = L - 1; k >= 0; --k) {
-            const size_t ck = (size_t)c * L + k;
+            const size_t ck = (size_t)c * L + k, wk = w * L + k;
             const T *zk = s.zs + (size_t)k * n * M, *ak = s.as + (size_t)k * n * P;
-            rows_of(s.Vr, J->V + ck * M * P, M, P, PV, 1);
-            rows_of(s.hWr, J->W + ck * P * M, P, M, MV, J->h);
+            rows_of(s.Vr, J->V + wk * M * P, M, P, PV, 1);
+            rows_of(s.hWr, J->W + wk * P * M, P, M, MV, J->h);
             for (r = 0; r + RB <= n; r += RB)
                 gu_rows(RB, s.g + r * M, ak + r * P, s.gu + r * P, s.Vr, J->act);
             for (; r < n; ++r) gu_rows(1, s.g + r * M, ak + r * P, s.gu + r * P, s.Vr, J->act);
@@ -395,7 +399,7 @@ static void *backward_job(void *arg) {
         outer_sum(J->gA + (size_t)c * M * D, J->gc + (size_t)c * M, s.g, M, MV, x, D, DV, n, 1,
                   s.acc);
         if (J->want_gx) {
-            rows_of(s.Ar, J->A + (size_t)c * M * D, M, D, DV, 1);
+            rows_of(s.Ar, J->A + w * M * D, M, D, DV, 1);
             for (r = 0; r < n; ++r) {
                 vec y[DV];
                 memset(y, 0, sizeof y);
@@ -436,29 +440,91 @@ static int run(void *(*fn)(void *), Job proto, int B, int threads) {
     return failed;
 }
 
-/* out (B, n, K) from x (B, n, D); A (B, M, D), c (B, M), W (B, L, P, M), b (B, L, P),
- * V (B, L, M, P), R (B, K, M), r (B, K). Returns nonzero if memory ran out. */
-int rs_forward(int B, int n, int L, double h, int act, double tau, const T *x, const T *A,
-               const T *c, const T *W, const T *b, const T *V, const T *R, const T *r, T *out,
-               int threads) {
+/* Model e's gradient in dst (per values) from the chunks' in src (chunk-major, per values each):
+ * the sum over its chunks in chunk order, as a sequential index_add would form it. */
+static void reduce_by_model(T *dst, const T *src, size_t per, int E, const int *order,
+                            const int *start, int threads) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads)
+#endif
+    for (int e = 0; e < E; ++e) {
+        T *d = dst + (size_t)e * per;
+        memset(d, 0, sizeof(T) * per);
+        for (int j = start[e]; j < start[e + 1]; ++j) {
+            const T *g = src + (size_t)order[j] * per;
+            for (size_t i = 0; i < per; ++i) d[i] += g[i];
+        }
+    }
+    (void)threads;
+}
+
+static int owners_valid(const int64_t *owner, int B, int E) {
+    for (int c = 0; c < B; ++c)
+        if (owner[c] < 0 || owner[c] >= E) return 0;
+    return 1;
+}
+
+/* out (B, n, K) from x (B, n, D), chunk c running network owner[c] of E: A (E, M, D), c (E, M),
+ * W (E, L, P, M), b (E, L, P), V (E, L, M, P), R (E, K, M), r (E, K). Returns 0, 1 if memory
+ * ran out, 2 if an owner is outside [0, E). */
+int rs_forward(int B, int E, int n, int L, double h, int act, double tau, const int64_t *owner,
+               const T *x, const T *A, const T *c, const T *W, const T *b, const T *V, const T *R,
+               const T *r, T *out, int threads) {
+    if (!owners_valid(owner, B, E)) return 2;
     Job J = {0};
-    J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau;
+    J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau, J.owner = owner;
     J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r, J.out = out;
     return run(forward_job, J, B, threads);
 }
 
-/* From x and e = dJ/df (B, n, K): the gradients of every weight (each in its weight's shape)
- * and, when gx is not NULL, dJ/dx (B, n, D). Returns nonzero if memory ran out. */
-int rs_backward(int B, int n, int L, double h, int act, double tau, const T *x, const T *A,
-                const T *c, const T *W, const T *b, const T *V, const T *R, const T *r,
-                const T *e, T *gA, T *gc, T *gW, T *gb, T *gV, T *gR, T *gr, T *gx, int threads) {
+/* From x and e = dJ/df (B, n, K): every network's weight gradients (each in its weights' shape,
+ * E leading; a network without chunks gets zeros) and, when gx is not NULL, dJ/dx (B, n, D).
+ * Each chunk's gradients are formed apart, then summed per network in chunk order. Returns as
+ * rs_forward. */
+int rs_backward(int B, int E, int n, int L, double h, int act, double tau, const int64_t *owner,
+                const T *x, const T *A, const T *c, const T *W, const T *b, const T *V, const T *R,
+                const T *r, const T *e, T *gA, T *gc, T *gW, T *gb, T *gV, T *gR, T *gr, T *gx,
+                int threads) {
+    if (!owners_valid(owner, B, E)) return 2;
+    const size_t per[7] = {(size_t)M * D, M, (size_t)L * P * M, (size_t)L * P, (size_t)L * M * P,
+                           (size_t)K * M, K};
+    T *dst[7] = {gA, gc, gW, gb, gV, gR, gr};
+    size_t total = 0;
+    for (int i = 0; i < 7; ++i) total += per[i];
+    T *work = malloc(sizeof(T) * total * (size_t)(B > 0 ? B : 1));
+    int *order = malloc(sizeof(int) * (size_t)(B > 0 ? B : 1));
+    int *start = calloc((size_t)E + 1, sizeof(int));
+    if (!work || !order || !start) {
+        free(work), free(order), free(start);
+        return 1;
+    }
+    T *part[7];
+    part[0] = work;
+    for (int i = 1; i < 7; ++i) part[i] = part[i - 1] + per[i - 1] * (size_t)B;
     Job J = {0};
     J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau, J.want_gx = gx != NULL;
-    J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r, J.e = e;
-    J.gA = gA, J.gc = gc, J.gW = gW, J.gb = gb, J.gV = gV, J.gR = gR, J.gr = gr, J.gx = gx;
-    return run(backward_job, J, B, threads);
+    J.owner = owner, J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r;
+    J.e = e, J.gx = gx;
+    J.gA = part[0], J.gc = part[1], J.gW = part[2], J.gb = part[3], J.gV = part[4];
+    J.gR = part[5], J.gr = part[6];
+    int status = run(backward_job, J, B, threads);
+    if (!status) {
+        /* Chunks of each network in chunk order: a stable counting sort by owner. */
+        for (int q = 0; q < B; ++q) ++start[owner[q] + 1];
+        for (int m = 0; m < E; ++m) start[m + 1] += start[m];
+        int *fill = malloc(sizeof(int) * (size_t)E + 1);
+        if (!fill) {
+            status = 1;
+        } else {
+            memcpy(fill, start, sizeof(int) * (size_t)E);
+            for (int q = 0; q < B; ++q) order[fill[owner[q]]++] = q;
+            free(fill);
+            for (int i = 0; i < 7; ++i) reduce_by_model(dst[i], part[i], per[i], E, order, start, threads);
+        }
+    }
+    free(work), free(order), free(start);
+    return status;
 }
-
 /* The library's (sizeof T, D, M, P, K), checked by the loader against what it asked for. */
 void rs_shape(int *out) {
     out[0] = (int)sizeof(T);
