@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Create .venv with the pinned dependencies (constraints.txt) and resdyn installed editable.
-#   bash scripts/setup.sh          the package
+#   bash scripts/setup.sh          the package (and a C compiler for the native ResNet kernel)
 #   bash scripts/setup.sh test     the package, the test tools, Ray, and headless Chromium
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
+# resdyn compiles its native ResNet kernel (src/resdyn/models/csrc) with the system C compiler on
+# first use; without one it runs the slower torch path and says so.
+if ! command -v cc >/dev/null && ! command -v gcc >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gcc >/dev/null) \
+            || echo "warning: could not install gcc; the native ResNet kernel will not be built" >&2
+    fi
+fi
 extras=""
 if [ "${1:-}" = "test" ]; then
     extras="[test,ray]"
