@@ -11,7 +11,7 @@ import torch
 from resdyn.models import ResNet, init_params, native
 from resdyn.models.activations import get_activation
 from resdyn.models.blocks import embed, layer_params, readout, residual_map
-from resdyn.models.fused import _NAMES, _NativeResNet, native_resnet
+from resdyn.models.native import _NAMES, _NativeResNet, native_resnet
 
 D64 = torch.float64
 HAVE_CC = native._compiler() is not None
@@ -143,7 +143,7 @@ def test_chunks_read_their_models_weights_in_place_bitwise_as_the_gathered_forwa
     """forward_chunks (the engine's call) against forward on weights gathered per chunk: the same
     outputs, and each model's gradient the sum of its chunks' in chunk order, as index_add forms
     it; a model that owns no chunk gets a zero gradient."""
-    net, params, x = _net_and_inputs("tanh", torch.float32, n=16, d=2, m=16, p=16, k=2,
+    net, params, _ = _net_and_inputs("tanh", torch.float32, n=16, d=2, m=16, p=16, k=2,
                                      depth=4, B=3)
     xs = torch.randn(6, 16, 2, generator=torch.Generator().manual_seed(7))
     owner = torch.tensor([0, 0, 0, 2, 2, 0])  # model 1 owns nothing
@@ -158,9 +158,8 @@ def test_chunks_read_their_models_weights_in_place_bitwise_as_the_gathered_forwa
     for name, a, b in zip(leaves, g1, g2, strict=True):
         assert torch.equal(a, b), name
         assert not a[1].any() and a[0].abs().sum() > 0, name
-    with pytest.raises(ValueError, match="owner is outside"):
-        with torch.no_grad():
-            net.forward_chunks(params, xs, torch.tensor([0, 0, 0, 3, 2, 0]))
+    with pytest.raises(ValueError, match="owner is outside"), torch.no_grad():
+        net.forward_chunks(params, xs, torch.tensor([0, 0, 0, 3, 2, 0]))
 
 
 @needs_cc

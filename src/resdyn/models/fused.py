@@ -20,9 +20,9 @@ invariance). Used only where an activation states its derivative from its output
 (``Activation.grad_from_output``) and outside torch.func transforms (which need the autograd
 graph); elsewhere :func:`residual_stack` runs the same recursion through autograd.
 
-On the CPU, :func:`native_resnet` runs the whole network (embedding, stack, readout) through the
-C kernel of :mod:`resdyn.models.native` where it is built for the dtype, the widths and the
-activation: the same recursion, forward and backward, with or without a graph.
+On the CPU, :func:`resdyn.models.native.native_resnet` runs the whole network (embedding, stack,
+readout) through a C kernel instead, where one is built; this module is then the path of CUDA
+and of machines without a C compiler.
 """
 
 from __future__ import annotations
@@ -32,7 +32,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import native
 from .activations import Activation
 
 __all__ = ["residual_stack"]
@@ -83,61 +82,7 @@ class _Stack(torch.autograd.Function):
         return g, gW, gb, gV, None, None
 
 
-class _NativeResNet(torch.autograd.Function):
-    """The whole two-layer ResNet through the C kernel: only x and the weights are saved; the
-    backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, owner: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor,
-                V: Tensor, R: Tensor, r: Tensor, h: float, act: Activation,
-                lib: native.NativeResNet) -> Tensor:
-        x, *weights = (t.contiguous() for t in (x, A, c, W, b, V, R, r))
-        owner = owner.contiguous()
-        ctx.h, ctx.act, ctx.lib = h, act, lib
-        ctx.save_for_backward(x, owner, *weights)
-        return lib.forward(x, owner, tuple(weights), h, native.activation_code(act), act.tau)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
-        x, owner, *weights = ctx.saved_tensors
-        gx, *grads = ctx.lib.backward(x, owner, tuple(weights), ctx.h,
-                                      native.activation_code(ctx.act), ctx.act.tau,
-                                      e.contiguous(), ctx.needs_input_grad[0])
-        return (gx, None, *grads, None, None, None)
-
-
-_NAMES = ("A", "c", "W", "b", "V", "R", "r")
-
-
-def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation,
-                  owner: Tensor | None = None) -> Tensor | None:
-    """Outputs (B, n, k) of the untied two-layer ResNet (z_0 = A x + c, the stack of the module
-    docstring, f = R z_L + r) through the C kernel of :mod:`resdyn.models.native`, or None where
-    that does not apply (not on the CPU, a dtype or activation it lacks, inside a torch.func
-    transform, or no kernel built). ``owner`` (B,): the network of ``params`` (leading axis E)
-    that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
-    chunks' in chunk order."""
-    tensors = (x, *(params[k] for k in _NAMES))
-    if x.device.type != "cpu" or native.activation_code(act) is None:
-        return None
-    if any(t.dtype != x.dtype or t.device != x.device or _transformed(t) for t in tensors):
-        return None
-    A, W, R = params["A"], params["W"], params["R"]
-    lib = native.resnet_library(x.dtype, A.shape[2], A.shape[1], W.shape[2], R.shape[1])
-    if lib is None:
-        return None
-    if owner is None:
-        owner = torch.arange(x.shape[0])
-    owner = owner.to(torch.int64)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _NativeResNet.apply(x, owner, *tensors[1:], h, act, lib)
-    x, *weights = (t.contiguous() for t in tensors)
-    return lib.forward(x, owner.contiguous(), tuple(weights), h, native.activation_code(act),
-                       act.tau)
-
-
-def _transformed(t: Tensor) -> bool:
+def transformed(t: Tensor) -> bool:
     """Whether ``t`` is a torch.func wrapper (jacrev, vmap, ...), which a Function with a
     hand-written, in-place backward does not support."""
     return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
@@ -148,7 +93,7 @@ def residual_stack(z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float, act: Ac
     weights W (B, L, p, m), b (B, L, p), V (B, L, m, p)."""
     tensors = (z, W, b, V)
     fused = (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-             and act.grad_from_output is not None and not any(_transformed(t) for t in tensors))
+             and act.grad_from_output is not None and not any(transformed(t) for t in tensors))
     if fused:
         return _Stack.apply(z, W, b, V, h, act)
     # No graph needed, or one autograd must build itself: the same recursion, op by op.

@@ -30,14 +30,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .activations import Activation
+from .fused import transformed
 
 __all__ = ["ACT_CODES", "MAX_IO", "MAX_WIDTH", "NativeResNet", "activation_code", "cache_dir",
-           "enabled", "resnet_library"]
+           "enabled", "native_resnet", "resnet_library"]
 
 SOURCE = Path(__file__).with_name("csrc") / "resnet.c"
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-fno-math-errno", "-fno-trapping-math",
@@ -214,3 +216,57 @@ def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> 
         raise RuntimeError(f"{path} was built for (bytes, d, m, p, k) = {tuple(shape)}, not "
                            f"{expected}")
     return NativeResNet(lib, dtype, widths)
+
+
+class _NativeResNet(torch.autograd.Function):
+    """The whole two-layer ResNet through the C kernel: only x and the weights are saved; the
+    backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, owner: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor,
+                V: Tensor, R: Tensor, r: Tensor, h: float, act: Activation,
+                lib: NativeResNet) -> Tensor:
+        x, *weights = (t.contiguous() for t in (x, A, c, W, b, V, R, r))
+        owner = owner.contiguous()
+        ctx.h, ctx.act, ctx.lib = h, act, lib
+        ctx.save_for_backward(x, owner, *weights)
+        return lib.forward(x, owner, tuple(weights), h, activation_code(act), act.tau)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
+        x, owner, *weights = ctx.saved_tensors
+        gx, *grads = ctx.lib.backward(x, owner, tuple(weights), ctx.h,
+                                      activation_code(ctx.act), ctx.act.tau,
+                                      e.contiguous(), ctx.needs_input_grad[0])
+        return (gx, None, *grads, None, None, None)
+
+
+_NAMES = ("A", "c", "W", "b", "V", "R", "r")
+
+
+def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation,
+                  owner: Tensor | None = None) -> Tensor | None:
+    """Outputs (B, n, k) of the untied two-layer ResNet (z_0 = A x + c, the stack of
+    :mod:`resdyn.models.fused`, f = R z_L + r) through the C kernel, or None where that does not
+    apply (not on the CPU, a dtype or activation it lacks, inside a torch.func
+    transform, or no kernel built). ``owner`` (B,): the network of ``params`` (leading axis E)
+    that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
+    chunks' in chunk order."""
+    tensors = (x, *(params[k] for k in _NAMES))
+    if x.device.type != "cpu" or activation_code(act) is None:
+        return None
+    if any(t.dtype != x.dtype or t.device != x.device or transformed(t) for t in tensors):
+        return None
+    A, W, R = params["A"], params["W"], params["R"]
+    lib = resnet_library(x.dtype, A.shape[2], A.shape[1], W.shape[2], R.shape[1])
+    if lib is None:
+        return None
+    if owner is None:
+        owner = torch.arange(x.shape[0])
+    owner = owner.to(torch.int64)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return _NativeResNet.apply(x, owner, *tensors[1:], h, act, lib)
+    x, *weights = (t.contiguous() for t in tensors)
+    return lib.forward(x, owner.contiguous(), tuple(weights), h, activation_code(act),
+                       act.tau)

@@ -16,7 +16,8 @@ from torch import Tensor
 from .._checks import check_bool, check_int
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
-from .fused import native_resnet, residual_stack
+from .fused import residual_stack
+from .native import native_resnet
 
 __all__ = ["ResNet"]
 
