@@ -33,3 +33,26 @@ def count_rows(store) -> int:
             return db.execute("SELECT count(*) FROM cells").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def autograd_resnet(net, p: dict, x):
+    """The untied two-layer ResNet op by op through autograd (blocks.residual_map): neither the
+    fused stack nor the native kernel."""
+    from resdyn.models.blocks import embed, layer_params, readout, residual_map
+
+    layers = layer_params(p, "two_layer")
+    z = embed(p, x)
+    for k in range(net.depth):
+        z = z + net.step * residual_map(layers[k], z, net.act)
+    return readout(p, z)
+
+
+def graph_nodes(t) -> set[str]:
+    """Names of the autograd node types in the graph behind ``t``."""
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        f = todo.pop()
+        if f is not None and type(f).__name__ not in seen:
+            seen.add(type(f).__name__)
+            todo.extend(n for n, _ in f.next_functions)
+    return seen

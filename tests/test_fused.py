@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch.func import jacrev
 
+from helpers import autograd_resnet, graph_nodes
 from resdyn.models import ResNet, init_params
 from resdyn.models.activations import get_activation
-from resdyn.models.blocks import embed, layer_params, readout, residual_map
+from resdyn.models.blocks import embed
 from resdyn.models.fused import _Stack
 
 D64 = torch.float64
@@ -19,32 +20,14 @@ def _torch_path(monkeypatch):
     monkeypatch.setenv("RESDYN_NATIVE", "0")
 
 
-def _autograd_forward(net: ResNet, p: dict, x: torch.Tensor) -> torch.Tensor:
-    layers = layer_params(p, "two_layer")
-    z = embed(p, x)
-    for k in range(net.depth):
-        z = z + net.step * residual_map(layers[k], z, net.act)
-    return readout(p, z)
-
-
-def _graph_nodes(t: torch.Tensor) -> set[str]:
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        f = todo.pop()
-        if f is not None and type(f).__name__ not in seen:
-            seen.add(type(f).__name__)
-            todo.extend(n for n, _ in f.next_functions)
-    return seen
-
-
 @pytest.mark.parametrize("act", ["tanh", "relu", "soft_threshold", "shifted_relu"])
 def test_fused_stack_matches_autograd_in_value_and_every_gradient(act):
     net = ResNet(in_dim=3, out_dim=4, width=5, hidden=7, depth=6, activation=act, horizon=2.0)
     assert get_activation(act).grad_from_output is not None
     p = {k: v.requires_grad_(True) for k, v in init_params(net, [0, 1, 2], D64).items()}
     x = torch.randn(3, 9, 3, generator=torch.Generator().manual_seed(1), dtype=D64)
-    fused, ref = net.forward(p, x), _autograd_forward(net, p, x)
-    assert "_StackBackward" in _graph_nodes(fused)  # the fused node, not the fallback loop
+    fused, ref = net.forward(p, x), autograd_resnet(net, p, x)
+    assert "_StackBackward" in graph_nodes(fused)  # the fused node, not the fallback loop
     assert torch.allclose(fused, ref, rtol=0, atol=1e-13)
     w = torch.randn(fused.shape, generator=torch.Generator().manual_seed(2), dtype=D64)
     g1 = torch.autograd.grad((fused * w).sum(), list(p.values()))

@@ -8,23 +8,14 @@ import warnings
 import pytest
 import torch
 
+from helpers import autograd_resnet, graph_nodes
 from resdyn.models import ResNet, init_params, native
 from resdyn.models.activations import get_activation
-from resdyn.models.blocks import embed, layer_params, readout, residual_map
 from resdyn.models.native import _NAMES, _NativeResNet, native_resnet
 
 D64 = torch.float64
 HAVE_CC = native._compiler() is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
-
-
-def _reference(net: ResNet, p: dict, x: torch.Tensor) -> torch.Tensor:
-    """The recursion op by op through autograd (blocks.residual_map), never the kernel."""
-    layers = layer_params(p, "two_layer")
-    z = embed(p, x)
-    for k in range(net.depth):
-        z = z + net.step * residual_map(layers[k], z, net.act)
-    return readout(p, z)
 
 
 def _net_and_inputs(act="tanh", dtype=D64, seed=0, n=11, d=3, m=5, p=7, k=4, depth=6, B=3):
@@ -33,16 +24,6 @@ def _net_and_inputs(act="tanh", dtype=D64, seed=0, n=11, d=3, m=5, p=7, k=4, dep
     params = {key: v.to(dtype) for key, v in init_params(net, list(range(seed, seed + B))).items()}
     x = torch.randn(B, n, d, generator=torch.Generator().manual_seed(seed + 100), dtype=dtype)
     return net, params, x
-
-
-def _nodes(t: torch.Tensor) -> set[str]:
-    seen, todo = set(), [t.grad_fn]
-    while todo:
-        f = todo.pop()
-        if f is not None and type(f).__name__ not in seen:
-            seen.add(type(f).__name__)
-            todo.extend(n for n, _ in f.next_functions)
-    return seen
 
 
 def test_a_machine_with_a_compiler_builds_the_kernel():
@@ -61,10 +42,10 @@ def test_native_resnet_matches_the_torch_recursion_in_value_and_every_gradient(a
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     xl = x.clone().requires_grad_(True)
     out = net.forward(leaves, xl)
-    assert "_NativeResNetBackward" in _nodes(out)
+    assert "_NativeResNetBackward" in graph_nodes(out)
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     xr = x.clone().requires_grad_(True)
-    ref = _reference(net, ref_leaves, xr)
+    ref = autograd_resnet(net, ref_leaves, xr)
     assert torch.allclose(out, ref, rtol=0, atol=1e-13)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=D64)
     g1 = torch.autograd.grad((out * w).sum(), [xl, *leaves.values()])
@@ -181,7 +162,7 @@ def test_training_uses_the_kernel_and_evaluation_agrees_with_it_bitwise():
     p = {k: v.float().requires_grad_(True) for k, v in init_params(net, [0, 1]).items()}
     x = torch.randn(2, 10, 2)
     out = net.forward(p, x)
-    assert "_NativeResNetBackward" in _nodes(out)
+    assert "_NativeResNetBackward" in graph_nodes(out)
     with torch.no_grad():
         assert torch.equal(net.forward(p, x), out.detach())
 
@@ -200,7 +181,7 @@ def test_gelu_and_tied_weights_take_the_torch_path():
     for net in (ResNet(width=4, depth=3, activation="gelu"), ResNet(width=4, depth=3, tied=True)):
         p = {k: v.requires_grad_(True) for k, v in init_params(net, [0]).items()}
         out = net.forward(p, torch.randn(1, 5, 2, dtype=p["A"].dtype))
-        assert "_NativeResNetBackward" not in _nodes(out)
+        assert "_NativeResNetBackward" not in graph_nodes(out)
 
 
 def test_a_failed_build_warns_once_and_returns_none(monkeypatch, tmp_path):
