@@ -177,6 +177,13 @@ def test_without_the_kernel_the_torch_path_gives_the_same_numbers(monkeypatch):
     assert torch.allclose(fast, slow, rtol=0, atol=1e-13)
 
 
+def test_misshapen_weights_fall_to_the_torch_path_and_its_error_not_a_crash():
+    net, params, x = _net_and_inputs("tanh", n=4, d=2, m=4, p=4, k=2, depth=3, B=2)
+    params["V"] = params["V"][:, :, :3]  # (E, L, 3, p): one row short of m = 4
+    with pytest.raises(RuntimeError), torch.no_grad():
+        net.forward(params, x)
+
+
 def test_gelu_and_tied_weights_take_the_torch_path():
     for net in (ResNet(width=4, depth=3, activation="gelu"), ResNet(width=4, depth=3, tied=True)):
         p = {k: v.requires_grad_(True) for k, v in init_params(net, [0]).items()}

@@ -245,25 +245,44 @@ class _NativeResNet(torch.autograd.Function):
 _NAMES = ("A", "c", "W", "b", "V", "R", "r")
 
 
+def _shapes(params: dict[str, Tensor], x: Tensor, owner: Tensor) -> tuple[int, ...] | None:
+    """(d, m, p, k) when x (B, n, d), owner (B,) and the weights (module docstring of
+    NativeResNet) fit together, else None: the kernel reads raw memory by these sizes."""
+    A, W = params["A"], params["W"]
+    if x.dim() != 3 or A.dim() != 3 or W.dim() != 4 or owner.shape != (x.shape[0],):
+        return None
+    E, m, d = A.shape
+    L, p = W.shape[1], W.shape[2]
+    k = params["R"].shape[1] if params["R"].dim() == 3 else -1
+    expected = {"c": (E, m), "W": (E, L, p, m), "b": (E, L, p), "V": (E, L, m, p), "R": (E, k, m),
+                "r": (E, k)}
+    if x.shape[2] != d or any(tuple(params[n].shape) != s for n, s in expected.items()):
+        return None
+    return d, m, p, k
+
+
 def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activation,
                   owner: Tensor | None = None) -> Tensor | None:
     """Outputs (B, n, k) of the untied two-layer ResNet (z_0 = A x + c, the stack of
     :mod:`resdyn.models.fused`, f = R z_L + r) through the C kernel, or None where that does not
-    apply (not on the CPU, a dtype or activation it lacks, inside a torch.func
-    transform, or no kernel built). ``owner`` (B,): the network of ``params`` (leading axis E)
-    that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
+    apply (not on the CPU, a dtype or activation it lacks, inside a torch.func transform,
+    shapes that do not fit together, or no kernel built): the torch path then runs, and raises
+    its own error for a misshapen input. ``owner`` (B,): the network of ``params`` (leading axis
+    E) that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
     chunks' in chunk order."""
     tensors = (x, *(params[k] for k in _NAMES))
     if x.device.type != "cpu" or activation_code(act) is None:
         return None
     if any(t.dtype != x.dtype or t.device != x.device or transformed(t) for t in tensors):
         return None
-    A, W, R = params["A"], params["W"], params["R"]
-    lib = resnet_library(x.dtype, A.shape[2], A.shape[1], W.shape[2], R.shape[1])
-    if lib is None:
-        return None
     if owner is None:
         owner = torch.arange(x.shape[0])
+    shapes = _shapes(params, x, owner)
+    if shapes is None:
+        return None
+    lib = resnet_library(x.dtype, *shapes)
+    if lib is None:
+        return None
     owner = owner.to(torch.int64)
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return _NativeResNet.apply(x, owner, *tensors[1:], h, act, lib)
