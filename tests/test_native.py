@@ -58,6 +58,22 @@ def test_native_resnet_matches_the_torch_recursion_in_value_and_every_gradient(a
 
 
 @needs_cc
+def test_a_network_too_wide_to_hold_all_its_layers_is_laid_out_layer_by_layer():
+    """m = p = 128 in float64: the backward's layout of 8 layers passes the kernel's 4 MiB budget
+    (one layer is then laid out per chunk), the forward's does not (all 8 held)."""
+    net, params, x = _net_and_inputs("tanh", n=9, d=3, m=128, p=128, k=2, depth=8, B=2)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    out = net.forward_chunks(leaves, x[[0, 1, 0]], torch.tensor([0, 1, 0]))
+    ref_leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    ref = autograd_resnet(net, {k: v[[0, 1, 0]] for k, v in ref_leaves.items()}, x[[0, 1, 0]])
+    assert torch.allclose(out, ref, rtol=0, atol=1e-12)
+    g1 = torch.autograd.grad(out.square().sum(), list(leaves.values()))
+    g2 = torch.autograd.grad(ref.square().sum(), list(ref_leaves.values()))
+    for name, a, b in zip(leaves, g1, g2, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10), (name, float((a - b).abs().max()))
+
+
+@needs_cc
 def test_native_resnet_float32_is_within_float32_rounding_of_float64():
     net, params, x = _net_and_inputs("tanh", n=64, d=2, m=16, p=16, k=2, depth=8, B=4)
     with torch.no_grad():

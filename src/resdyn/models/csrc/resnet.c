@@ -200,11 +200,24 @@ static inline __attribute__((always_inline)) void outer_sum(
         for (int i = 0; i < I; ++i) xsum[i] = s * lane(sum, i);
 }
 
-/* Everything one thread needs for one chunk, allocated once per thread. */
+/* One network's weights laid out for the row loops. All L layers are held when they fit in
+ * LAYOUT_BYTES, so that a thread lays out each network once per call however many chunks it
+ * has; otherwise one layer is held and laid out again for every chunk. */
+enum { LAYOUT_BYTES = 4 << 20 };
 typedef struct {
-    vec *AT, *Rc, *WT, *hVT, *Vr, *hWr, *Rr, *Ar, *acc; /* weights laid out for the row loops */
-    vec bias[WV];
-    T *z, *zs, *as, *g, *gu, *e;                        /* rows: state, layers, gradients */
+    vec *AT, *cb;           /* embedding: columns of A (D x MV), c (MV) */
+    vec *WT, *hVT, *bl;     /* per held layer: columns of W (M x PV), of h V (P x MV), b (PV) */
+    vec *Vr, *hWr;          /* backward, per held layer: rows of V (M x PV), of h W (P x MV) */
+    vec *Rc, *rb, *Rr, *Ar; /* columns of R (M x KV), r (KV); rows of R (K x MV), of A (M x DV) */
+    int held, backward;     /* layers held (L or 1); whether the backward's parts are laid out */
+    int64_t model;          /* the network whose layers are all held, -1: none */
+} Layout;
+
+/* Everything one thread needs for its chunks, allocated once per thread and call. */
+typedef struct {
+    Layout lay;
+    vec *acc;                    /* accumulators of the gradient sums */
+    T *z, *zs, *as, *g, *gu, *e; /* rows: state, layers, gradients, activations */
 } Scratch;
 
 typedef struct {
@@ -223,43 +236,93 @@ static void *zalloc(size_t bytes) {
     return p;
 }
 
-static int scratch_init(Scratch *s, int n, int L) {
+static int scratch_init(Scratch *s, int n, int L, int backward) {
     memset(s, 0, sizeof *s);
+    Layout *y = &s->lay;
+    const size_t per_layer = sizeof(vec) * ((size_t)(M * PV + P * MV + PV) * (backward ? 2 : 1));
+    y->held = (size_t)L * per_layer <= LAYOUT_BYTES ? L : 1;
+    y->backward = backward;
+    y->model = -1;
+    const size_t held = (size_t)y->held;
+    y->AT = zalloc(sizeof(vec) * D * MV);
+    y->cb = zalloc(sizeof(vec) * MV);
+    y->WT = zalloc(sizeof(vec) * held * M * PV);
+    y->hVT = zalloc(sizeof(vec) * held * P * MV);
+    y->bl = zalloc(sizeof(vec) * held * PV);
+    y->Vr = zalloc(sizeof(vec) * held * M * PV);
+    y->hWr = zalloc(sizeof(vec) * held * P * MV);
+    y->Rc = zalloc(sizeof(vec) * M * KV);
+    y->rb = zalloc(sizeof(vec) * KV);
+    y->Rr = zalloc(sizeof(vec) * K * MV);
+    y->Ar = zalloc(sizeof(vec) * M * DV);
     const size_t big = (size_t)MP * XV;
-    s->AT = zalloc(sizeof(vec) * D * MV);
-    s->Rc = zalloc(sizeof(vec) * M * KV);
-    s->WT = zalloc(sizeof(vec) * M * PV);
-    s->hVT = zalloc(sizeof(vec) * P * MV);
-    s->Vr = zalloc(sizeof(vec) * M * PV);
-    s->hWr = zalloc(sizeof(vec) * P * MV);
-    s->Rr = zalloc(sizeof(vec) * K * MV);
-    s->Ar = zalloc(sizeof(vec) * M * DV);
     s->acc = zalloc(sizeof(vec) * (big > (size_t)K * MV ? big : (size_t)K * MV));
+    const size_t kept = backward ? (size_t)L : 0; /* the forward keeps no layers */
     s->z = zalloc(sizeof(T) * (size_t)n * M);
-    s->zs = zalloc(sizeof(T) * (size_t)L * n * M);
-    s->as = zalloc(sizeof(T) * (size_t)L * n * P);
+    s->zs = zalloc(sizeof(T) * kept * n * M);
+    s->as = zalloc(sizeof(T) * kept * n * P);
     s->g = zalloc(sizeof(T) * (size_t)n * M);
     s->gu = zalloc(sizeof(T) * (size_t)n * P);
     s->e = zalloc(sizeof(T) * (size_t)RB * WV * VL);
-    return s->AT && s->Rc && s->WT && s->hVT && s->Vr && s->hWr && s->Rr && s->Ar && s->acc &&
-           s->z && s->zs && s->as && s->g && s->gu && s->e;
+    return y->AT && y->cb && y->WT && y->hVT && y->bl && y->Vr && y->hWr && y->Rc && y->rb &&
+           y->Rr && y->Ar && s->acc && s->z && s->zs && s->as && s->g && s->gu && s->e;
 }
 
 static void scratch_free(Scratch *s) {
-    void *all[] = {s->AT, s->Rc, s->WT, s->hVT, s->Vr, s->hWr, s->Rr, s->Ar, s->acc,
-                   s->z, s->zs, s->as, s->g, s->gu, s->e};
+    Layout *y = &s->lay;
+    void *all[] = {y->AT, y->cb, y->WT, y->hVT, y->bl, y->Vr, y->hWr, y->Rc, y->rb, y->Rr, y->Ar,
+                   s->acc, s->z, s->zs, s->as, s->g, s->gu, s->e};
     for (size_t i = 0; i < sizeof all / sizeof *all; ++i) free(all[i]);
+}
+
+/* Layer k of network w into slot k (all layers held) or 0. */
+static void layout_layer(const Job *J, Layout *y, size_t w, int k) {
+    const size_t wk = w * J->L + k, slot = y->held == J->L ? (size_t)k : 0;
+    columns(y->WT + slot * M * PV, J->W + wk * P * M, P, M, PV, 1);
+    columns(y->hVT + slot * P * MV, J->V + wk * M * P, M, P, MV, J->h);
+    load(y->bl + slot * PV, J->b + wk * P, PV, P);
+    if (y->backward) {
+        rows_of(y->Vr + slot * M * PV, J->V + wk * M * P, M, P, PV, 1);
+        rows_of(y->hWr + slot * P * MV, J->W + wk * P * M, P, M, MV, J->h);
+    }
+}
+
+/* Network w's embedding and readout, and all its layers when they are held; nothing when it is
+ * already there. */
+static void layout_network(const Job *J, Layout *y, size_t w) {
+    if (y->model == (int64_t)w) return;
+    columns(y->AT, J->A + w * M * D, M, D, MV, 1);
+    load(y->cb, J->c + w * M, MV, M);
+    columns(y->Rc, J->R + w * K * M, K, M, KV, 1);
+    load(y->rb, J->r + w * K, KV, K);
+    if (y->backward) {
+        rows_of(y->Rr, J->R + w * K * M, K, M, MV, 1);
+        if (J->want_gx) rows_of(y->Ar, J->A + w * M * D, M, D, DV, 1);
+    }
+    if (y->held == J->L) {
+        for (int k = 0; k < J->L; ++k) layout_layer(J, y, w, k);
+        y->model = (int64_t)w;
+    }
+}
+
+/* Layer k's slot, laid out first when the layers are not all held. */
+static size_t layer_slot(const Job *J, Layout *y, size_t w, int k) {
+    if (y->held == J->L) return (size_t)k;
+    layout_layer(J, y, w, k);
+    return 0;
 }
 
 /* Rows [r, r + rb) of the chunk through layer k: u = W z + b, a = act(u), z += (h V) a; with
  * keep, z_k and a_k are kept in s->zs and s->as (layer-major). */
 static inline __attribute__((always_inline)) void layer_rows(int rb, Scratch *s, int r, int k,
-                                                            int n, int act, T tau, int keep) {
+                                                            size_t slot, int n, int act, T tau,
+                                                            int keep) {
     vec u[RB][WV], zk[RB][WV];
+    const vec *hVT = s->lay.hVT + slot * P * MV;
     T *z = s->z + (size_t)r * M;
     T *a = keep ? s->as + ((size_t)k * n + r) * P : s->e;
     if (keep) memcpy(s->zs + ((size_t)k * n + r) * M, z, sizeof(T) * M * rb);
-    affine(rb, u, z, M, M, s->WT, s->bias, PV);
+    affine(rb, u, z, M, M, s->lay.WT + slot * M * PV, s->lay.bl + slot * PV, PV);
     for (int q = 0; q < rb; ++q) {
         for (int v = 0; v < PV; ++v) u[q][v] = activate(u[q][v], act, tau);
         memcpy(a + q * P, u[q], sizeof(T) * P);
@@ -268,7 +331,7 @@ static inline __attribute__((always_inline)) void layer_rows(int rb, Scratch *s,
     for (int j = 0; j < P; ++j)
         for (int q = 0; q < rb; ++q) {
             const T sj = a[q * P + j];
-            for (int v = 0; v < MV; ++v) zk[q][v] += sj * s->hVT[j * MV + v];
+            for (int v = 0; v < MV; ++v) zk[q][v] += sj * hVT[j * MV + v];
         }
     for (int q = 0; q < rb; ++q) memcpy(z + q * M, zk[q], sizeof(T) * M);
 }
@@ -278,32 +341,28 @@ static void chunk_forward(const Job *J, Scratch *s, int c, int keep) {
     const int n = J->n, L = J->L;
     const T *x = J->x + (size_t)c * n * D;
     const size_t w = (size_t)J->owner[c]; /* the chunk's network */
-    columns(s->AT, J->A + w * M * D, M, D, MV, 1);
-    load(s->bias, J->c + w * M, MV, M);
+    layout_network(J, &s->lay, w);
     for (int r = 0; r < n; r += RB) {
         const int rb = n - r >= RB ? RB : n - r;
         vec y[RB][WV];
         if (rb == RB)
-            affine(RB, y, x + (size_t)r * D, D, D, s->AT, s->bias, MV);
+            affine(RB, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb, MV);
         else
-            affine(rb, y, x + (size_t)r * D, D, D, s->AT, s->bias, MV);
+            affine(rb, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb, MV);
         for (int q = 0; q < rb; ++q) memcpy(s->z + (size_t)(r + q) * M, y[q], sizeof(T) * M);
     }
     for (int k = 0; k < L; ++k) {
-        const size_t wk = w * L + k;
-        columns(s->WT, J->W + wk * P * M, P, M, PV, 1);
-        columns(s->hVT, J->V + wk * M * P, M, P, MV, J->h);
-        load(s->bias, J->b + wk * P, PV, P);
+        const size_t slot = layer_slot(J, &s->lay, w, k);
         int r = 0;
-        for (; r + RB <= n; r += RB) layer_rows(RB, s, r, k, n, J->act, J->tau, keep);
-        for (; r < n; ++r) layer_rows(1, s, r, k, n, J->act, J->tau, keep);
+        for (; r + RB <= n; r += RB) layer_rows(RB, s, r, k, slot, n, J->act, J->tau, keep);
+        for (; r < n; ++r) layer_rows(1, s, r, k, slot, n, J->act, J->tau, keep);
     }
 }
 
 static void *forward_job(void *arg) {
     Job *J = arg;
     Scratch s;
-    if (!scratch_init(&s, J->n, 1)) {
+    if (!scratch_init(&s, J->n, J->L, 0)) {
         J->failed = 1;
         scratch_free(&s);
         return NULL;
@@ -311,17 +370,14 @@ static void *forward_job(void *arg) {
     const int n = J->n;
     for (int c = J->c0; c < J->c1; ++c) {
         chunk_forward(J, &s, c, 0);
-        const size_t w = (size_t)J->owner[c];
-        columns(s.Rc, J->R + w * K * M, K, M, KV, 1);
-        load(s.bias, J->r + w * K, KV, K);
         T *out = J->out + (size_t)c * n * K;
         for (int r = 0; r < n; r += RB) {
             const int rb = n - r >= RB ? RB : n - r;
             vec y[RB][WV];
             if (rb == RB)
-                affine(RB, y, s.z + (size_t)r * M, M, M, s.Rc, s.bias, KV);
+                affine(RB, y, s.z + (size_t)r * M, M, M, s.lay.Rc, s.lay.rb, KV);
             else
-                affine(rb, y, s.z + (size_t)r * M, M, M, s.Rc, s.bias, KV);
+                affine(rb, y, s.z + (size_t)r * M, M, M, s.lay.Rc, s.lay.rb, KV);
             for (int q = 0; q < rb; ++q) memcpy(out + (size_t)(r + q) * K, y[q], sizeof(T) * K);
         }
     }
@@ -364,7 +420,7 @@ static void *backward_job(void *arg) {
     Job *J = arg;
     const int n = J->n, L = J->L;
     Scratch s;
-    if (!scratch_init(&s, n, L)) {
+    if (!scratch_init(&s, n, L, 1)) {
         J->failed = 1;
         scratch_free(&s);
         return NULL;
@@ -376,38 +432,36 @@ static void *backward_job(void *arg) {
         outer_sum(J->gR + (size_t)c * K * M, J->gr + (size_t)c * K, e, K, KV, s.z, M, MV, n, 1,
                   s.acc);
         const size_t w = (size_t)J->owner[c];
-        rows_of(s.Rr, J->R + w * K * M, K, M, MV, 1);
+        const Layout *y = &s.lay;
         int r = 0;
-        for (; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, e + r * K, K, s.Rr, 0);
-        for (; r < n; ++r) back_rows(1, s.g + r * M, e + r * K, K, s.Rr, 0);
+        for (; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, e + r * K, K, y->Rr, 0);
+        for (; r < n; ++r) back_rows(1, s.g + r * M, e + r * K, K, y->Rr, 0);
         for (int k = L - 1; k >= 0; --k) {
-            const size_t ck = (size_t)c * L + k, wk = w * L + k;
+            const size_t ck = (size_t)c * L + k, slot = layer_slot(J, &s.lay, w, k);
+            const vec *Vr = y->Vr + slot * M * PV, *hWr = y->hWr + slot * P * MV;
             const T *zk = s.zs + (size_t)k * n * M, *ak = s.as + (size_t)k * n * P;
-            rows_of(s.Vr, J->V + wk * M * P, M, P, PV, 1);
-            rows_of(s.hWr, J->W + wk * P * M, P, M, MV, J->h);
             for (r = 0; r + RB <= n; r += RB)
-                gu_rows(RB, s.g + r * M, ak + r * P, s.gu + r * P, s.Vr, J->act);
-            for (; r < n; ++r) gu_rows(1, s.g + r * M, ak + r * P, s.gu + r * P, s.Vr, J->act);
+                gu_rows(RB, s.g + r * M, ak + r * P, s.gu + r * P, Vr, J->act);
+            for (; r < n; ++r) gu_rows(1, s.g + r * M, ak + r * P, s.gu + r * P, Vr, J->act);
             /* dV_k uses g_{k+1}: before g moves on to g_k. */
             outer_sum(J->gV + ck * M * P, NULL, s.g, M, MV, ak, P, PV, n, J->h, s.acc);
             outer_sum(J->gW + ck * P * M, J->gb + ck * P, s.gu, P, PV, zk, M, MV, n, J->h, s.acc);
-            for (r = 0; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, s.gu + r * P, P, s.hWr, 1);
-            for (; r < n; ++r) back_rows(1, s.g + r * M, s.gu + r * P, P, s.hWr, 1);
+            for (r = 0; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, s.gu + r * P, P, hWr, 1);
+            for (; r < n; ++r) back_rows(1, s.g + r * M, s.gu + r * P, P, hWr, 1);
         }
         /* Embedding: dA = sum g_0 x^T, dc = sum g_0; dJ/dx = A^T g_0 when asked for. */
         const T *x = J->x + (size_t)c * n * D;
         outer_sum(J->gA + (size_t)c * M * D, J->gc + (size_t)c * M, s.g, M, MV, x, D, DV, n, 1,
                   s.acc);
         if (J->want_gx) {
-            rows_of(s.Ar, J->A + w * M * D, M, D, DV, 1);
             for (r = 0; r < n; ++r) {
-                vec y[DV];
-                memset(y, 0, sizeof y);
+                vec gx[DV];
+                memset(gx, 0, sizeof gx);
                 for (int i = 0; i < M; ++i) {
                     const T gi = s.g[(size_t)r * M + i];
-                    for (int v = 0; v < DV; ++v) y[v] += gi * s.Ar[i * DV + v];
+                    for (int v = 0; v < DV; ++v) gx[v] += gi * y->Ar[i * DV + v];
                 }
-                memcpy(J->gx + ((size_t)c * n + r) * D, y, sizeof(T) * D);
+                memcpy(J->gx + ((size_t)c * n + r) * D, gx, sizeof(T) * D);
             }
         }
     }
