@@ -20,6 +20,7 @@ everywhere.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -84,7 +85,6 @@ class NativeResNet:
     R (E, k, m), r (E, k)."""
 
     lib: ctypes.CDLL
-    dtype: torch.dtype
     widths: tuple[int, int, int, int]
 
     def forward(self, x: Tensor, owner: Tensor, weights: tuple[Tensor, ...], h: float, act: int,
@@ -142,14 +142,20 @@ def _compiler() -> str | None:
     return None
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def _toolchain_key(cc: str) -> str:
+    """What a build depends on besides the source and flags: the compiler's version and this
+    CPU's feature flags (``-march=native``). Once per compiler and process."""
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    cpu = platform.machine() + platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return line
+                cpu = line
+                break
     except OSError:
         pass
-    return platform.machine() + platform.processor()
+    return "\0".join([cc, version, cpu])
 
 
 def cache_dir() -> Path:
@@ -171,9 +177,8 @@ def _build(dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNe
             raise RuntimeError("no C compiler found ($CC, cc, gcc or clang)")
         defines = [f"-DRS_{name}={w}" for name, w in zip("DMPK", widths, strict=True)]
         defines += ["-DRS_DOUBLE"] if dtype == torch.float64 else []
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
-        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *OPENMP, *defines, cc, version,
-                                           _cpu_flags()]).encode()).hexdigest()[:16]
+        digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *OPENMP, *defines,
+                                           _toolchain_key(cc)]).encode()).hexdigest()[:16]
         shape = "x".join(map(str, widths))
         target = cache_dir() / f"resnet_{_DTYPES[dtype]}_{shape}_{digest}.so"
         if not target.exists():
@@ -215,7 +220,7 @@ def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> 
     if tuple(shape) != expected:
         raise RuntimeError(f"{path} was built for (bytes, d, m, p, k) = {tuple(shape)}, not "
                            f"{expected}")
-    return NativeResNet(lib, dtype, widths)
+    return NativeResNet(lib, widths)
 
 
 class _NativeResNet(torch.autograd.Function):
@@ -283,9 +288,5 @@ def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activatio
     lib = resnet_library(x.dtype, *shapes)
     if lib is None:
         return None
-    owner = owner.to(torch.int64)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return _NativeResNet.apply(x, owner, *tensors[1:], h, act, lib)
-    x, *weights = (t.contiguous() for t in tensors)
-    return lib.forward(x, owner.contiguous(), tuple(weights), h, activation_code(act),
-                       act.tau)
+    # Without a graph (evaluation, torch.no_grad) apply builds none: the same call either way.
+    return _NativeResNet.apply(x, owner.to(torch.int64), *tensors[1:], h, act, lib)
