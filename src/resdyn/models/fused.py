@@ -1,7 +1,8 @@
 """The two-layer residual stack as one autograd node with a hand-written backward.
 
 For chunks b = 1..B of n rows each, state z_0 (B, n, m) and layer weights W (B, L, p, m),
-b (B, L, p), V (B, L, m, p), the stack computes (docs/engine.md, "Fused residual stack")
+b (B, L, p), V (B, L, m, p), the stack computes (docs/engine.md, "Fused residual stack (torch
+path)")
 
     u_k = z_k W_k^T + b_k,   a_k = act(u_k),   z_{k+1} = z_k + h a_k V_k^T,   k = 0..L-1,
 

@@ -1,7 +1,8 @@
 /* The untied two-layer ResNet, forward and backward, for chunks of rows with their own weights.
  *
  * Chunk c (of B) holds n inputs x (n, D) and its network's weights A (M, D), c (M), W (L, P, M),
- * b (L, P), V (L, M, P), R (K, M), r (K). For every row (docs/engine.md, "Native ResNet"):
+ * b (L, P), V (L, M, P), R (K, M), r (K). For every row (docs/engine.md, "Native ResNet
+ * (CPU)"):
  *
  *     z_0 = A x + c,
  *     u_k = W_k z_k + b_k,   a_k = act(u_k),   z_{k+1} = z_k + h V_k a_k,   k = 0..L-1,
@@ -566,7 +567,7 @@ int rs_backward(int B, int E, int n, int L, double h, int act, double tau, const
         /* Chunks of each network in chunk order: a stable counting sort by owner. */
         for (int q = 0; q < B; ++q) ++start[owner[q] + 1];
         for (int m = 0; m < E; ++m) start[m + 1] += start[m];
-        int *fill = malloc(sizeof(int) * (size_t)E + 1);
+        int *fill = malloc(sizeof(int) * ((size_t)E + 1));
         if (!fill) {
             status = 1;
         } else {
