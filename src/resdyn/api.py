@@ -20,8 +20,7 @@ from torch import Tensor, nn
 
 from .data.base import Dataset
 from .models.base import Model, Params
-from .models.io import load_params
-from .models.registry import build_model, check_model_fits
+from .models.registry import check_model_fits
 from .sweeps.grid import _data_config, load_dataset
 from .sweeps.store import Store, StoreError
 
@@ -86,29 +85,18 @@ def find_cell(st: Store, cell_id: str) -> dict[str, Any]:
 def load_cell(store: str | Path, cell_id: str, device: str | torch.device = "cpu") -> LoadedCell:
     """The model, parameters (leading axis 1) and configuration of a finished cell of ``store``.
 
-    Raises :class:`~resdyn.sweeps.store.StoreError` when the store, the cell or its weights file
-    is missing.
+    The weights are read through :meth:`~resdyn.sweeps.store.Store.load_weights` (inside the
+    store's folder, sha256 checked, shapes of the row's model). Raises
+    :class:`~resdyn.sweeps.store.StoreError` when the store, the cell or its weights file is
+    missing or damaged.
     """
     with Store(store, create=False) as st:
         row = find_cell(st, cell_id)
-        files = st.files
-    if not row.get("weights"):
-        raise StoreError(f"cell {row['cell_id']} of {store} has no weights file (it was stored "
-                         "without trained parameters)")
-    path = files / row["weights"]
-    if not path.is_file():
-        raise StoreError(f"the weights of cell {row['cell_id']} are missing: no file {path}")
-    model, params, _ = load_params(path, device)
-    config = row["config"]
-    expected = build_model(**config["model"])
-    if model != expected:
-        raise StoreError(f"weights file {path} holds a {model.family} model that differs from the "
-                         f"cell's configuration")
+        model, params = st.load_weights(row, device)
     # The sweep writes one model's tensors (no model axis); give them the axis every function
     # of resdyn takes.
-    shapes = expected.init(torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
-    params = {k: (v.unsqueeze(0) if v.dim() == shapes[k].dim() else v) for k, v in params.items()}
-    return LoadedCell(row["cell_id"], model, params, config, row)
+    params = {k: v.unsqueeze(0) for k, v in params.items()}
+    return LoadedCell(row["cell_id"], model, params, row["config"], row)
 
 
 class ResdynModule(nn.Module):

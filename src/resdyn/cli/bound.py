@@ -8,11 +8,13 @@ the store: the printed ``test_error_bound`` is the one recorded in the cell's ro
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import click
 import torch
 
+from ..models.registry import check_model_fits
 from ..theory.bounds import FAMILIES, BoundOptions, bound_terms
 from .options import compute_options, setup_compute
 
@@ -21,23 +23,37 @@ GROUPS = ("path_norm_bound", "flow_bound", "dead_zone", "spectral_bound", "mario
 BOUND_MEASURES = GROUPS
 
 
+def _fail(msg: str) -> None:
+    """One line on stderr, exit status 1."""
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(1)
+
+
 def _cell_inputs(store: Path, cell_id: str, options: dict):
-    """model, params (axis 1), x, y, the cell's bound options and its description, from a store."""
+    """model, params (axis 1), x, y, the cell's bound options and its description, from a store;
+    a store, row or weights file that cannot give them is one error line."""
     from ..api import load_cell
     from ..sweeps.store import StoreError
 
     try:
         cell = load_cell(store, cell_id)
     except StoreError as err:
-        raise click.UsageError(str(err)) from None
+        _fail(str(err))
     cfg = cell.config
-    # The options the sweep's bound measures ran with (they share one set), then the command line's
-    # only where the spec was silent.
-    stored = next((dict(cfg["measures"][m]) for m in BOUND_MEASURES if m in cfg["measures"]), {})
-    opts = {**options, **stored}
-    data = cell.data()
-    idx = cell.train_indices()
-    x = data.prepare(data.x[idx], torch.float64, "cpu")
+    try:
+        # The options the sweep's bound measures ran with (they share one set), then the command
+        # line's only where the spec was silent.
+        stored = next((dict(cfg["measures"][m]) for m in BOUND_MEASURES
+                       if m in cfg.get("measures", {})), {})
+        opts = {**options, **stored}
+        data = cell.data()
+        idx = cell.train_indices()
+        check_model_fits(cell.model, data.input_shape, data.num_classes, "its data set")
+        x = data.prepare(data.x[idx], torch.float64, "cpu")
+    except (ValueError, TypeError, KeyError, IndexError, OSError) as err:
+        _fail(f"store {store}: row {cell.cell_id!r}: its configuration does not give a data set "
+              f"for the bound ({type(err).__name__}: {str(err)[:300]}); see `resdyn status "
+              f"--verify {store}`")
     desc = (f"{store} cell {cell.cell_id}: data {cfg['data']['name']}, S={cfg['sample_size']}, "
             f"seed={cfg['seed']}")
     return cell.model, cell.params, x, data.y[idx], opts, desc, cell.row
@@ -83,8 +99,8 @@ def bound(source, cell_id, data_name, sample_size, seed, root, model_index, delt
                                                        root, model_index)
     try:
         terms = bound_terms(model, params, x, y, BoundOptions.from_dict(options))
-    except ValueError as err:
-        raise click.UsageError(str(err)) from None
+    except (ValueError, TypeError) as err:
+        _fail(str(err).splitlines()[0] if str(err) else type(err).__name__)
     click.echo(f"{desc}; {model.family}, activation {model.act.name}, "
                + ", ".join(f"{k}={v}" for k, v in sorted(options.items())))
     click.echo(f"  train error {terms['train_error']:.4f}   x_rms {terms['x_rms']:.4g}")
@@ -104,17 +120,27 @@ def bound(source, cell_id, data_name, sample_size, seed, root, model_index, delt
 
 def _checkpoint_inputs(checkpoint, data_name, sample_size, seed, root, model_index):
     from ..data import load, subsample
-    from ..models.io import load_params
+    from ..models.io import CheckpointError, load_params
 
     if data_name is None or sample_size is None:
         raise click.UsageError("a checkpoint file needs --data and --sample-size (or give STORE "
                                "CELL_ID to read them from a store)")
-    model, params, _ = load_params(checkpoint)
+    try:
+        model, params, _ = load_params(checkpoint)
+    except (CheckpointError, OSError) as err:
+        _fail(str(err))
+    shapes = model.init(torch.Generator().manual_seed(0), torch.float64, torch.device("meta"))
+    if set(params) != set(shapes):
+        _fail(f"{checkpoint} holds tensors {', '.join(sorted(params))[:200]}, not those of its "
+              f"model ({', '.join(sorted(shapes))})")
     first = next(iter(params.values()))
-    shapes = model.init(torch.Generator().manual_seed(0), torch.float64, torch.device("cpu"))
     if first.dim() == shapes[next(iter(params))].dim():  # one model, no model axis
         params = {k: v.unsqueeze(0) for k, v in params.items()}
         first = next(iter(params.values()))
+    bad = [k for k, v in params.items() if v.shape[1:] != shapes[k].shape or v.shape[0] != first.shape[0]]
+    if bad:
+        _fail(f"{checkpoint}: tensor {bad[0]} has shape {tuple(params[bad[0]].shape)}, not (models, "
+              f"{', '.join(map(str, shapes[bad[0]].shape))}) as its model needs")
     if model_index >= first.shape[0]:
         raise click.UsageError(f"--model-index must be < {first.shape[0]} (models in the checkpoint)")
     params = {k: v[model_index : model_index + 1] for k, v in params.items()}
@@ -123,8 +149,6 @@ def _checkpoint_inputs(checkpoint, data_name, sample_size, seed, root, model_ind
         idx = subsample(data, sample_size, seed)
     except (ValueError, FileNotFoundError) as err:
         raise click.UsageError(str(err)) from None
-    from ..models.registry import check_model_fits
-
     try:
         check_model_fits(model, data.input_shape, data.num_classes, f"data set {data_name!r}")
     except ValueError as err:

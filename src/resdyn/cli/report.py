@@ -9,6 +9,16 @@ import click
 
 from ..sweeps.store import StoreError
 
+#: What an analysis raises on values it cannot use (a damaged or hand-edited store).
+_ROW_FAULTS = (KeyError, TypeError, ValueError, IndexError, AttributeError, ArithmeticError,
+               RecursionError)
+
+
+def _fail(msg: str) -> None:
+    """One line on stderr, exit status 1."""
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(1)
+
 
 @click.command()
 @click.argument("store", type=click.Path(dir_okay=False, path_type=Path))
@@ -27,10 +37,14 @@ def report(store, out_dir, title) -> None:
 
     try:
         outcomes = outcomes_from_store(store, out_dir / "figures")
+        html_path, md_path = write_report(outcomes, out_dir, title)
     except StoreError as err:
-        click.echo(f"error: {err}", err=True)
-        sys.exit(1)
-    html_path, md_path = write_report(outcomes, out_dir, title)
+        _fail(str(err))
+    except _ROW_FAULTS as err:
+        # Rows that passed the store's shape checks but whose values an analysis cannot use.
+        _fail(f"store {store}: its rows cannot be reported ({type(err).__name__}: "
+              f"{' '.join(str(err).split())[:300]}); the store is damaged or foreign: see "
+              f"`resdyn status --verify {store}`")
     held = sum(c.held for o in outcomes for c in o.claims)
     total = sum(len(o.claims) for o in outcomes)
     click.echo(f"report: {html_path.resolve()}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 from .._paths import inside, safe_file_name
 from ..experiments.base import Claim, ExperimentOutcome
 from ..experiments.registry import reproduction_of_spec
-from ..sweeps.store import Store
+from ..sweeps.store import Store, StoreError, check_outcome
 
 __all__ = ["outcome_from_json", "outcome_to_json", "outcomes_from_store"]
 
@@ -23,14 +24,24 @@ def outcome_to_json(o: ExperimentOutcome) -> dict[str, Any]:
 
 
 def outcome_from_json(d: dict[str, Any], fig_dir: Path) -> ExperimentOutcome:
+    """A stored outcome (see :func:`resdyn.sweeps.store.check_outcome`) back as an outcome, its
+    figures written under ``fig_dir``; ``ValueError`` naming the fault for one that is not."""
+    fault = check_outcome(d)
+    if fault is not None:
+        raise ValueError(f"outcome {str(d.get('name', '?'))[:60]!r} {fault}" if isinstance(d, dict)
+                         else f"outcome {fault}")
+    try:
+        claims = [Claim(**c) for c in d.get("claims", [])]
+        pngs = [base64.b64decode(b64, validate=True) for b64 in d.get("figures", {}).values()]
+    except (TypeError, ValueError, binascii.Error) as err:
+        raise ValueError(f"outcome {d['name'][:60]!r}: {str(err)[:200]}") from None
     figures = {}
-    for i, (k, b64) in enumerate(d.get("figures", {}).items()):
+    for i, (k, png) in enumerate(zip(d.get("figures", {}), pngs, strict=True)):
         path = inside(fig_dir, f"{safe_file_name(d['name'])}-{i}.png")  # a stored name is untrusted
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(b64))
+        path.write_bytes(png)
         figures[k] = path
-    return ExperimentOutcome(d["name"], d.get("tables", {}), [Claim(**c) for c in d.get("claims", [])],
-                             figures, d.get("data", {}))
+    return ExperimentOutcome(d["name"], d.get("tables", {}), claims, figures, d.get("data", {}))
 
 
 def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
@@ -61,7 +72,11 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
     for name, (repro, rs) in sorted(groups.items()):
         out.append(repro.load("analyze")(rs, fig_dir, name))
     for _name, d in sorted(stored.items()):
-        out.append(outcome_from_json(d, fig_dir))
+        try:
+            out.append(outcome_from_json(d, fig_dir))
+        except ValueError as err:
+            raise StoreError(f"store {store_path}: {err}; the store is damaged: see `resdyn status "
+                             f"--verify {store_path}`") from None
     if generic:
         palette = Palette()
         for spec_name, rs in sorted(by_spec.items()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ import torch
 from .._checks import resolve_dtype
 from ..models.base import Params, init_params
 from ..training.control import control_diagnostics, controls_distance, lift, train_control
-from ..training.engine import TrainState, train
+from ..training.engine import TrainConfig, TrainState, train
+from ..training.objective import Objective
 from .grid import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
@@ -79,6 +81,64 @@ def _join_states(parts: Sequence[dict[str, torch.Tensor]], steps: int, device) -
     return TrainState.from_tensors(flat, steps, torch.device(device))
 
 
+def _checkpoint_fault(loaded: Sequence[tuple[dict[str, torch.Tensor], dict]], params0: Params,
+                      config: TrainConfig) -> str | None:
+    """What keeps checkpoints (tensors, metadata) from resuming a group whose initial parameters
+    are ``params0``, or None. A checkpoint's sha256 only says it is the file that was written;
+    its contents must also be this group's state: the tensors, dtypes and shapes of a fresh
+    state (parameters, optimiser slots, active flags, divergence steps), one step in
+    [0, steps] shared by all, a loss history of that many rows, and series of (step, value)."""
+    trainable, _ = Objective(loss=config.loss).split(params0)
+    E = next(iter(params0.values())).shape[0]
+    ref = _split_state(TrainState(
+        params=params0, opt_state=config.optimizer_spec.build().init_state(
+            {k: params0[k] for k in trainable}),
+        step=0, active=torch.ones(E, dtype=torch.bool),
+        diverged_step=torch.full((E,), -1, dtype=torch.long),
+        loss_history=torch.zeros((0, E), dtype=next(iter(params0.values())).dtype)))[0]
+    steps = set()
+    for i, (tensors, meta) in enumerate(loaded):
+        if set(tensors) != set(ref):
+            return f"checkpoint {i} holds {', '.join(sorted(tensors))[:200]}"
+        step_t = tensors["step"]
+        if step_t.shape != (1,) or step_t.dtype != torch.int64:
+            return f"checkpoint {i}: step is {step_t.dtype} of shape {tuple(step_t.shape)}"
+        step = int(step_t[0])
+        if not 0 <= step <= config.steps:
+            return f"checkpoint {i}: step {step} is outside [0, {config.steps}]"
+        steps.add(step)
+        for k, v in tensors.items():
+            want = ((step, 1) if k == "loss_history" else (1,) if k == "step"
+                    else tuple(ref[k].shape))
+            if tuple(v.shape) != want or v.dtype != ref[k].dtype:
+                return (f"checkpoint {i}: {k} is {v.dtype} of shape {tuple(v.shape)}, not "
+                        f"{ref[k].dtype} of shape {want}")
+        if not bool(((tensors["active"] == 0) | (tensors["active"] == 1)).all()):
+            return f"checkpoint {i}: active flags other than 0 and 1"
+        if not bool(((tensors["diverged_step"] >= -1) & (tensors["diverged_step"] <= step)).all()):
+            return f"checkpoint {i}: a divergence step outside [-1, {step}]"
+        fault = _series_fault(meta)
+        if fault is not None:
+            return f"checkpoint {i}: {fault}"
+    if len(steps) > 1:
+        return f"they were taken at different steps {sorted(steps)}"
+    return None
+
+
+def _series_fault(meta: Any) -> str | None:
+    """What is wrong with a checkpoint's recorded series (``{name: [[step, value], ...]}``)."""
+    series = meta.get("series", {}) if isinstance(meta, dict) else None
+    if not isinstance(series, dict):
+        return "its metadata has no series table"
+    for name, points in series.items():
+        if not isinstance(points, list) or not all(
+                isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], int)
+                and not isinstance(p[0], bool) and isinstance(p[1], int | float | None)
+                for p in points):
+            return f"series {name[:60]!r} is not a list of [step, value] pairs"
+    return None
+
+
 def _qualified(name: str, key: str) -> str:
     """A measure's value names: ``name`` itself, or ``name.key`` (keys already so named kept)."""
     if not key or key == name or key.startswith(name + "."):
@@ -124,9 +184,16 @@ def train_group(
     if checkpoint is not None:
         loaded = [checkpoint[0](c.cell_id) for c in cells]
         if all(x is not None for x in loaded):
-            state = _join_states([x[0] for x in loaded], train_cfg.steps, device)
-            for c, (_, meta) in zip(cells, loaded, strict=True):
-                series[c.cell_id] = {k: [tuple(p) for p in v] for k, v in meta.get("series", {}).items()}
+            fault = _checkpoint_fault(loaded, params0, train_cfg)
+            if fault is None:
+                state = _join_states([x[0] for x in loaded], train_cfg.steps, device)
+                for c, (_, meta) in zip(cells, loaded, strict=True):
+                    series[c.cell_id] = {k: [tuple(p) for p in v]
+                                         for k, v in meta.get("series", {}).items()}
+            else:
+                warnings.warn(f"the checkpoints of cells {', '.join(c.cell_id for c in cells)} do "
+                              f"not fit their cells ({fault}); they train from scratch",
+                              RuntimeWarning, stacklevel=2)
 
     hooks = []
     for name, opts in first.trackers.items():

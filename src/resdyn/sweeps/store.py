@@ -20,7 +20,15 @@ Guarantees:
 * temporary files of runs that died (their process on this host is gone) are removed on open;
 * a store that is damaged (SQLite's ``quick_check``), empty (0 bytes), foreign (no resdyn
   schema) or holds undecodable rows raises one :class:`StoreError` naming the file and the fault;
-  a store that cannot be written (read-only file or folder) is opened read-only for reading.
+  a row whose columns do not have the shape resdyn writes (:func:`check_row`: JSON that is not
+  an object, nested deeper than :data:`MAX_JSON_DEPTH`, a spec name that is not a plain name, a
+  metric that is not a number) raises one naming the store, the row and ``resdyn status
+  --verify``; a store that cannot be written (read-only file or folder) is opened read-only;
+* weights are read only through :meth:`Store.load_weights`: the row's path must resolve inside
+  ``PATH.d/`` to a regular file whose sha256 is the row's, and its tensors must be the shapes of
+  the row's model; anything else is a :class:`StoreError`;
+* a checkpoint path that is not a regular file (a directory, a link, a FIFO) is set aside like a
+  damaged checkpoint.
 """
 
 from __future__ import annotations
@@ -43,9 +51,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from .._paths import PathEscapeError, check_name, inside
+from .._paths import NAME_MAX, PathEscapeError, check_name, inside
 
-__all__ = ["CellResult", "Store", "StoreError", "check_store_path", "provenance"]
+__all__ = ["MAX_JSON_DEPTH", "CellResult", "Store", "StoreError", "check_outcome", "check_row",
+           "check_store_path", "provenance"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS cells (
@@ -94,6 +103,9 @@ _HOST_TAG = hashlib.sha256(platform.node().encode()).hexdigest()[:8]
 _TMP_OWNED = re.compile(r"\.([0-9a-f]{8})-(\d+)-[0-9a-f]+\.")
 _TMP_OLD_PID = re.compile(r"^[0-9a-f]+\.(\d+)\.tmp$")
 _TMP_AGE = 24 * 3600.0
+#: Deepest nesting of lists and objects read from a stored JSON column (resdyn writes 3 or 4).
+MAX_JSON_DEPTH = 32
+_NUMBER = (int, float)
 
 
 class StoreError(RuntimeError):
@@ -327,17 +339,32 @@ class Store:
         for r in self._query(f"SELECT {', '.join(cols)} FROM cells ORDER BY finished_at, cell_id"):
             row = dict(zip(cols, r, strict=True))
             row.setdefault("sha256", None)
+            where = f"row {_shown(row['cell_id'])}"
             for k in _JSON_COLUMNS:
-                row[k] = self._decode(row[k], f"row {row['cell_id']!r} column {k!r}")
+                row[k] = self._decode(row[k], f"{where} column {k!r}")
+            fault = check_row(row)
+            if fault is not None:
+                raise self._damaged(where, fault)
             out.append(row)
         return out
 
+    def _damaged(self, where: str, fault: str) -> StoreError:
+        """The one error of a damaged row or outcome: the store, the row, what is wrong."""
+        return StoreError(f"store {self.path}: {where}: {fault}; the store is damaged: see "
+                          f"`resdyn status --verify {self.path}`, restore it from a copy or start "
+                          "a new store")
+
     def _decode(self, text: Any, where: str) -> Any:
+        if not isinstance(text, str):
+            raise self._damaged(where, f"is not valid JSON (a {type(text).__name__}, not text)")
         try:
-            return json.loads(text)
-        except (TypeError, ValueError) as err:
-            raise StoreError(f"store {self.path}: {where} is not valid JSON ({err}); the store is "
-                             "damaged: restore it from a copy or start a new store") from None
+            value = json.loads(text)
+        except (ValueError, RecursionError) as err:
+            what = "nested too deeply" if isinstance(err, RecursionError) else str(err)[:200]
+            raise self._damaged(where, f"is not valid JSON ({what})") from None
+        if _depth(value) > MAX_JSON_DEPTH:
+            raise self._damaged(where, f"is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        return value
 
     def rows_with_series(self) -> list[dict[str, Any]]:
         """:meth:`rows`, each with its series as ``row['series'] = {name: {step: value}}`` (a
@@ -345,8 +372,14 @@ class Store:
         rows = self.rows()
         by_cell: dict[str, dict[str, dict[int, float]]] = {r["cell_id"]: {} for r in rows}
         for cid, name, step, value in self.series():
-            if cid in by_cell:
-                by_cell[cid].setdefault(name, {})[int(step)] = float("nan") if value is None else value
+            if cid not in by_cell:
+                continue
+            if (not isinstance(name, str) or len(name) > 4 * NAME_MAX or not isinstance(step, int)
+                    or not (value is None or isinstance(value, _NUMBER))):
+                raise self._damaged(f"row {_shown(cid)} series {_shown(name)}",
+                                    f"a point ({_shown(step)}, {_shown(value)}) is not "
+                                    "(integer step, number)")
+            by_cell[cid].setdefault(name, {})[step] = float("nan") if value is None else value
         for r in rows:
             r["series"] = by_cell[r["cell_id"]]
         return rows
@@ -483,7 +516,7 @@ class Store:
         finally:
             if pending is not None:
                 pending.unlink(missing_ok=True)
-        self.checkpoint_path(result.cell_id).unlink(missing_ok=True)
+        self.discard_checkpoint(result.cell_id)
         return inserted
 
     def _transaction(self) -> _Tx:
@@ -497,15 +530,69 @@ class Store:
                             (name, json.dumps(outcome, sort_keys=True), time.time()))
 
     def outcomes(self) -> dict[str, dict[str, Any]]:
+        """Stored outcomes by name, each a JSON object (see :func:`check_outcome`)."""
         if "outcomes" not in {r[0] for r in self._query("SELECT name FROM sqlite_master")}:
             return {}
-        return {n: self._decode(o, f"outcome {n!r}") for n, o in
-                self._query("SELECT name, outcome FROM outcomes ORDER BY name")}
+        out = {}
+        for n, o in self._query("SELECT name, outcome FROM outcomes ORDER BY name"):
+            where = f"outcome {_shown(n)}"
+            value = self._decode(o, where)
+            fault = _name_fault("its name", n) or check_outcome(value)
+            if fault is not None:
+                raise self._damaged(where, fault)
+            out[n] = value
+        return out
+
+    # -- weights ------------------------------------------------------------------------------
+    def weights_file(self, row: dict[str, Any]) -> Path:
+        """The regular file inside this store's folder that ``row``'s weights path names;
+        :class:`StoreError` when it has none, it leads outside (``..``, an absolute path, a
+        symlink) or there is no such file."""
+        cid, rel = _shown(row.get("cell_id")), row.get("weights")
+        if not rel:
+            raise StoreError(f"store {self.path}: row {cid} has no weights file (it was stored "
+                             "without trained parameters)")
+        try:
+            if not isinstance(rel, str) or "\0" in rel:
+                raise TypeError("not a plain string")
+            path = inside(self.files, rel)
+        except (PathEscapeError, TypeError, ValueError, OSError):
+            raise self._damaged(f"row {cid}", f"its weights path {_shown(rel)} is outside the "
+                                f"store's folder {self.files}") from None
+        if not path.is_file():
+            raise StoreError(f"store {self.path}: the weights of row {cid} are missing: no regular "
+                             f"file {path}; see `resdyn status --verify {self.path}`")
+        return path
+
+    def load_weights(self, row: dict[str, Any], device: str | torch.device = "cpu"
+                     ) -> tuple[Any, dict[str, torch.Tensor]]:
+        """The model and parameters (as written: one model, no model axis) of ``row``: the one
+        way resdyn reads stored weights. The file is :meth:`weights_file`; its bytes are read
+        once, their sha256 checked against the row's, and only then parsed; the tensors must
+        have the names and shapes of the row's model."""
+        from ..models.io import CheckpointError, params_from_bytes
+
+        path = self.weights_file(row)
+        cid = _shown(row.get("cell_id"))
+        data = path.read_bytes()
+        want, got = row.get("sha256"), hashlib.sha256(data).hexdigest()
+        if want is not None and got != want:
+            raise self._damaged(f"row {cid}", f"its weights file {path} has sha256 {got}, the row "
+                                f"records {_shown(want)}")
+        try:
+            model, params, _ = params_from_bytes(data, str(path), device)
+        except CheckpointError as err:
+            raise self._damaged(f"row {cid}", str(err)) from None
+        fault = _params_fault(model, params, row.get("config", {}).get("model"))
+        if fault is not None:
+            raise self._damaged(f"row {cid}", f"its weights file {path} {fault}")
+        return model, params
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, cell_id: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         path = self.checkpoint_path(cell_id)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._set_aside_irregular(path)
         tmp = path.with_name(f".{cell_id}.{self._tmp_tag()}.tmp")
         head = {"meta": json.dumps(meta), "step": str(int(tensors["step"][0]))}
         head["sha256"] = _checkpoint_digest(tensors, head)
@@ -519,11 +606,14 @@ class Store:
         """The checkpoint's tensors and metadata; None when there is none, or when it is damaged
         (it is then set aside with a warning naming it, and the cell restarts from scratch)."""
         path = self.checkpoint_path(cell_id)
-        if not path.is_file():
+        if self._set_aside_irregular(path) or not path.is_file():
             return None
         try:
             tensors, head = _read_checkpoint(path)
-            return tensors, json.loads(head["meta"])
+            meta = json.loads(head["meta"])
+            if not isinstance(meta, dict):
+                raise ValueError(f"its metadata is a {type(meta).__name__}, not a JSON object")
+            return tensors, meta
         except Exception as err:  # any fault of an untrusted file means: set it aside
             self._set_aside(path, err)
             return None
@@ -536,7 +626,7 @@ class Store:
         out = {}
         for cid in cell_ids:
             path = self.checkpoint_path(cid)
-            if not path.is_file():
+            if self._set_aside_irregular(path) or not path.is_file():
                 continue
             try:
                 with safe_open(str(path), framework="pt") as f:
@@ -548,6 +638,20 @@ class Store:
                 self._set_aside(path, err)
         return out
 
+    def discard_checkpoint(self, cell_id: str) -> None:
+        """Remove the checkpoint of a finished cell (one that is not a regular file: set aside)."""
+        path = self.checkpoint_path(cell_id)
+        if not self._set_aside_irregular(path):
+            path.unlink(missing_ok=True)
+
+    def _set_aside_irregular(self, path: Path) -> bool:
+        """Set ``path`` aside when something that is not a regular file (a directory, a link, a
+        FIFO) sits there; True if it did."""
+        if not os.path.lexists(path) or (path.is_file() and not path.is_symlink()):
+            return False
+        self._set_aside(path, ValueError("not a regular file"))
+        return True
+
     def _set_aside(self, path: Path, err: BaseException) -> None:
         aside = path.parent / "damaged" / f"{path.stem}.{int(time.time())}.safetensors"
         aside.parent.mkdir(parents=True, exist_ok=True)
@@ -558,6 +662,139 @@ class Store:
             where = "could not be moved aside"
         warnings.warn(f"damaged checkpoint {path} ({type(err).__name__}: {err}); {where}; its cell "
                       "restarts from scratch", RuntimeWarning, stacklevel=3)
+
+
+def _shown(value: Any) -> str:
+    """``value`` for a one-line message: its repr, cut to 60 characters."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}... ({len(text)} characters)"
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in decoded JSON (0 for a scalar); without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        v, d = stack.pop()
+        if isinstance(v, dict | list):
+            deepest = max(deepest, d + 1)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def _name_fault(what: str, value: Any) -> str | None:
+    if not isinstance(value, str) or not 1 <= len(value) <= NAME_MAX or not value.isprintable():
+        return (f"{what} {_shown(value)} is not 1-{NAME_MAX} printable characters")
+    return None
+
+
+def _numbers_fault(what: str, table: Any) -> str | None:
+    if not isinstance(table, dict):
+        return f"column {what!r} is a {type(table).__name__}, not a JSON object"
+    for k, v in table.items():
+        if len(k) > 4 * NAME_MAX or not (v is None or isinstance(v, _NUMBER)):
+            return f"column {what!r} entry {_shown(k)} is {_shown(v)}, not a number"
+    return None
+
+
+def check_row(row: dict[str, Any]) -> str | None:
+    """What is wrong with a decoded store row, or None when it has the shape resdyn writes: a
+    cell id matching the name pattern, a plain spec name, status 'done' or 'diverged', a config
+    object (where present: a data table with a string name, a model table with a string family,
+    integer sample size and seed, train, measures and trackers tables), metrics, measures and
+    timing mapping names to numbers, a provenance object."""
+    if not isinstance(row.get("cell_id"), str) or _name_fault("", row["cell_id"]) is not None:
+        return f"its cell id {_shown(row.get('cell_id'))} is not a plain name"
+    try:
+        check_name("cell id", row["cell_id"])
+    except ValueError as err:
+        return str(err)
+    fault = _name_fault("its spec name", row.get("spec"))
+    if fault is not None:
+        return fault
+    if row.get("status") not in ("done", "diverged"):
+        return f"its status {_shown(row.get('status'))} is not 'done' or 'diverged'"
+    cfg = row.get("config")
+    if not isinstance(cfg, dict):
+        return f"column 'config' is a {type(cfg).__name__}, not a JSON object"
+    for section, key in (("data", "name"), ("model", "family")):
+        table = cfg.get(section, {})
+        if not isinstance(table, dict) or not isinstance(table.get(key, ""), str):
+            return f"config.{section} is {_shown(table)}, not a table with a string {key!r}"
+    for key in ("sample_size", "seed"):
+        v = cfg.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int):
+            return f"config.{key} is {_shown(v)}, not an integer"
+    for key in ("train", "measures", "trackers"):
+        if not isinstance(cfg.get(key, {}), dict):
+            return f"config.{key} is {_shown(cfg.get(key))}, not a table"
+    for what in ("metrics", "measures", "timing"):
+        fault = _numbers_fault(what, row.get(what))
+        if fault is not None:
+            return fault
+    if not isinstance(row.get("provenance"), dict):
+        return f"column 'provenance' is {_shown(row.get('provenance'))}, not a JSON object"
+    if not (row.get("weights") is None or isinstance(row["weights"], str)):
+        return f"its weights path {_shown(row['weights'])} is not text"
+    if not (row.get("sha256") is None or isinstance(row["sha256"], str)):
+        return f"its sha256 {_shown(row['sha256'])} is not text"
+    return None
+
+
+def check_outcome(value: Any) -> str | None:
+    """What is wrong with a stored outcome, or None when it has the shape resdyn writes: an
+    object with a string name, tables mapping names to lists of objects, claims a list of
+    objects with string text, measured and test and a verdict, figures mapping names to text
+    (base64 PNG), and a data object."""
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        return "is not a JSON object with a string 'name'"
+    tables = value.get("tables", {})
+    if not isinstance(tables, dict) or not all(
+            isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
+            for rows in tables.values()):
+        return "its 'tables' are not an object of lists of objects"
+    claims = value.get("claims", [])
+    keys = {"text", "measured", "verdict", "test", "values", "held"}
+    if not isinstance(claims, list) or not all(
+            isinstance(c, dict) and set(c) <= keys and isinstance(c.get("text"), str)
+            and isinstance(c.get("measured"), str) and isinstance(c.get("test", ""), str)
+            and isinstance(c.get("values", {}), dict) for c in claims):
+        return (f"its 'claims' are not a list of objects of {', '.join(sorted(keys))} with string "
+                "text, measured and test")
+    figures = value.get("figures", {})
+    if not isinstance(figures, dict) or not all(isinstance(v, str) for v in figures.values()):
+        return "its 'figures' are not an object of base64 text"
+    if not isinstance(value.get("data", {}), dict):
+        return "its 'data' is not an object"
+    return None
+
+
+def _params_fault(model: Any, params: dict[str, torch.Tensor], config_model: Any) -> str | None:
+    """What is wrong with loaded weights for a row: a model other than the row's, or tensors
+    whose names, dtypes or shapes are not that model's (one model, no model axis)."""
+    from ..models.registry import build_model
+
+    try:
+        expected = build_model(**config_model)
+    except Exception as err:  # the row's own description is untrusted too
+        return f"cannot be checked: the row's model is not buildable ({type(err).__name__})"
+    if model != expected:
+        return f"holds a {getattr(model, 'family', '?')} model that differs from the row's"
+    try:
+        shapes = expected.init(torch.Generator().manual_seed(0), torch.float64,
+                               torch.device("meta"))
+    except Exception:  # a family that cannot build on the meta device: sizes from a real one
+        shapes = expected.init(torch.Generator().manual_seed(0), torch.float64,
+                               torch.device("cpu"))
+    if set(params) != set(shapes):
+        return (f"holds tensors {', '.join(sorted(params))[:120]}, not the model's "
+                f"{', '.join(sorted(shapes))}")
+    for k, v in params.items():
+        if v.shape != shapes[k].shape or v.dtype not in (torch.float32, torch.float64):
+            return (f"holds {k} of shape {tuple(v.shape)} and dtype {v.dtype}, not shape "
+                    f"{tuple(shapes[k].shape)} float32 or float64")
+    return None
 
 
 def _checkpoint_digest(tensors: dict[str, torch.Tensor], head: dict[str, str]) -> str:
