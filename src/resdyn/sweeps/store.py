@@ -271,12 +271,32 @@ class Store:
                     self.db.execute("ALTER TABLE cells ADD COLUMN sha256 TEXT")
 
     def _query(self, sql: str, args: tuple = ()) -> list[tuple]:
-        """Run a read; a damaged file or undecodable text becomes a :class:`StoreError`."""
+        """Run a read; a damaged file or undecodable text becomes a :class:`StoreError` (naming
+        the row and column of text that is not UTF-8)."""
         try:
             return self.db.execute(sql, args).fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
-            raise StoreError(f"store {self.path} cannot be read ({type(err).__name__}: {err}); "
-                             "it is damaged: restore it from a copy or start a new store") from None
+            where = self._undecodable() if "decode" in str(err).lower() else None
+            raise StoreError(f"store {self.path} cannot be read ({where or type(err).__name__}: "
+                             f"{_one_line(str(err))}); it is damaged: see `resdyn status --verify "
+                             f"{self.path}`, restore it from a copy or start a new store") from None
+
+    def _undecodable(self) -> str | None:
+        """'row R column C': the first cell of the ``cells`` table whose text is not UTF-8."""
+        try:
+            have = [r[1] for r in self.db.execute("PRAGMA table_info(cells)")]
+            blobs = ", ".join(f"CAST({c} AS BLOB)" for c in have)
+            for values in self.db.execute(f"SELECT {blobs} FROM cells"):
+                cid = values[0].decode("utf-8", "replace") if isinstance(values[0], bytes) else values[0]
+                for col, v in zip(have, values, strict=True):
+                    if isinstance(v, bytes):
+                        try:
+                            v.decode("utf-8")
+                        except UnicodeDecodeError:
+                            return f"row {_shown(cid)} column {col!r} is not UTF-8 text"
+        except (sqlite3.DatabaseError, UnicodeDecodeError):
+            return None
+        return None
 
     def close(self) -> None:
         self.db.close()
@@ -350,7 +370,8 @@ class Store:
 
     def _damaged(self, where: str, fault: str) -> StoreError:
         """The one error of a damaged row or outcome: the store, the row, what is wrong."""
-        return StoreError(f"store {self.path}: {where}: {fault}; the store is damaged: see "
+        return StoreError(f"store {self.path}: {where}: {_one_line(fault, 400)}; the store is "
+                          "damaged: see "
                           f"`resdyn status --verify {self.path}`, restore it from a copy or start "
                           "a new store")
 
@@ -537,7 +558,9 @@ class Store:
         for n, o in self._query("SELECT name, outcome FROM outcomes ORDER BY name"):
             where = f"outcome {_shown(n)}"
             value = self._decode(o, where)
-            fault = _name_fault("its name", n) or check_outcome(value)
+            fault = check_outcome(value)
+            if not isinstance(n, str) or not 1 <= len(n) <= 4 * NAME_MAX or "\0" in n:
+                fault = f"its name is not 1-{4 * NAME_MAX} characters without NUL"
             if fault is not None:
                 raise self._damaged(where, fault)
             out[n] = value
@@ -662,6 +685,11 @@ class Store:
             where = "could not be moved aside"
         warnings.warn(f"damaged checkpoint {path} ({type(err).__name__}: {err}); {where}; its cell "
                       "restarts from scratch", RuntimeWarning, stacklevel=3)
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """``text`` cut to ``limit`` characters, anything unprintable (a newline) as '?'."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text[:limit])
 
 
 def _shown(value: Any) -> str:
