@@ -269,7 +269,8 @@ def test_the_manifest_size_caps_a_real_download(tmp_path, server):
 def test_a_trickle_stops_at_the_overall_deadline(tmp_path, server):
     srv = server({"f.bin": b""}, mode="trickle")
     dest = tmp_path / "f.bin"
-    with pytest.raises(DownloadError, match=r"after the overall deadline of 0.5 s \(have \d+ bytes\)"):
+    with pytest.raises(DownloadError, match=r"after the overall deadline of 0.5 s \(have \d+ bytes; "
+                                            r"--deadline sets it\)"):
         fetch([_url(srv) + "f.bin"], dest, "0" * 32, retries=3, timeout=5, deadline=0.5)
     assert not dest.exists()
 

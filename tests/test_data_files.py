@@ -137,7 +137,7 @@ def test_the_built_in_manifest_is_what_loaders_check_against(tmp_path):
         load("mnist", tmp_path)
     msg = str(err.value)
     assert "train-images-idx3-ubyte.gz" in msg and "f68b3c2dcbeaaa9fbdd348bbdeb94873" in msg
-    assert "resdyn data download mnist" in msg
+    assert "resdyn data fetch mnist" in msg
 
 
 def test_use_manifest_injects_checksums_for_a_block(tmp_path):
@@ -181,17 +181,19 @@ def test_truncated_files_say_so(tmp_path, rel, why):
     assert str(path) in str(err.value) and m[rel] in str(err.value)
 
 
-def test_missing_file_and_missing_root_have_their_own_errors(tmp_path):
+def test_missing_file_and_missing_root_have_their_own_errors(tmp_path, monkeypatch):
     m = fake.write_mnist(tmp_path)
     (tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz").unlink()
-    with pytest.raises(MissingFileError, match=r"t10k-labels-idx1-ubyte\.gz.*expected md5 "
+    with pytest.raises(MissingFileError, match=r"t10k-labels-idx1-ubyte\.gz.*expected checksum "
                                                 + m["MNIST/raw/t10k-labels-idx1-ubyte.gz"]):
         load("mnist", tmp_path, manifest=m)
     with pytest.raises(MissingFileError, match=r"cifar-10-python\.tar\.gz.*c58f30108f718f92"):
         load("cifar10", tmp_path)
-    with pytest.raises(DataRootError, match=r"does not exist.*resdyn data download cifar100"):
+    with pytest.raises(DataRootError, match=r"does not exist.*resdyn data fetch cifar100"):
         load("cifar100", tmp_path / "nowhere")
-    with pytest.raises(DataRootError, match=r"pass root=DIR"):
+    monkeypatch.chdir(tmp_path)  # root=None is ./data, absent here
+    with pytest.raises(DataRootError, match=r"default data root 'data' .*run `resdyn data fetch "
+                                            r"mnist`"):
         load("mnist")
     assert not (tmp_path / "nowhere").exists()
 
@@ -201,7 +203,7 @@ def test_wrong_format_behind_a_matching_checksum_is_a_format_error(tmp_path):
     bad = gzip.compress(b"\x00\x00\x08\x02" + bytes(100), mtime=0)
     (tmp_path / MNIST_GZ).write_bytes(bad)
     m[MNIST_GZ] = md5_bytes(bad)
-    with pytest.raises(FormatError, match=r"train-images-idx3-ubyte: IDX file has 2 dimensions"):
+    with pytest.raises(FormatError, match=r"train-images-idx3-ubyte\.gz: IDX file has 2 dimensions"):
         load("mnist", tmp_path, manifest=m)
 
 

@@ -22,7 +22,7 @@ def digits() -> Dataset:
 
 def test_registry_names_every_required_set():
     for name in ("two_spirals", "circles", "teacher", "digits", "breast_cancer", "wine", "mnist",
-                 "cifar10", "cifar100"):
+                 "fashion-mnist", "cifar10", "cifar100"):
         assert name in DATASETS
 
 

@@ -1,22 +1,21 @@
-"""MNIST and CIFAR-10/100 read from a data root laid out as torchvision lays it out.
+"""MNIST, Fashion-MNIST and CIFAR-10/100 read from a data root laid out as torchvision does.
 
     ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]   (gzip or not)
+    ROOT/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
     ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}
     ROOT/cifar-10-python.tar.gz                                          (read if not extracted)
     ROOT/cifar-100-python/{train, test, meta}
     ROOT/cifar-100-python.tar.gz
 
-Every file is read through :func:`resdyn.data.integrity.read_verified` (md5 against the
-manifest first), and pickles through the restricted unpickler. The official training set is the
+Every file is read through :func:`resdyn.data.integrity.read_verified` (its md5 or sha256
+against the manifest first), IDX files bounded by the sizes their headers declare (gzip ones
+decompressed no further), and pickles through the restricted unpickler. The official training set is the
 pool and the official test set the test set; images stay uint8 (N, C, H, W), and the per-channel
 mean and standard deviation of the whole pool, in [0, 1] units, go to ``Dataset.mean``/``std``.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -25,27 +24,47 @@ import torch
 from torch import Tensor
 
 from .base import Dataset
-from .formats import parse_idx, safe_unpickle
+from .formats import MAX_IDX_BYTES, gunzip_idx, parse_idx, safe_unpickle, tar_members
 from .integrity import (
     FormatError,
     Manifest,
     MissingFileError,
     check_root,
     checksums,
-    expected_md5,
+    digest_bytes,
+    digest_kind,
+    expected_digest,
+    fix_command,
     manifest_entry,
-    md5_bytes,
     read_verified,
 )
 
-__all__ = ["channel_stats", "load_cifar", "load_mnist"]
+__all__ = ["IDX_SETS", "channel_stats", "idx_files", "load_cifar", "load_mnist"]
 
-MNIST_FILES = {
-    "train_images": "MNIST/raw/train-images-idx3-ubyte",
-    "train_labels": "MNIST/raw/train-labels-idx1-ubyte",
-    "test_images": "MNIST/raw/t10k-images-idx3-ubyte",
-    "test_labels": "MNIST/raw/t10k-labels-idx1-ubyte",
+#: The IDX data sets: torchvision's folder under the root, and the class names.
+IDX_SETS: dict[str, dict[str, Any]] = {
+    "mnist": {"folder": "MNIST", "title": "MNIST", "classes": [str(i) for i in range(10)]},
+    "fashion-mnist": {"folder": "FashionMNIST", "title": "Fashion-MNIST", "classes": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+        "Ankle boot"]},
 }
+
+
+def idx_files(name: str) -> dict[str, str]:
+    """The four IDX files of ``name`` ('mnist' or 'fashion-mnist'), {part: path relative to the
+    root}, uncompressed names (the gzip form adds '.gz')."""
+    folder = IDX_SETS[name]["folder"]
+    return {
+        "train_images": f"{folder}/raw/train-images-idx3-ubyte",
+        "train_labels": f"{folder}/raw/train-labels-idx1-ubyte",
+        "test_images": f"{folder}/raw/t10k-images-idx3-ubyte",
+        "test_labels": f"{folder}/raw/t10k-labels-idx1-ubyte",
+    }
+
+
+MNIST_FILES = idx_files("mnist")
+#: The most bytes of a gzip-compressed IDX file read before its checksum is computed.
+MAX_GZ_BYTES = MAX_IDX_BYTES + (1 << 20)
 
 CIFAR = {
     "cifar10": {
@@ -89,43 +108,54 @@ def channel_stats(x: Tensor, block: int = 4096) -> tuple[Tensor, Tensor]:
 # ------------------------------------------------------------------------------------ MNIST
 
 
-def _mnist_file(root: Path, relpath: str, manifest: Manifest | None) -> bytes:
-    """The decompressed bytes of one MNIST file: the .gz if present (torchvision keeps it next
-    to the extracted file), else the uncompressed file; both checked against the manifest."""
+def _idx_file(root: Path, name: str, relpath: str, ndim: int, manifest: Manifest | None) -> bytes:
+    """The bytes of one IDX file of ``name``: the uncompressed file if present (what ``resdyn
+    data fetch`` writes), else the .gz (torchvision's download), decompressed no further than its
+    header declares; either checked against the manifest first."""
     gz = relpath + ".gz"
-    if (root / gz).is_file():
-        return gzip.decompress(read_verified(root, gz, "mnist", manifest))
     if (root / relpath).is_file():
-        return read_verified(root, relpath, "mnist", manifest)
+        return read_verified(root, relpath, name, manifest, max_bytes=MAX_IDX_BYTES)
+    if (root / gz).is_file():
+        return gunzip_idx(read_verified(root, gz, name, manifest, max_bytes=MAX_GZ_BYTES),
+                          str(root / gz), ndim)
     table = checksums(manifest)
-    want = table.get(gz) or table.get(relpath) or "unknown"
-    raise MissingFileError(f"mnist: missing file {str(root / gz)!r} (or its uncompressed form "
-                           f"{str(root / relpath)!r}), expected md5 {want}; fetch it with "
-                           f"`resdyn data download mnist --root {root}`")
+    want = table.get(relpath) or table.get(gz) or "unknown"
+    raise MissingFileError(f"{name}: missing file {str(root / relpath)!r} (or its gzip form "
+                           f"{Path(gz).name!r}), expected checksum {want}; run "
+                           f"{fix_command(name, root)}")
 
 
-def load_mnist(root: str | Path | None, manifest: Manifest | None = None) -> Dataset:
-    """MNIST: 60,000 pool and 10,000 test images (N, 1, 28, 28) uint8, labels 0..9."""
-    base = check_root(root, "mnist")
+def load_mnist(root: str | Path | None, manifest: Manifest | None = None,
+               name: str = "mnist") -> Dataset:
+    """MNIST (``name='mnist'``) or Fashion-MNIST (``'fashion-mnist'``) from ``root`` (default
+    ./data): 60,000 pool and 10,000 test images (N, 1, 28, 28) uint8, labels 0..9.
+
+    Checks each file's checksum, its IDX header (unsigned bytes; 3 dimensions for images, 1 for
+    labels; at most :data:`MAX_IDX_BYTES`) and length, that images and labels agree in number and
+    that labels lie in 0..9."""
+    base = check_root(root, name)
     arrays = {}
-    for key, rel in MNIST_FILES.items():
-        arrays[key] = parse_idx(_mnist_file(base, rel, manifest), rel, 3 if "images" in key else 1)
+    for key, rel in idx_files(name).items():
+        ndim = 3 if "images" in key else 1
+        arrays[key] = parse_idx(_idx_file(base, name, rel, ndim, manifest), str(base / rel), ndim)
     parts = {}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
-            raise FormatError(f"mnist: {split} has {len(images)} images but {len(labels)} labels")
+            raise FormatError(f"{name}: {split} has {len(images)} images but {len(labels)} labels")
         if labels.size and int(labels.max()) > 9:
-            raise FormatError(f"mnist: {split} labels must lie in 0..9, found {int(labels.max())}")
+            raise FormatError(f"{name}: {split} labels must lie in 0..9, found {int(labels.max())}")
         x = torch.from_numpy(images.copy()).unsqueeze(1)
         parts[split] = (x, torch.from_numpy(labels.astype(np.int64)))
     (x, y), (xt, yt) = parts["train"], parts["test"]
     mean, std = channel_stats(x)
     H, W = x.shape[2:]
+    spec = IDX_SETS[name]
     return Dataset(
-        "mnist", x, y, xt, yt, 10, mean, std,
-        meta=_meta("mnist", f"1x{H}x{W} uint8 grayscale images (0 = background)", len(y), len(yt),
-                   [str(i) for i in range(10)], base, "official training set / official test set"),
+        name, x, y, xt, yt, 10, mean, std,
+        meta=_meta(name, f"1x{H}x{W} uint8 grayscale images (0 = background)", len(y), len(yt),
+                   list(spec["classes"]), base, "official training set / official test set",
+                   title=spec["title"]),
     )
 
 
@@ -140,29 +170,26 @@ def _cifar_reader(base: Path, name: str, manifest: Manifest | None):
         return lambda rel: read_verified(base, rel, name, manifest), f"{spec['folder']}/"
     if (base / spec["archive"]).is_file():
         blob = read_verified(base, spec["archive"], name, manifest)
-        members: dict[str, bytes] = {}
-        with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-            wanted = {f"{spec['folder']}/{f}" for f in (*spec["train"], *spec["test"], spec["meta"])}
-            for m in tar:
-                if m.isfile() and m.name in wanted:
-                    members[m.name] = tar.extractfile(m).read()  # type: ignore[union-attr]
+        wanted = {f"{spec['folder']}/{f}" for f in (*spec["train"], *spec["test"], spec["meta"])}
+        members = tar_members(blob, wanted, str(base / spec["archive"]))
+        del blob
 
         def from_archive(rel: str) -> bytes:
             if rel not in members:
                 raise FormatError(f"{name}: archive {str(base / spec['archive'])!r} has no member "
                                   f"{rel!r}")
-            data, want = members[rel], expected_md5(rel, manifest)
-            if md5_bytes(data) != want:
-                raise FormatError(f"{name}: member {rel!r} of {spec['archive']} has md5 "
-                                  f"{md5_bytes(data)}, expected {want}")
+            data, want = members[rel], expected_digest(rel, manifest)
+            got = digest_bytes(data, digest_kind(want))
+            if got != want:
+                raise FormatError(f"{name}: member {rel!r} of {spec['archive']} has checksum "
+                                  f"{got}, expected {want}")
             return data
 
         return from_archive, f"{spec['archive']}:"
     want = checksums(manifest).get(spec["archive"], "unknown")
     raise MissingFileError(
         f"{name}: neither the folder {str(folder)!r} nor the archive "
-        f"{str(base / spec['archive'])!r} (md5 {want}) is there; fetch it with "
-        f"`resdyn data download {name} --root {base}`")
+        f"{str(base / spec['archive'])!r} (md5 {want}) is there; run {fix_command(name, base)}")
 
 
 def _batch(blob: bytes, rel: str, label_key: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,14 +1,19 @@
 """Checksums of downloaded data files: one manifest, one checking path, one family of errors.
 
-The known md5 checksums of the MNIST and CIFAR files live in ``manifest.json`` next to this
-module, keyed by the file's path relative to the data root as torchvision lays it out
-(``MNIST/raw/train-images-idx3-ubyte.gz``, ``cifar-10-batches-py/data_batch_1``, ...). Every
-loader reads a file through :func:`read_verified`, which returns its bytes only when their md5
-matches the manifest; the bytes that were hashed are the bytes that are parsed (no second read).
+The known checksums of the MNIST, Fashion-MNIST and CIFAR files live in ``manifest.json`` next
+to this module, keyed by the file's path relative to the data root as torchvision lays it out
+(``MNIST/raw/train-images-idx3-ubyte``, ``cifar-10-batches-py/data_batch_1``, ...): an entry's
+``md5`` table and its ``sha256`` table (sha256 wins where a path has both). Every loader reads a
+file through :func:`read_verified`, which returns its bytes only when their digest matches the
+manifest; the bytes that were hashed are the bytes that are parsed (no second read). A digest of
+32 hex digits is an md5, one of 64 a sha256.
 
-Tests and local mirrors inject their own table, ``{relative path: md5}``, either per call
-(``load(..., manifest=...)``) or for a block of code (:func:`use_manifest`), so that generated
-files go through the same checking path as the real ones.
+Tests and local mirrors inject their own table, ``{relative path: md5 or sha256}``, either per
+call (``load(..., manifest=...)``) or for a block of code (:func:`use_manifest`), so that
+generated files go through the same checking path as the real ones.
+
+File-backed sets are read from ``root``; ``root=None`` means :data:`DEFAULT_ROOT` (``./data``,
+where ``resdyn data fetch`` writes by default).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DEFAULT_ROOT",
     "ChecksumError",
     "DataError",
     "DataRootError",
@@ -36,7 +42,12 @@ __all__ = [
     "TruncatedFileError",
     "UnsafePickleError",
     "checksums",
+    "digest_bytes",
+    "digest_file",
+    "digest_kind",
+    "expected_digest",
     "expected_md5",
+    "fix_command",
     "manifest_entry",
     "md5_bytes",
     "md5_file",
@@ -45,6 +56,10 @@ __all__ = [
 ]
 
 Manifest = Mapping[str, str]
+
+
+#: The data root of the file-backed sets when none is given (relative to the working folder).
+DEFAULT_ROOT = Path("data")
 
 
 class DataError(Exception):
@@ -95,14 +110,58 @@ def manifest_entry(name: str) -> dict[str, Any]:
 
 
 def checksums(manifest: Manifest | None = None) -> dict[str, str]:
-    """The md5 table in force: ``manifest`` if given, else the one of :func:`use_manifest`, else
-    the built-in one (every data set's files together)."""
+    """The checksum table in force ({relative path: md5 or sha256}): ``manifest`` if given, else
+    the one of :func:`use_manifest`, else the built-in one (every data set's files together, a
+    path's sha256 in place of its md5 where the manifest has both)."""
     if manifest is not None:
         return dict(manifest)
     active = _override.get()
     if active is not None:
         return dict(active)
-    return {k: v for entry in _builtin().values() for k, v in entry["md5"].items()}
+    table = {k: v for entry in _builtin().values() for k, v in entry.get("md5", {}).items()}
+    table.update({k: v for entry in _builtin().values() for k, v in entry.get("sha256", {}).items()})
+    return table
+
+
+def digest_kind(digest: str) -> str:
+    """'md5' for 32 hex digits, 'sha256' for 64; anything else is a :class:`ChecksumError`."""
+    if isinstance(digest, str) and all(c in "0123456789abcdefABCDEF" for c in digest):
+        kind = {32: "md5", 64: "sha256"}.get(len(digest))
+        if kind is not None:
+            return kind
+    raise ChecksumError(f"checksum {str(digest)[:80]!r} is neither an md5 (32 hex digits) nor a "
+                        "sha256 (64 hex digits)")
+
+
+def _hasher(kind: str) -> Any:
+    return hashlib.md5(usedforsecurity=False) if kind == "md5" else hashlib.sha256()
+
+
+def digest_bytes(data: bytes, kind: str) -> str:
+    """The hex digest of ``data`` by ``kind`` ('md5' or 'sha256')."""
+    h = _hasher(kind)
+    h.update(data)
+    return h.hexdigest()
+
+
+def digest_file(path: str | Path, kind: str, block: int = 1 << 20) -> str:
+    """The hex digest of the file at ``path`` by ``kind`` ('md5' or 'sha256'), read in blocks."""
+    h = _hasher(kind)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(block), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+#: The file sets ``resdyn data fetch`` fills from its own sources (not only official mirrors).
+FETCHED = ("mnist", "fashion-mnist")
+
+
+def fix_command(name: str, root: str | Path | None = None) -> str:
+    """The command that fetches data set ``name`` into ``root`` (``--root`` omitted for the
+    default root), quoted with backticks for an error message."""
+    where = "" if root is None or Path(root) == DEFAULT_ROOT else f" --root {root}"
+    return f"`resdyn data fetch {name}{where}`"
 
 
 @contextlib.contextmanager
@@ -117,14 +176,20 @@ def use_manifest(manifest: Manifest) -> Iterator[dict[str, str]]:
         _override.reset(token)
 
 
-def expected_md5(relpath: str, manifest: Manifest | None = None) -> str:
-    """The md5 the manifest in force gives for ``relpath`` (a path relative to the data root)."""
+def expected_digest(relpath: str, manifest: Manifest | None = None) -> str:
+    """The checksum (md5 or sha256, lower case) the manifest in force gives for ``relpath`` (a
+    path relative to the data root); a :class:`ChecksumError` when it gives none."""
     table = checksums(manifest)
     if relpath not in table:
         raise ChecksumError(
             f"no known checksum for {relpath!r} in the manifest in force ({len(table)} entries); "
-            "a file is read only after its md5 has been checked against a known value")
-    return table[relpath].lower()
+            "a file is read only after its checksum has been checked against a known value")
+    want = table[relpath].lower()
+    digest_kind(want)
+    return want
+
+
+expected_md5 = expected_digest  # the name of the md5-only days
 
 
 def md5_bytes(data: bytes) -> str:
@@ -140,41 +205,56 @@ def md5_file(path: str | Path, block: int = 1 << 20) -> str:
 
 
 def check_root(root: str | Path | None, name: str) -> Path:
-    """``root`` as an existing folder, or a :class:`DataRootError` that says what to do."""
-    if root is None:
-        raise DataRootError(f"data set {name!r} is read from files: pass root=DIR, the folder you "
-                            f"gave torchvision, or fetch them with `resdyn data download {name} "
-                            "--root DIR`")
-    path = Path(root).expanduser()
+    """``root`` (``None``: :data:`DEFAULT_ROOT`) as an existing folder, or a
+    :class:`DataRootError` that names the folder and the command that fills it."""
+    path = DEFAULT_ROOT if root is None else Path(root).expanduser()
     if not path.is_dir():
-        raise DataRootError(f"data root {str(path)!r} for {name!r} does not exist or is not a "
-                            f"folder; create it with `resdyn data download {name} --root {path}`")
+        given = "the default data root" if root is None else "data root"
+        raise DataRootError(f"{given} {str(path)!r} for {name!r} does not exist or is not a "
+                            f"folder; run {fix_command(name, None if root is None else path)} "
+                            "(or pass the folder you gave torchvision as root)")
     return path
 
 
-def read_verified(root: Path, relpath: str, name: str, manifest: Manifest | None = None) -> bytes:
-    """The bytes of ``root / relpath``, returned only if their md5 matches the manifest.
+#: The most bytes :func:`read_verified` reads of one file unless told otherwise.
+MAX_FILE_BYTES = 512 * 2**20
 
-    Raises :class:`MissingFileError` (absent), :class:`TruncatedFileError` (wrong md5 and the
-    file ends early) or :class:`ChecksumError` (wrong md5), each naming the file, the expected
-    checksum and what to do.
+
+def read_verified(root: Path, relpath: str, name: str, manifest: Manifest | None = None,
+                  max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The bytes of ``root / relpath``, returned only if their digest (md5 or sha256, as the
+    manifest gives it) matches the manifest.
+
+    Raises :class:`MissingFileError` (absent or not a regular file), :class:`FormatError` (larger
+    than ``max_bytes``: refused before reading), :class:`TruncatedFileError` (wrong digest and
+    the file ends early) or :class:`ChecksumError` (wrong digest), each one line naming the file,
+    the expected checksum and the command that fixes it.
     """
-    want = expected_md5(relpath, manifest)
+    want = expected_digest(relpath, manifest)
+    kind = digest_kind(want)
     path = root / relpath
-    fix = f"`resdyn data download {name} --root {root}`"
+    fix = fix_command(name, root)
     if not path.is_file():
-        raise MissingFileError(f"{name}: missing file {str(path)!r} (expected md5 {want}); "
-                               f"fetch it with {fix}")
-    data = path.read_bytes()
-    got = md5_bytes(data)
+        raise MissingFileError(f"{name}: missing file {str(path)!r} (expected {kind} {want}); "
+                               f"run {fix}")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise FormatError(f"{name}: file {str(path)!r} has {size} bytes, more than the {max_bytes} "
+                          f"allowed for it; delete it and run {fix}")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FormatError(f"{name}: file {str(path)!r} grew past the {max_bytes} bytes allowed "
+                          f"for it while being read; delete it and run {fix}")
+    got = digest_bytes(data, kind)
     if got != want:
         why = truncation(relpath, data)
         if why is not None:
             raise TruncatedFileError(
-                f"{name}: file {str(path)!r} is truncated ({why}; {len(data)} bytes): md5 {got}, "
+                f"{name}: file {str(path)!r} is truncated ({why}; {len(data)} bytes): {kind} {got}, "
                 f"expected {want}; an interrupted copy or download? Delete it and run {fix}")
         raise ChecksumError(
-            f"{name}: file {str(path)!r} is corrupt or not the expected release: md5 {got}, "
+            f"{name}: file {str(path)!r} is corrupt or not the expected release: {kind} {got}, "
             f"expected {want}; delete it and run {fix}")
     return data
 

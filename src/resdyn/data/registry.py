@@ -60,7 +60,7 @@ def _choice(*allowed: str) -> Callable[[str, Any], Any]:
 def _manifest(key: str, v: Any) -> Any:
     if v is not None and not (isinstance(v, Mapping) and all(isinstance(k, str) and isinstance(m, str)
                                                              for k, m in v.items())):
-        raise ValueError(f"option {key} must be a mapping {{relative path: md5}} or None")
+        raise ValueError(f"option {key} must be a mapping {{relative path: md5 or sha256}} or None")
     return v
 
 
@@ -119,6 +119,10 @@ INFO: dict[str, DatasetInfo] = {i.name: i for i in (
     _info("mnist", "files", "1x28x28 uint8", "10", "60000 pool / 10000 test (official)",
           "MNIST from ROOT/MNIST/raw (IDX files, gzip or not), as torchvision stores it",
           manifest=(None, _manifest)),
+    _info("fashion-mnist", "files", "1x28x28 uint8", "10", "60000 pool / 10000 test (official)",
+          "Fashion-MNIST (Zalando) from ROOT/FashionMNIST/raw (IDX files, gzip or not), as "
+          "torchvision stores it",
+          manifest=(None, _manifest)),
     _info("cifar10", "files", "3x32x32 uint8", "10", "50000 pool / 10000 test (official)",
           "CIFAR-10 python version from ROOT/cifar-10-batches-py or ROOT/cifar-10-python.tar.gz",
           manifest=(None, _manifest)),
@@ -170,11 +174,12 @@ def _synthetic(name: str, o: dict[str, Any]) -> Dataset:
 def load(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
     """The data set ``name`` (one of :data:`DATASETS`) as a :class:`Dataset`.
 
-    ``root`` is the data folder of the file-backed sets (mnist, cifar10, cifar100), laid out as
-    torchvision lays it out; the other sets ignore it. ``options`` are those listed in
+    ``root`` is the data folder of the file-backed sets (mnist, fashion-mnist, cifar10, cifar100),
+    laid out as torchvision lays it out (default ``./data``, where ``resdyn data fetch`` writes);
+    the other sets ignore it. ``options`` are those listed in
     ``INFO[name].options`` (defaults there); ``manifest={relative path: md5}`` replaces the
     built-in checksum table of a file-backed set. Nothing is ever downloaded here: see
-    :func:`resdyn.data.download.download`.
+    :func:`resdyn.data.download.fetch_set`.
     """
     if name not in INFO:
         raise ValueError(f"unknown data set {name!r}; available: {', '.join(DATASETS)}")
@@ -186,8 +191,8 @@ def load(name: str, root: str | Path | None = None, **options: Any) -> Dataset:
         return load_mnist5k(o["test_size"])
     if kind == "bundled":
         return load_sklearn(name, o["test_size"])
-    if name == "mnist":
-        return load_mnist(root, o["manifest"])
+    if name in ("mnist", "fashion-mnist"):
+        return load_mnist(root, o["manifest"], name)
     return load_cifar(root, name, o.get("labels", "fine"), o["manifest"])
 
 
