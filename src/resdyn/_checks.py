@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-__all__ = ["check_bool", "check_choice", "check_int", "check_positive", "resolve_device",
-           "resolve_dtype"]
+__all__ = ["check_bool", "check_choice", "check_int", "check_positive", "check_threads",
+           "max_threads", "resolve_device", "resolve_dtype"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
 
@@ -65,3 +66,21 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but no CUDA GPU is available; use 'cpu'")
     return dev
+
+
+def max_threads() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count): the
+    most torch threads resdyn starts."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def check_threads(name: str, value: int) -> int:
+    """``value`` as a thread count in [1, :func:`max_threads`]."""
+    top = max_threads()
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
+        raise ValueError(f"{name} must be an integer in [1, {top}] (the CPU cores this process may "
+                         f"use), got {value!r}")
+    return value

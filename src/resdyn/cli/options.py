@@ -11,15 +11,20 @@ from typing import Any
 import click
 import torch
 
-from .._checks import resolve_device, resolve_dtype
+from .._checks import max_threads, resolve_device, resolve_dtype
 
-__all__ = ["compute_options", "setup_compute", "terminate_like_interrupt"]
+__all__ = ["compute_options", "setup_compute", "terminate_like_interrupt", "threads_option"]
+
+
+def threads_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--threads N``: an integer from 1 to the CPU cores this process may use."""
+    return click.option("--threads", type=click.IntRange(min=1, max=max_threads()), default=None,
+                        help=f"{help_text} At most {max_threads()} (the CPU cores here).")
 
 
 def compute_options(f: Callable[..., Any]) -> Callable[..., Any]:
     """Add --device, --dtype and --threads to a command."""
-    f = click.option("--threads", type=click.IntRange(min=1), default=None,
-                     help="CPU threads for torch (default: torch's choice).")(f)
+    f = threads_option("CPU threads for torch (default: torch's choice).")(f)
     f = click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32",
                      show_default=True, help="Floating-point precision.")(f)
     f = click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from .._paths import check_name, inside
 from ..sweeps.spec import SpecError, load_spec
 from ..sweeps.store import Store, StoreError
-from .options import setup_compute, terminate_like_interrupt
+from .options import setup_compute, terminate_like_interrupt, threads_option
 
 
 def default_store(spec_name: str) -> Path:
@@ -181,8 +181,7 @@ def _duration(secs: float) -> str:
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
 @click.option("--ray-address", default=None, help="Ray cluster address (default: start a local one).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="torch threads per group (per Ray task with --executor ray).")
+@threads_option("torch threads per group (per Ray task with --executor ray).")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None,
               help="Override the spec's run.dtype (cells of another dtype are other cells).")
 @click.option("--dry-run", is_flag=True,

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from .._checks import max_threads
 from .grid import Cell
 from .runner import CheckpointIO, WarmStart, train_group
 from .store import CellResult
@@ -34,7 +35,8 @@ class LocalExecutor:
         import torch
 
         if self.threads is not None:
-            torch.set_num_threads(self.threads)
+            # A spec's run.threads written for a bigger machine runs on the cores there are here.
+            torch.set_num_threads(min(self.threads, max_threads()))
         for g in groups:
             yield g, train_group(g, self.device, checkpoint, checkpoint_seconds, warm, self.progress)
 

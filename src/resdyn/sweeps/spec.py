@@ -46,6 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,7 +58,7 @@ from .._paths import check_name, safe_file_name
 from ..training.control import ControlConfig
 from ..training.engine import TrainConfig
 
-__all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec"]
+__all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec", "read_spec_text"]
 
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
             "warm_start")
@@ -71,10 +73,20 @@ LIMITS: dict[str, int] = {
     "sample_size": 100_000_000, "run.group_size": 100_000, "trackers.every": 10_000_000,
     "model": 1_000_000,
 }
-#: Most bytes one model's parameters, gradients and Adam moments (4 copies, float64) may need.
+#: Most bytes one model's parameters, gradients and Adam moments (4 copies, float64) and the
+#: activations its backward keeps may need.
 MAX_MODEL_BYTES = 16 * 2**30
+#: Most bytes a synthetic data set (pool and test, float64, with its generator's hidden layer)
+#: may need.
+MAX_DATA_BYTES = 4 * 2**30
 #: A lease must outlive the renewal interval (``max(1 s, lease / 3)``) with room to spare.
 MIN_LEASE_SECONDS = 5.0
+#: Longest lease or checkpoint interval: 30 days.
+MAX_SECONDS = 30 * 24 * 3600.0
+#: Largest magnitude of any float in a spec (no setting needs more; 1e308 overflows timers).
+MAX_MAGNITUDE = 1e12
+#: Largest spec file read.
+MAX_SPEC_BYTES = 2**20
 SEED_MAX = 2**63 - 1
 
 
@@ -233,7 +245,8 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     for k, v in model.items():
         if k != "family":
             _check_key("model", k, v, f"model.{k}", fields)
-    _check_model_memory(model, sweep)
+    _check_model_memory(model, sweep, train)
+    _check_data_memory(data, sweep)
     _check_applicable(model, sweep, fields, measures, trackers)
     run_raw = _table(raw, "run", required=False)
     run = _run_options(run_raw)
@@ -289,6 +302,9 @@ def _check_finite(value: Any, path: str) -> None:
     """Every float anywhere in ``value`` is finite (TOML admits nan and inf; no setting wants them)."""
     if isinstance(value, float) and not math.isfinite(value):
         raise _fail(path or "(top)", f"must be a finite number, got {value!r}")
+    if isinstance(value, float) and abs(value) > MAX_MAGNITUDE:
+        raise _fail(path or "(top)", f"must be a finite number of magnitude at most "
+                    f"{MAX_MAGNITUDE:g}, got {value!r}")
     if isinstance(value, Mapping):
         for k, v in value.items():
             _check_finite(v, f"{path}.{k}" if path else str(k))
@@ -386,24 +402,42 @@ def _check_key(section: str, key: str, value: Any, path: str, fields: set[str]) 
 _ASSUMED_IN = 3 * 32 * 32
 
 
-def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list]) -> None:
-    """Refuse a model whose parameters (and their gradients and two Adam moments, float64) would
-    need more than :data:`MAX_MODEL_BYTES`. The estimate takes each size at its largest value over
-    the base table and the sweep: P ~ D (W + in) + L W^2 (times L/2 for the dense non-local family,
-    whose every layer reads every earlier one) + K W, with W the width (or channels), L the depth
-    (or knots), K the predictor width."""
+def _biggest(base: Mapping[str, Any], sweep: Mapping[str, list], section: str, key: str,
+             default: int) -> int:
+    """The largest integer ``key`` of ``section`` ('model' or 'data') takes over the base table
+    and the sweep (``key``, ``section.key``, whole-table and variant entries)."""
+    vals = [base.get(key, default)]
+    if section == "model":
+        vals += list(sweep.get(key, []))
+    vals += list(sweep.get(f"{section}.{key}", []))
+    vals += [v.get(key) for v in sweep.get(section, []) if isinstance(v, Mapping)]
+    vals += [v.get(section, {}).get(key) for v in sweep.get("variant", [])
+             if isinstance(v, Mapping) and isinstance(v.get(section, {}), Mapping)]
+    ints = [v for v in vals if isinstance(v, int) and not isinstance(v, bool)]
+    return max(ints, default=default)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
+                        train: Mapping[str, Any] | None = None) -> None:
+    """Refuse a model whose parameters (and their gradients and two Adam moments, float64) and
+    the activations its backward keeps would need more than :data:`MAX_MODEL_BYTES`. The
+    estimate takes each size at its largest value over the base table and the sweep:
+    P ~ D (W + in) + L W^2 (times L/2 for the dense non-local family, whose every layer reads
+    every earlier one) + K W, with W the width (or channels), L the depth (or knots), K the
+    predictor width; activations ~ 2 L R (W + H) float64 numbers for R training rows (the
+    largest sample size, or the batch size) and hidden width H."""
 
     def biggest(key: str, default: int) -> int:
-        vals = [model.get(key, default)]
-        vals += list(sweep.get(key, [])) + list(sweep.get(f"model.{key}", []))
-        vals += [v.get(key) for v in sweep.get("model", []) if isinstance(v, Mapping)]
-        vals += [v.get("model", {}).get(key) for v in sweep.get("variant", []) if isinstance(v, Mapping)]
-        ints = [v for v in vals if isinstance(v, int) and not isinstance(v, bool)]
-        return max(ints, default=default)
+        return _biggest(model, sweep, "model", key, default)
 
     W = max(biggest("width", 16), biggest("channels", 0), biggest("att_dim", 0))
     L = max(biggest("depth", 8), biggest("knots", 0))
     K = biggest("predictor_width", 0)
+    H = max(biggest("hidden", 0), W)
     in_dim = max(biggest("in_dim", 0), _ASSUMED_IN)
     layers = L * max(1, L // 2) if model.get("family") == "dnl" else L
     n = W * (W + in_dim) + layers * W * W * 2 + K * (W + 1)
@@ -412,6 +446,40 @@ def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list]) -> 
         raise _fail("model", f"a model of width {W} and depth {L} has about {n:,} parameters and "
                     f"would need about {need / 2**30:,.1f} GiB for its parameters, gradients and "
                     f"optimiser state; at most {MAX_MODEL_BYTES / 2**30:.0f} GiB is allowed")
+    rows = max([v for v in sweep.get("sample_size", [1]) if isinstance(v, int)], default=1)
+    batch = (train or {}).get("batch_size")
+    if isinstance(batch, int) and not isinstance(batch, bool):
+        rows = min(rows, batch)
+    acts = 2 * 8 * layers * rows * (W + H + K)
+    if need + acts > MAX_MODEL_BYTES:
+        sizes = {"model.depth": L / 8, "model.width": W / 16, "sweep.sample_size": rows / 256}
+        key = max(sizes, key=lambda k: sizes[k])
+        raise _fail(key, f"a model of width {W} and depth {L} trained on {rows:,} rows would need "
+                    f"about {_gib(need + acts)} ({_gib(need)} for its parameters, gradients and "
+                    f"optimiser state, {_gib(acts)} for the activations of its backward); at most "
+                    f"{_gib(MAX_MODEL_BYTES)} is allowed")
+
+
+#: A synthetic data set's sizes with their defaults (registry.INFO): pool and test points,
+#: inputs, and the teacher's hidden width and classes.
+_DATA_SIZES = {"pool_size": 4096, "test_size": 2000, "dim": 10, "hidden": 16, "classes": 2}
+
+
+def _check_data_memory(data: Mapping[str, Any], sweep: Mapping[str, list]) -> None:
+    """Refuse a synthetic data set whose points (pool and test, float64, with the teacher's
+    hidden layer while they are labelled) would need more than :data:`MAX_DATA_BYTES`."""
+    size = {k: _biggest(data, sweep, "data", k, d) for k, d in _DATA_SIZES.items()}
+    teacher = data.get("name") == "teacher"
+    width = size["dim"] + size["hidden"] + size["classes"] if teacher else 2
+    points = size["pool_size"] + size["test_size"]
+    need = 2 * 8 * points * width + (8 * size["hidden"] * (size["dim"] + size["classes"])
+                                     if teacher else 0)
+    if need > MAX_DATA_BYTES:
+        keys = ("pool_size", "test_size", *(("dim", "hidden", "classes") if teacher else ()))
+        key = max(keys, key=lambda k: size[k] / _DATA_SIZES[k])
+        raise _fail(f"data.{key}", f"a data set of {points:,} points of {width:,} numbers each "
+                    f"(pool_size {size['pool_size']:,}, test_size {size['test_size']:,}) would "
+                    f"need about {_gib(need)}; at most {_gib(MAX_DATA_BYTES)} is allowed")
 
 
 def _options(raw: Mapping[str, Any], section: str) -> dict[str, dict[str, Any]]:
@@ -488,22 +556,62 @@ def _run_options(raw: Mapping[str, Any]) -> RunOptions:
     if opts.threads is not None:
         _check_int("run.threads", opts.threads, 1, 1024)
     _check_number("run.checkpoint_seconds", opts.checkpoint_seconds,
-                  "a finite number of seconds > 0", lambda v: v > 0)
+                  f"a finite number of seconds > 0 and <= {MAX_SECONDS:g} (30 days)",
+                  lambda v: 0 < v <= MAX_SECONDS)
     _check_number("run.lease_seconds", opts.lease_seconds,
-                  f"a finite number of seconds >= {MIN_LEASE_SECONDS:g} (a lease is renewed every "
-                  "third of it, at most once a second)", lambda v: v >= MIN_LEASE_SECONDS)
+                  f"a finite number of seconds >= {MIN_LEASE_SECONDS:g} and <= {MAX_SECONDS:g} (30 "
+                  "days; a lease is renewed every third of it, at most once a second)",
+                  lambda v: MIN_LEASE_SECONDS <= v <= MAX_SECONDS)
     return opts
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Read and validate the spec at ``path``."""
+def read_spec_text(path: str | Path) -> str:
+    """The text of the spec file at ``path``: a regular file (not a FIFO, device or folder; a
+    FIFO is never opened for reading, so nothing waits on a writer) of at most
+    :data:`MAX_SPEC_BYTES`, in UTF-8. Anything else is a one-line :class:`SpecError`."""
     path = Path(path)
     try:
-        text = path.read_text()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except OSError as err:
         raise SpecError(f"cannot read spec {path}: {err.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = ("a folder" if stat.S_ISDIR(info.st_mode) else "a FIFO" if stat.S_ISFIFO(info.st_mode)
+                    else "a device" if stat.S_ISCHR(info.st_mode) or stat.S_ISBLK(info.st_mode)
+                    else "not a regular file")
+            raise SpecError(f"spec {path} is {kind}; a spec must be a regular TOML file")
+        if info.st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec {path} is {info.st_size:,} bytes; a spec may be at most "
+                            f"{MAX_SPEC_BYTES:,} bytes (1 MiB)")
+        data = os.read(fd, MAX_SPEC_BYTES + 1)
+        while len(data) <= MAX_SPEC_BYTES:
+            more = os.read(fd, MAX_SPEC_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as err:
+        raise SpecError(f"cannot read spec {path}: {err.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SPEC_BYTES:
+        raise SpecError(f"spec {path} is over {MAX_SPEC_BYTES:,} bytes; a spec may be at most "
+                        f"{MAX_SPEC_BYTES:,} bytes (1 MiB)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise SpecError(f"spec {path} is not UTF-8 text (byte {err.start} is 0x{data[err.start]:02x}); "
+                        "save it as UTF-8") from None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read (:func:`read_spec_text`) and validate the spec at ``path``."""
+    path = Path(path)
+    text = read_spec_text(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise SpecError(f"spec {path} is not valid TOML: {err}") from None
+    except RecursionError:
+        raise SpecError(f"spec {path} nests its tables or arrays too deeply") from None
     return parse_spec(raw, source=str(path))
