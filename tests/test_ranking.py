@@ -57,14 +57,18 @@ def test_granulated_tau_is_the_mean_over_axes_of_within_group_scipy_taus():
     assert Psi == pytest.approx(np.mean(by_hand), abs=1e-12)
 
 
-def test_rank_measures_values_and_bootstrap_intervals():
-    res = {r.measure: r for r in rank_measures(cell_table(_rows()), n_boot=100)}
+def test_rank_measures_values_and_per_seed_t_intervals():
+    res = {r.measure: r for r in rank_measures(cell_table(_rows()))}
     t = cell_table(_rows())
     m, g = np.nanmean(t.measures["good"], 0), np.nanmean(t.gap, 0)
     assert res["good"].tau == pytest.approx(stats.kendalltau(m, g).statistic, abs=1e-12)
     assert res["anti"].tau == pytest.approx(-1.0) and res["anti"].granulated == pytest.approx(-1.0)
     lo, hi = res["good"].tau_ci
-    assert lo <= res["good"].tau <= hi and hi - lo > 0
+    taus = [stats.kendalltau(t.measures["good"][i], t.gap[i]).statistic for i in range(len(t.seeds))]
+    assert res["good"].tau_seed == pytest.approx(np.mean(taus), abs=1e-12)
+    half = stats.t.ppf(0.975, len(taus) - 1) * np.std(taus, ddof=1) / np.sqrt(len(taus))
+    assert (lo, hi) == pytest.approx((np.mean(taus) - half, np.mean(taus) + half), abs=1e-12)
+    assert res["good"].seeds == len(t.seeds)
     assert res["good"].tau > 0.8
     # width_only is tied within every width: its psi along sample_size is undefined, along width it is +1
     assert res["width_only"].psi["model.width"] == pytest.approx(1.0)

@@ -104,36 +104,69 @@ def test_fit_rate_values_and_tests_by_hand():
     assert rate_claim(f, -1.5).verdict == "not held"
     assert rate_claim(f, -0.2, kind="faster").verdict == "held"
     assert rate_claim(f, -0.5, kind="faster").verdict == "inconclusive"
+    assert "p = " in v.test and v.decision.p_for == pytest.approx(tost)
     assert rate_claim(f, -0.9, kind="faster").verdict == "not held"
 
 
-def test_nonpositive_points_are_counted_substituted_and_checked_for_sensitivity():
+def test_nonpositive_points_switch_to_linear_scale_least_squares_per_seed():
     x = np.tile(SIZES, 3)
     g = np.repeat([0, 1, 2], SIZES.size)
     y = np.concatenate([SIZES ** b for b in (-0.45, -0.5, -0.55)])
     y[5] = 0.0   # seed 0 at S = 1024
     y[11] = -0.01
-    f = fit_rate(x, y, g, floor=0.01)
-    assert f.nonpositive == 2 and f.floor == 0.01 and f.sensitivity is not None
-    # the affected seeds' slopes are those of log(max(y, floor))
-    v0 = np.log(np.where(y[:6] <= 0.01, 0.01, y[:6]))
-    assert f.seed_slopes[0] == pytest.approx(stats.linregress(np.log(SIZES), v0).slope)
-    assert f.sensitivity.seed_slopes[0] < f.seed_slopes[0]  # floor / 10 pulls the slope down
-    assert f.n == 18  # nothing dropped
+    f = fit_rate(x, y, g)
+    assert f.nonpositive == 2 and f.method == "cluster_nls" and f.n == 18  # nothing dropped
+    # seed 2 has no value <= 0 and lies on an exact power law: the least-squares fit recovers it
+    assert f.seed_slopes[2] == pytest.approx(-0.55, abs=1e-4)
+    # seed 0's slope is the least-squares fit of y = A S^b to its six values (checked by a fine scan)
+    bs = np.linspace(-1.0, 0.0, 20001)
+    P = SIZES[None, :] ** bs[:, None]
+    gain = np.maximum(P @ y[:6], 0) ** 2 / (P * P).sum(1)
+    assert f.seed_slopes[0] == pytest.approx(bs[np.argmax(gain)], abs=2e-4)
     words = rate_claim(f, -0.5).words
-    assert "2 of 18 points <= 0 set to the floor 0.01" in words
-    # default floor: a tenth of the smallest positive value
-    assert fit_rate(x, y, g).floor == pytest.approx(float(y[y > 0].min()) / 10)
+    assert "2 of 18 values <= 0: slopes fitted on the linear scale" in words
 
 
-def test_verdict_that_depends_on_the_floor_is_inconclusive():
-    x = np.tile(SIZES, 4)
-    g = np.repeat([0, 1, 2, 3], SIZES.size)
-    y = np.concatenate([SIZES ** b for b in (-0.49, -0.5, -0.51, -0.5)])
-    y[5] = y[11] = y[17] = y[23] = 0.0  # every seed's largest size is censored
-    f = fit_rate(x, y, g, floor=1.0 / 1024 ** 0.5 * 0.9)
-    assert rate_claim(f, -0.5).verdict == "inconclusive"
-    assert "depends on the floor" in rate_claim(f, -0.5).words
+def test_linear_scale_fit_matches_log_fit_on_exact_power_laws():
+    from resdyn.analysis.rates import nls_slopes
+
+    y = np.stack([3.0 * SIZES ** b for b in (-0.3, -0.5, -0.8, 0.2)])
+    b, logA = nls_slopes(SIZES, y)
+    assert b == pytest.approx([-0.3, -0.5, -0.8, 0.2], abs=1e-4)
+    assert logA == pytest.approx([np.log(3.0)] * 4, abs=2e-3)
+    # nothing positive to fit: no slope
+    assert np.isnan(nls_slopes(SIZES, -np.ones((1, SIZES.size)))[0][0])
+
+
+def test_straight_range_restricts_a_flattening_curve_and_names_its_ends():
+    from resdyn.analysis.rates import straight_range, straightness
+
+    rng = np.random.default_rng(3)
+    u = np.log(SIZES)
+    x = np.tile(SIZES, 5)
+    g = np.repeat(np.arange(5), SIZES.size)
+    # a kink: slope -1 up to S = 128, then exactly -0.5 (every seed, tiny noise)
+    logy = np.where(SIZES <= 128, -1.0 * (u - np.log(128)), -0.5 * (u - np.log(128)))
+    y = np.exp(logy[None, :] + 0.002 * rng.standard_normal((5, SIZES.size))).ravel()
+    full, rng_ = straight_range(x, y, g)
+    assert full.pvalue < 0.05 and full.curvature > 0
+    assert rng_ is not None and rng_.sizes[0] >= 128 and rng_.sizes[-1] == 1024
+    assert rng_.slope_low == pytest.approx(-0.5, abs=0.02)
+    assert rng_.slope_high == pytest.approx(-0.5, abs=0.02)
+    f = fit_rate(x[np.isin(x, rng_.sizes)], y[np.isin(x, rng_.sizes)], g[np.isin(x, rng_.sizes)])
+    v = rate_claim(f, -0.5, straight=(full, rng_))
+    assert v.verdict == "held" and "claim restricted to S 128..1024" in v.words
+    assert v.values["range"] == [128.0, 1024.0]
+    # a curve curved everywhere: no range, no claim
+    curved = np.exp(0.4 * (u - u.mean()) ** 2 - 0.5 * u)[None, :] * np.exp(
+        0.002 * rng.standard_normal((5, SIZES.size)))
+    full2, none = straight_range(x, curved.ravel(), g)
+    assert none is None
+    v2 = rate_claim(fit_rate(x, curved.ravel(), g), -0.5, straight=(full2, none))
+    assert v2.verdict == "inconclusive" and "significantly curved over every range" in v2.words
+    # an exact power law is straight: p = 1 (rounding is not curvature)
+    exact = np.concatenate([SIZES ** -0.5] * 5)
+    assert straightness(x, exact, g).pvalue == 1.0
 
 
 def test_fit_rate_errors_name_the_problem():

@@ -61,7 +61,9 @@ def group_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], A
 class WelchTost:
     """Difference d = mean(a) - mean(b), its Welch standard error and df, the 90% interval and the
     TOST p-value of H0: |d| >= margin; verdict 'held' (equivalent: the 90% interval inside
-    [-margin, margin]), 'not held' (the interval entirely outside it) or 'inconclusive'."""
+    [-margin, margin]), 'not held' (the interval entirely outside it) or 'inconclusive';
+    p_outside: the p-value of H0: |d| <= margin against d beyond the margin (the smaller of
+    P(t_df > (d - margin)/se) and P(t_df < (d + margin)/se))."""
 
     diff: float
     stderr: float
@@ -70,6 +72,7 @@ class WelchTost:
     pvalue: float
     margin: float
     verdict: str
+    p_outside: float = 1.0
 
 
 def welch_tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: float = 0.05) -> WelchTost:
@@ -91,10 +94,11 @@ def welch_tost(a: Sequence[float], b: Sequence[float], margin: float, alpha: flo
     if se == 0:
         inside = abs(d) < margin
         return WelchTost(d, 0.0, math.inf, (d, d), 0.0 if inside else 1.0, margin,
-                         "held" if inside else "not held")
+                         "held" if inside else "not held", 1.0 if inside else 0.0)
     df = (va + vb) ** 2 / (va**2 / (x.size - 1) + vb**2 / (y.size - 1))
     p = float(max(stats.t.sf((d + margin) / se, df), stats.t.cdf((d - margin) / se, df)))
     q = float(stats.t.ppf(1 - alpha, df))
     lo, hi = d - q * se, d + q * se
     verdict = "held" if p < alpha else ("not held" if hi < -margin or lo > margin else "inconclusive")
-    return WelchTost(d, se, float(df), (lo, hi), p, margin, verdict)
+    p_out = float(min(stats.t.sf((d - margin) / se, df), stats.t.cdf((d + margin) / se, df)))
+    return WelchTost(d, se, float(df), (lo, hi), p, margin, verdict, p_out)

@@ -6,17 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["VERDICTS", "Claim", "ExperimentOutcome", "joint_verdict"]
+__all__ = ["VERDICTS", "Claim", "ExperimentOutcome"]
 
 VERDICTS = ("held", "not held", "inconclusive")
-
-
-def joint_verdict(verdicts: list[str]) -> str:
-    """The verdict on a claim made of several tested parts: 'held' when every part is held,
-    'not held' when any part is, 'inconclusive' otherwise (and when there is no part)."""
-    if "not held" in verdicts:
-        return "not held"
-    return "held" if verdicts and all(v == "held" for v in verdicts) else "inconclusive"
 
 
 @dataclass(frozen=True, init=False)
@@ -26,7 +18,10 @@ class Claim:
     text: the claim in words; measured: the number(s) with interval, as shown to a reader;
     verdict: one of 'held' (the test rejects in the claim's favour), 'not held' (the data contradict
     it) or 'inconclusive' (neither: a non-rejection is not support); test: how the verdict was
-    reached; values: the raw numbers behind it. A bool in the verdict's place (or ``held=``, as
+    reached; values: the raw numbers behind it. Reproductions build claims through
+    :meth:`resdyn.analysis.verdicts.Verdict.claim`, the one rule for every verdict: the test's name
+    and p-values go in ``test`` and ``values['verdict']``, the reason of an inconclusive verdict in
+    ``measured``. A bool in the verdict's place (or ``held=``, as
     older stored outcomes carry) reads as 'held' / 'not held'.
     """
 

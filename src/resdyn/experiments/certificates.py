@@ -24,6 +24,7 @@ written in a transaction like every sweep's; a re-run trains only missing cells.
 from __future__ import annotations
 
 import functools
+import math
 import time
 import tomllib
 from collections.abc import Callable, Sequence
@@ -55,7 +56,7 @@ from ..theory.pacbayes import (
 )
 from ..training.engine import TrainConfig, train
 from ..training.objective import Objective
-from .base import Claim, ExperimentOutcome, joint_verdict
+from .base import Claim, ExperimentOutcome
 
 __all__ = ["CertificateSpec", "DataPlan", "analyze", "load_certificate_spec", "run", "run_spec",
            "train_posterior"]
@@ -360,18 +361,23 @@ def run_spec(spec: CertificateSpec, store_path: str | Path, device: str = "cpu",
 
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME,
             thresholds: dict[str, float] | None = None) -> ExperimentOutcome:
-    """Table (data, S, L, seed, certificate, test error, KL, n) and the claims:
+    """Table (data, S, L, seed, certificate, test error, KL, n) and the claims, each decided by
+    the one rule (:mod:`resdyn.analysis.verdicts`) with the seed as the replication unit (a
+    certificate run with one seed is inconclusive: no test across seeds):
 
-    * non-vacuous at every depth: at the largest S of each data set, the 0-1 certificate < 1 at
-      every L (and below ``thresholds[data]`` where given);
-    * depth-uniform: certificate(L = max) <= 1.1 certificate(L = 16), same data, S and seed, at the
-      largest S of each data set (the criterion of the certificates issue) and, separately, at
-      every S;
-    * certificate decays with S: per (data, L), the per-seed log-log slopes of the certificate
-      on S reject b >= 0 in a one-sided t test (:func:`_decay_claim`, :mod:`resdyn.analysis.rates`);
-    * the certificate is above the stochastic predictor's measured test error in every cell
-      (the smallest margin is reported).
+    * non-vacuous at every depth: per seed, the largest over (data, L) at each data set's largest S
+      of certificate - min(1, thresholds[data]); one-sided t of E < 0;
+    * depth-uniform: per seed, the largest over data sets (at their largest S; separately, over
+      every S) of log(certificate(L max) / certificate(L = 16)); one-sided t of E < log 1.1;
+    * certificate decays with S: per (data, L), the per-seed slopes of log certificate on log S,
+      one-sided t of b < 0 (:mod:`resdyn.analysis.rates`, straightness reported where 4 or more
+      sizes), all (data, L) joined by the intersection-union rule;
+    * the certificate is above the stochastic predictor's test error where it is non-vacuous: per
+      seed, the smallest certificate - test error over cells with certificate < 1; one-sided t of
+      E > 0 (cells with certificate >= 1 cannot fail and are left out).
     """
+    from ..analysis.verdicts import mean_test, no_test
+
     outcome = ExperimentOutcome(name)
     ok = [r for r in rows if r["status"] == "done"]
     key = lambda r: (r["config"]["data"]["name"], r["config"]["sample_size"], r["config"]["depth"],  # noqa: E731
@@ -390,40 +396,55 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
         outcome.figures.update(_figures(table, Path(out_dir), name))
     thresholds = thresholds or {}
     by_data = group_rows(table, lambda r: r["data"])
-    worst = min(table, key=lambda r: r["margin"])
-    outcome.claims.append(Claim(
-        "the certificate is above the stochastic predictor's measured test error in every cell",
-        f"smallest margin {worst['margin']:.4f} ({worst['data']}, S={worst['S']}, L={worst['L']})",
-        worst["margin"] > 0, "certificate_01 - test_error > 0 in every cell",
-        {"smallest_margin": worst["margin"], "cell": worst}))
-    top = [r for d, rs in by_data.items() for r in rs if r["S"] == max(x["S"] for x in rs)]
-    vac = [r for r in top if not r["certificate"] < min(1.0, thresholds.get(r["data"], 1.0))]
+    seeds = sorted({r["seed"] for r in table}, key=str)
+    largest = {d: max(r["S"] for r in rs) for d, rs in by_data.items()}
+
+    def per_seed(rows_: list[dict], f: Any, pick: Any = max) -> dict:
+        return {s: pick(f(r) for r in rows_ if r["seed"] == s) for s in seeds
+                if any(r["seed"] == s for r in rows_)}
+
+    live = [r for r in table if r["certificate"] < 1.0]
+    text = "where it is non-vacuous, the certificate is above the stochastic predictor's measured test error"
+    if not live:
+        outcome.claims.append(no_test("one-sided t, H1: smallest margin > 0", "the certificate is >= 1 in "
+                                      "every cell: it cannot fall below a test error there", "seed",
+                                      len(seeds)).claim(text, "vacuous in every cell"))
+    else:
+        m = per_seed(live, lambda r: r["margin"], min)
+        worst = min(live, key=lambda r: r["margin"])
+        outcome.claims.append(mean_test(list(m.values()), 0.0, "greater", what="mean smallest margin").claim(
+            text, f"{len(live)} of {len(table)} cells non-vacuous; smallest margin per seed "
+            + ", ".join(f"{v:.4f}" for v in m.values())
+            + f" (overall {worst['margin']:.4f}: {worst['data']}, S={worst['S']}, L={worst['L']})",
+            {"smallest_margin_per_seed": m, "cell": worst}))
+    top = [r for r in table if r["S"] == largest[r["data"]]]
+    excess = per_seed(top, lambda r: r["certificate"] - min(1.0, thresholds.get(r["data"], 1.0)))
     shown = "; ".join(f"{d}: max over L {max(r['certificate'] for r in top if r['data'] == d):.3f}"
                       for d in by_data)
-    outcome.claims.append(Claim(
-        "non-vacuous at every depth", shown, not vac,
-        "0-1 certificate < 1" + ("".join(f", < {t:g} on {d}" for d, t in sorted(thresholds.items()))
-                                 if thresholds else "") + " at the largest S, every L",
-        {"failing": vac}))
+    bar = "1" + "".join(f" ({d}: {t:g})" for d, t in sorted(thresholds.items()))
+    what = f"mean over seeds of max over (data, L) of certificate - {bar}"
+    outcome.claims.append(mean_test(list(excess.values()), 0.0, "less", what=what).claim(
+        "non-vacuous at every depth", f"{shown}; per seed largest excess "
+        + ", ".join(f"{v:+.3f}" for v in excess.values()), {"excess_per_seed": excess}))
     ratios = []
     for (d, S, s), rs in group_rows(table, lambda r: (r["data"], r["S"], r["seed"])).items():
         by_L = {r["L"]: r["certificate"] for r in rs}
         if 16 in by_L and max(by_L) > 16:
             ratios.append({"data": d, "S": S, "seed": s, "L": max(by_L),
                            "ratio": by_L[max(by_L)] / by_L[16]})
-    largest = {d: max(r["S"] for r in rs) for d, rs in by_data.items()}
     for where, subset in (("at the largest S of each data set",
                            [r for r in ratios if r["S"] == largest[r["data"]]]),
                           ("at every S", ratios)):
         if not subset:
             continue
+        lr = {s: max(math.log(r["ratio"]) for r in subset if r["seed"] == s)
+              for s in sorted({r["seed"] for r in subset}, key=str)}
         w = max(subset, key=lambda r: r["ratio"])
-        outcome.claims.append(Claim(
+        what = "mean over seeds of the largest log(cert(L max)/cert(16))"
+        outcome.claims.append(mean_test(list(lr.values()), math.log(1.1), "less", what=what).claim(
             f"depth-uniform {where}", f"largest certificate(L={w['L']}) / certificate(L=16) = "
-            f"{w['ratio']:.3f} ({w['data']}, S={w['S']}, seed {w['seed']}; {len(subset)} ratios)",
-            w["ratio"] <= 1.1,
-            f"certificate(L max) <= 1.1 certificate(L = 16) for every data set and seed, {where}",
-            {"ratios": subset}))
+            f"{w['ratio']:.3f} ({w['data']}, S={w['S']}, seed {w['seed']}; {len(subset)} ratios); per seed "
+            "largest ratio " + ", ".join(f"{math.exp(v):.3f}" for v in lr.values()), {"ratios": subset}))
     outcome.claims.append(_decay_claim(table))
     return outcome
 
@@ -431,35 +452,41 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = SPEC_NAME
 def _decay_claim(table: list[dict]) -> Claim:
     """"The certificate decays with S", tested per (data, L) by :mod:`resdyn.analysis.rates`: the
     mean of the per-seed log-log slopes b of the certificate on S, one-sided t test of
-    H0: b >= 0 (H1: b < 0) at alpha = 0.05. Held when every (data, L) rejects H0; not held when
-    any shows b > 0 (the reverse one-sided test rejects); inconclusive otherwise, and when a
-    (data, L) has fewer than 2 seeds with 2 sample sizes (no test can be run)."""
-    from ..analysis.rates import ALPHA, fit_rate, rate_claim
+    H0: b >= 0 (H1: b < 0) at alpha = 0.05, the straightness test beside it where there are 4 or
+    more sizes; the (data, L) joined by :func:`resdyn.analysis.verdicts.joint` (held when every
+    one rejects; not held when one shows b > 0 after Bonferroni; inconclusive otherwise, and when
+    a (data, L) has fewer than 2 seeds with 2 sample sizes)."""
+    from ..analysis.rates import fit_rate, rate_claim, straightness
+    from ..analysis.verdicts import joint, no_test
 
-    fits, verdicts = [], []
+    fits, parts = [], []
     for (d, L), rs in sorted(group_rows(table, lambda r: (r["data"], r["L"])).items()):
+        x, y, g = [r["S"] for r in rs], [r["certificate"] for r in rs], [r["seed"] for r in rs]
         try:
-            fit = fit_rate([r["S"] for r in rs], [r["certificate"] for r in rs], [r["seed"] for r in rs])
+            fit = fit_rate(x, y, g)
         except ValueError as err:
             fits.append({"data": d, "L": L, "verdict": "inconclusive", "reason": str(err)})
-            verdicts.append("inconclusive")
+            parts.append((f"{d} L={L}", no_test("one-sided t, H1: b < 0", str(err))))
             continue
+        try:
+            st = straightness(x, y, g)
+            note = st.words()
+        except ValueError as err:
+            st, note = None, f"no straightness test: {err}"
         v = rate_claim(fit, 0.0, "faster", 0.0)
-        fits.append({"data": d, "L": L, "verdict": v.verdict, "words": v.words, **v.values})
-        verdicts.append(v.verdict)
-    verdict = joint_verdict(verdicts)
+        fits.append({"data": d, "L": L, "verdict": v.verdict, "words": f"{v.words}; {note}", **v.values,
+                     "straightness": st.as_dict() if st else note})
+        parts.append((f"{d} L={L}", v.decision))
+    verdict = joint(parts)
     slopes = [f["slope"] for f in fits if "slope" in f]
     measured = (f"per-seed log-log slopes, mean per (data, L) in [{min(slopes):.3f}, {max(slopes):.3f}]; "
                 if slopes else "no slope fitted; ")
-    measured += ", ".join(f"{sum(v == k for v in verdicts)} {k}" for k in ("held", "not held", "inconclusive")
-                          if k in verdicts) + f" of {len(verdicts)} (data, L)"
+    counts = {k: sum(v.verdict == k for _, v in parts) for k in ("held", "not held", "inconclusive")}
+    measured += ", ".join(f"{c} {k}" for k, c in counts.items() if c) + f" of {len(parts)} (data, L)"
     reasons = sorted({f["reason"] for f in fits if "reason" in f})
     if reasons:
         measured += "; no test where: " + "; ".join(reasons)
-    return Claim("certificate decays with S", measured, verdict,
-                 f"per (data, L): mean of per-seed OLS slopes of log certificate on log S, one-sided t "
-                 f"test H0: b >= 0, alpha {ALPHA:g} (resdyn.analysis.rates); held when every (data, L) "
-                 "rejects", {"fits": fits})
+    return verdict.claim("certificate decays with S", measured, {"fits": fits})
 
 
 def _series(rows: list[dict], x: str, y: str, label: str) -> dict[str, Any]:

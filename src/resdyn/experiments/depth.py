@@ -2,12 +2,13 @@
 
 Claim tested (first paper): the curves settle as L grows, toward the continuous-time model
 (depth-uniformity). For each of the three largest depths, Welch's two one-sided tests ask whether
-the mean test accuracy is within MARGIN = 0.03 of the continuous-time model's (alpha 0.05): the
-claim is 'held' when all three are shown equivalent, 'not held' when one is shown to differ by
-more than the margin, 'inconclusive' otherwise (overlapping intervals are not evidence). A second
-check reports whether the run is below saturation (the 95% interval of the continuous-model test
-accuracy inside [0.7, 0.95]), where differences could show. Every recorded measure is ranked
-against the gap, and a bound claim is made when the sweep records bounds.
+the mean test accuracy is within MARGIN = 0.03 of the continuous-time model's (alpha 0.05, seeds
+as the replication unit); the three are joined by the one rule (:mod:`resdyn.analysis.verdicts`):
+'held' when all three are shown equivalent (intersection-union), 'not held' when one is shown to
+differ by more than the margin (Bonferroni over the three), 'inconclusive' otherwise. A second
+claim, that the run is below saturation, is a TOST across seeds of 0.7 < E acc(ODE) < 0.95.
+Every recorded measure is ranked against the gap, and the bound claims are made when the sweep
+records bounds.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..analysis.summary import group_rows, mean_ci, welch_tost
-from .base import Claim, ExperimentOutcome, joint_verdict
-from .checks import bound_claim, rank_against_gap
+from ..analysis.verdicts import decide, equivalence_test, joint, no_test
+from .base import ExperimentOutcome
+from .checks import bound_claims, rank_against_gap
 
 __all__ = ["MARGIN", "analyze"]
 
@@ -56,30 +58,23 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
         acc_cont = [r["metrics"]["test_acc"] for r in cont]
         tests = {L: welch_tost([r["metrics"]["test_acc"] for r in by_L[L]], acc_cont, MARGIN)
                  for L in Ls[-3:] if len(by_L[L]) >= 2}
-        verdicts = [t.verdict for t in tests.values()]
-        verdict = joint_verdict(verdicts)
+        parts = [(f"L={L}", decide(f"Welch TOST, H1: |acc(L={L}) - acc(ODE)| < {MARGIN}", t.pvalue,
+                                   t.p_outside, "seed", len(by_L[L]) + len(acc_cont)))
+                 for L, t in tests.items()]
+        v = joint(parts) if parts else no_test("Welch TOST", "fewer than 2 seeds at the largest depths")
         shown = "; ".join(f"L={L}: difference {t.diff:+.3f}, 90% CI [{t.ci90[0]:+.3f}, {t.ci90[1]:+.3f}], "
                           f"TOST p = {t.pvalue:.2g}" for L, t in tests.items())
-        if verdict == "inconclusive":
-            shown += "; inconclusive: equivalence not shown, which is not evidence for the claim"
-        outcome.claims.append(Claim(
+        outcome.claims.append(v.claim(
             "test accuracy settles as L grows, toward the continuous-time model",
-            f"{shown}; continuous: {cont_ci['test_acc']}", verdict,
-            f"Welch TOST, H0: |acc(L) - acc(ODE)| >= {MARGIN}, alpha 0.05, for the three largest depths",
-            {L: {"diff": t.diff, "ci90": list(t.ci90), "pvalue": t.pvalue, "verdict": t.verdict}
-             for L, t in tests.items()}))
+            f"{shown}; continuous: {cont_ci['test_acc']}",
+            {L: {"diff": t.diff, "ci90": list(t.ci90), "pvalue": t.pvalue, "p_outside": t.p_outside,
+                 "verdict": t.verdict} for L, t in tests.items()}))
         c = cont_ci["test_acc"]
-        inside = c.lo >= 0.7 and c.hi <= 0.95
-        outside = c.hi < 0.7 or c.lo > 0.95
-        outcome.claims.append(Claim(
+        sat = equivalence_test(acc_cont, 0.825, 0.125, what="continuous-model test accuracy")
+        outcome.claims.append(sat.claim(
             "the depth study runs below saturation (test accuracy 0.7 to 0.95)",
-            f"continuous-model test accuracy {c}",
-            "held" if inside else "not held" if outside else "inconclusive",
-            "95% seed interval of the continuous-model test accuracy inside [0.7, 0.95] (held), "
-            "outside it (not held)", {"acc": c.as_dict()}))
-    claim = bound_claim(rows)
-    if claim is not None:
-        outcome.claims.append(claim)
+            f"continuous-model test accuracy {c}", {"acc": c.as_dict()}))
+    outcome.claims += bound_claims(rows)
     if out_dir is not None and Ls:
         from ..plotting import line_figure
 

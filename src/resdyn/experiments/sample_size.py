@@ -1,15 +1,17 @@
 """The sample-size reproduction: the generalization gap against S, with log-log rate tests.
 
 Claim tested (first paper): the gap decays like S^{-1/2}. For each data set and model family the
-error gap (train accuracy - test accuracy) of every seed at every S enters a per-seed log-log
-slope fit (:mod:`resdyn.analysis.rates`: the mean of the per-seed slopes with a t interval over
-seeds, since a seed's nested subsamples are not independent points). The claim is tested by
-two one-sided tests of |b + 1/2| < 0.15 (TOST): 'held' only when they reject, 'not held' when the
-data show |b + 1/2| > 0.15, 'inconclusive' otherwise; the p-value of H0: b = -1/2 is printed
-beside it. Non-positive gaps are kept at a detection floor (counted in the claim, with a
-sensitivity fit at a tenth of the floor). The loss gap, test error and bound get the same fit
-(descriptive). The bound claim counts only non-vacuous cells (:mod:`.checks`), and every
-recorded measure is ranked against the gap.
+error gap (train accuracy - test accuracy) of every seed at every S enters a per-seed slope fit
+(:mod:`resdyn.analysis.rates`: the mean of the per-seed slopes with a t interval over seeds, since
+a seed's nested subsamples are not independent points). Beside the slope, a straightness test of
+the log-log curve (per-seed GLS quadratic term, t across seeds): the claim is made only over the
+widest run of consecutive sizes where the curve is not significantly curved, and the words name
+that range and the local slopes at its ends. Over that range, two one-sided tests of
+|b + 1/2| < 0.15 (TOST) decide it by the one rule (:mod:`resdyn.analysis.verdicts`): 'held' when
+they reject, 'not held' when the data show |b + 1/2| > 0.15, 'inconclusive' otherwise (and when
+every range is curved). Gaps <= 0 switch the per-seed fit to the linear scale (no floor). The loss
+gap, test error and bound get the same fit (descriptive). The bound claim (:mod:`.checks`) and
+every recorded measure ranked against the gap complete the section.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from ..analysis.rates import MARGIN, fit_rate, rate_claim
+from ..analysis.rates import MARGIN, fit_rate, rate_claim, straight_range
 from ..analysis.summary import group_rows, mean_ci
+from ..analysis.verdicts import no_test
 from .base import Claim, ExperimentOutcome
-from .checks import bound_claim, rank_against_gap
+from .checks import bound_claims, rank_against_gap
 
 __all__ = ["analyze", "fit_series"]
 
@@ -69,6 +72,32 @@ def fit_series(points: list[tuple[int, Any, float]]) -> dict[str, Any]:
     except ValueError as err:
         return {"fit": None, "reason": str(err), "n": len(pts), "object": None}
     return {"fit": f.as_dict(), "n": len(pts), "object": f}
+
+
+def _rate_claim(text: str, pts: list[tuple[int, Any, float]], eg: dict[str, Any], rate: Any) -> Claim:
+    """The claim "gap ~ S^-1/2" by the rule of the module docstring; ``eg`` (the error-gap fit
+    entry) gets the verdict, the straightness test and the range."""
+    if rate is None:
+        return no_test("TOST, H1: |b + 0.5| < 0.15", f"no per-seed slope could be fitted: {eg['reason']}"
+                       ).claim(text, "no fit", eg)
+    pts = [p for p in pts if p[2] is not None and math.isfinite(p[2])]
+    x, g, y = (np.array([p[i] for p in pts]) for i in (0, 1, 2))
+    try:
+        full, rng = straight_range(x, y, g)
+    except ValueError as err:
+        lo, hi = rate.ci95
+        return no_test("TOST, H1: |b + 0.5| < 0.15", f"no straightness test: {err}", "seed",
+                       rate.seeds).claim(text, f"slope {rate.slope:.3f}, 95% CI [{lo:.3f}, {hi:.3f}] "
+                                               f"({rate.seeds} seeds)", {**rate.as_dict()})
+    fit = rate
+    if rng is not None and rng is not full:
+        keep = np.isin(x, rng.sizes)
+        fit = fit_rate(x[keep], y[keep], g[keep])
+    v = rate_claim(fit, -0.5, "equivalent", MARGIN, straight=(full, rng))
+    eg.update(verdict=v.verdict, test_pvalue=v.pvalue, p_equal=v.values["p_equal"],
+              p_faster=fit.p_faster(-0.5), straightness=full.as_dict(),
+              range=v.values.get("range"), range_fit=fit.as_dict())
+    return Claim(text, v.words, v.verdict, v.test, v.values)
 
 
 def _fit_line(S: list[int], fit: dict[str, Any]) -> dict[str, list[float]]:
@@ -135,15 +164,8 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
             "S": S, **{k: [c.as_dict() if c else None for c in v] for k, v in stats.items()}}
         eg = fits["error_gap"]
         text = f"{label}: the generalization gap decays like S^-1/2"
-        if rate is None:
-            outcome.claims.append(Claim(
-                text, f"no fit: {eg['reason']}", "inconclusive",
-                "no per-seed slope could be fitted, so no test was run", eg))
-        else:
-            v = rate_claim(rate, -0.5, "equivalent", MARGIN)
-            eg.update(verdict=v.verdict, test_pvalue=v.pvalue, p_equal=v.values["p_equal"],
-                      p_faster=rate.p_faster(-0.5))
-            outcome.claims.append(Claim(text, v.words, v.verdict, v.test, v.values))
+        gap_pts = [(r["config"]["sample_size"], r["config"]["seed"], r["metrics"]["error_gap"]) for r in done]
+        outcome.claims.append(_rate_claim(text, gap_pts, eg, rate))
         pos = [(s, c) for s, c in zip(S, stats["error_gap"], strict=True) if c and c.mean > 0]
         if pos:
             entry = {"label": f"{label}", "x": [p[0] for p in pos],
@@ -162,9 +184,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
             bound_series.append({"label": f"{label} test error", "x": [w[0] for w in with_bound],
                                  "y": [w[2].mean for w in with_bound]})
     outcome.tables["gap against S"] = table
-    claim = bound_claim(rows)
-    if claim is not None:
-        outcome.claims.append(claim)
+    outcome.claims += bound_claims(rows)
     outcome.data["figures"] = {"gap": gap_series, "bound": bound_series}
     if out_dir is not None:
         from ..plotting import line_figure
