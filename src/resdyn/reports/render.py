@@ -21,7 +21,7 @@ from .._paths import inside, safe_file_name
 from ..experiments.base import ExperimentOutcome
 from .tables import MISSING_NOTE, strict_dumps
 
-__all__ = ["claims_rows", "order_columns", "write_report"]
+__all__ = ["claims_rows", "md_text", "order_columns", "write_report"]
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem auto;max-width:1280px;padding:0 1rem;color:#222;
@@ -90,8 +90,35 @@ def _html_table(rows: list[dict], table_id: str | None = None) -> str:
     return f"<div class='scroll'><table{ident}><tr>{head}</tr>{body}</table></div>{note}"
 
 
+#: ASCII punctuation that Markdown may read as syntax inside a line (text here never starts a
+#: line: it follows a heading's '#', a table's '|' or a fixed word); each is backslash-escaped.
+_MD_PUNCT = frozenset("\\`*_{}()#+!|~")
+
+
+def md_text(text: Any) -> str:
+    """``text`` as literal Markdown inline text: ``&``, ``<`` and ``>`` as HTML entities (so no
+    tag, comment or handler can form), every other Markdown punctuation character
+    backslash-escaped (no emphasis, link, image, code span or table cell boundary), control
+    characters and line breaks as spaces (no new block, heading or list)."""
+    out = []
+    for ch in str(text):
+        if ch == "&":
+            out.append("&amp;")
+        elif ch == "<":
+            out.append("&lt;")
+        elif ch == ">":
+            out.append("&gt;")
+        elif ch in _MD_PUNCT:
+            out.append("\\" + ch)
+        elif not ch.isprintable():
+            out.append(" ")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def _md_cell(v: Any) -> str:
-    return _fmt(v).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    return md_text(_fmt(v))
 
 
 def _md_table(rows: list[dict]) -> str:
@@ -142,7 +169,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
              f"<meta name='viewport' content='width=device-width, initial-scale=1'>"
              f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
              f"<h1>{html.escape(title)}</h1>"]
-    md = [f"# {title}", ""]
+    md = [f"# {md_text(title)}", ""]
     held = sum(c["held"] == "yes" for c in claims)
     parts.append(f"<p>{len(outcomes)} sections; {held} of {len(claims)} claims held.</p><nav><ul>"
                  + "".join(f"<li><a href='#{_anchor(o.name)}'>{html.escape(o.name)}</a></li>"
@@ -164,17 +191,17 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
         text = ("No claims: the store holds no shipped reproduction; the sections below show every "
                 "sweep in it.")
         parts.append(f"<p>{text}</p>")
-        md.append(text)
+        md.append(md_text(text))
     for o in outcomes:
         parts.append(f"<h2 id='{_anchor(o.name)}'>{html.escape(o.name)}</h2>")
-        md += ["", f"## {o.name}", ""]
+        md += ["", f"## {md_text(o.name)}", ""]
         if o.data.get("kind") == "sweep":
             swept = o.data.get("swept") or []
             desc = (f"Swept: {', '.join(swept) if swept else 'nothing'}; seeds "
                     f"{', '.join(map(str, o.data.get('seeds', [])))}. Each figure: mean over seeds "
                     "with its interval, seeds as faint points, one colour per variant throughout.")
             parts.append(f"<p class='note'>{html.escape(desc)}</p>")
-            md += [desc, ""]
+            md += [md_text(desc), ""]
         for name, rows in o.tables.items():
             if not rows:
                 continue
@@ -184,7 +211,7 @@ def write_report(outcomes: Sequence[ExperimentOutcome], out_dir: str | Path,
                              f"{table}</details>")
             else:
                 parts.append(f"<h3>{html.escape(name)}</h3>{table}")
-            md += [f"### {name}", "", _md_table(rows), ""]
+            md += [f"### {md_text(name)}", "", _md_table(rows), ""]
         for name, path in o.figures.items():
             path = Path(path)
             data = base64.b64encode(path.read_bytes()).decode()
