@@ -37,8 +37,9 @@ def _read_json(path: Path, option: str) -> object:
         if not path.is_file() or path.stat().st_size > 2**20:
             raise ValueError("not a regular file of at most 1 MB")
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise click.BadParameter(f"cannot read {str(path)!r} as JSON: {err}",
+    except (OSError, ValueError, RecursionError) as err:
+        why = "nested too deeply" if isinstance(err, RecursionError) else " ".join(str(err).split())
+        raise click.BadParameter(f"cannot read {str(path)!r} as JSON: {why[:200]}",
                                  param_hint=option) from None
 
 

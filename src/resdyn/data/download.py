@@ -455,29 +455,35 @@ def _from_archive(t: _Targets, archive: Mapping[str, Any], net: dict[str, Any], 
             dest.parent.rmdir()
 
 
+def _from_gzip_file(t: _Targets, rel: str, gz: Path, want: str | None, origin: str,
+                    log: Log) -> None:
+    """Target ``rel`` from the gzip IDX file ``gz``: its own checksum ``want`` checked, then
+    decompressed no further than its IDX header declares (and the target's size), then checked
+    against the target's size and sha256."""
+    if want is None:
+        raise FetchError(f"no checksum for {gz.name} from {origin}")
+    if not gz.is_file():
+        raise FetchError(f"{origin} has no file {str(gz)!r}")
+    size = gz.stat().st_size
+    if size > t.want[rel][0] + 2**20:
+        raise FormatError(f"{str(gz)!r} has {size} bytes, more than its contents may have")
+    blob = gz.read_bytes()
+    kind = digest_kind(want)
+    got = digest_bytes(blob, kind)
+    if got != want.lower():
+        raise ChecksumError(f"{str(gz)!r} from {origin} has {kind} {got}, expected {want}")
+    ndim = 3 if "images" in rel else 1
+    t.put(rel, gunzip_idx(blob, str(gz), ndim, max_bytes=t.want[rel][0]), str(gz))
+    log(f"{rel}: written from {origin}, sha256 ok")
+
+
 def _from_gzip_files(t: _Targets, folder: Path, pins: Mapping[str, str], origin: str,
                      log: Log) -> None:
-    """The targets from gzip IDX files in ``folder`` (named as the targets plus '.gz'): each
-    file's own checksum (``pins`` by file name) checked, then decompressed no further than its
-    IDX header declares, then checked against the target's sha256."""
+    """Every missing target from the gzip IDX file of its name plus '.gz' in ``folder``, each
+    checked against ``pins`` (by file name), see :func:`_from_gzip_file`."""
     for rel in list(t.todo):
-        gz = folder / (Path(rel).name + ".gz")
-        want = pins.get(gz.name)
-        if want is None:
-            raise FetchError(f"no checksum for {gz.name} from {origin}")
-        if not gz.is_file():
-            raise FetchError(f"{origin} has no file {str(gz)!r}")
-        size = gz.stat().st_size
-        if size > t.want[rel][0] + 2**20:
-            raise FormatError(f"{str(gz)!r} has {size} bytes, more than its contents may have")
-        blob = gz.read_bytes()
-        kind = digest_kind(want)
-        got = digest_bytes(blob, kind)
-        if got != want.lower():
-            raise ChecksumError(f"{str(gz)!r} from {origin} has {kind} {got}, expected {want}")
-        ndim = 3 if "images" in rel else 1
-        t.put(rel, gunzip_idx(blob, str(gz), ndim, max_bytes=t.want[rel][0]), str(gz))
-        log(f"{rel}: written from {origin}, sha256 ok")
+        name = Path(rel).name + ".gz"
+        _from_gzip_file(t, rel, folder / name, pins.get(name), origin, log)
 
 
 def _run(cmd: list[str], cwd: Path | None, timeout: float) -> str | None:
@@ -566,8 +572,10 @@ def _from_mirrors(t: _Targets, entry: Mapping[str, Any], net: dict[str, Any], lo
             log(f"{rel}: fetching {name}")
             fetch([m + name for m in mirrors], tmp / name, md5s[name],
                   max_bytes=t.want[rel][0] + 2**20, log=log, **net)
-            _from_gzip_files(t, tmp, md5s, "the official mirrors", log)
-            (tmp / name).unlink(missing_ok=True)
+            try:
+                _from_gzip_file(t, rel, tmp / name, md5s[name], "the official mirrors", log)
+            finally:
+                (tmp / name).unlink(missing_ok=True)
     finally:
         with contextlib.suppress(OSError):
             tmp.rmdir()

@@ -374,10 +374,13 @@ def _check_tree(obj: Any, filename: str) -> None:
             size[key] = 1 + sum(size.get(id(k), 1) for k in kids)
             depth[key] = 1 + max((depth.get(id(k), 0) for k in kids), default=0)
             active.discard(key)
-            if depth[key] > MAX_DEPTH + 1 or size[key] > MAX_NODES:
+            if depth[key] > MAX_DEPTH + 1:
+                raise UnsafePickleError(f"{filename}: pickle nests deeper than {MAX_DEPTH}; a "
+                                        "CIFAR batch does not")
+            if size[key] > MAX_NODES:
                 raise UnsafePickleError(
-                    f"{filename}: pickle nests deeper than {MAX_DEPTH} or holds more than "
-                    f"{MAX_NODES} objects counted as a tree; a CIFAR batch does neither")
+                    f"{filename}: pickle holds more than {MAX_NODES} objects counted as a tree (a "
+                    "container the memo reuses counts each time); a CIFAR batch does not")
             continue
         if not isinstance(o, list | dict | tuple) or key in size:
             continue

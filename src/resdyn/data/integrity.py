@@ -242,10 +242,10 @@ def read_verified(root: Path, relpath: str, name: str, manifest: Manifest | None
         raise FormatError(f"{name}: file {str(path)!r} has {size} bytes, more than the {max_bytes} "
                           f"allowed for it; delete it and run {fix}")
     with open(path, "rb") as f:
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise FormatError(f"{name}: file {str(path)!r} grew past the {max_bytes} bytes allowed "
-                          f"for it while being read; delete it and run {fix}")
+        data = f.read(size + 1)  # read(n) allocates n bytes: ask for what stat promised
+    if len(data) > size:
+        raise FormatError(f"{name}: file {str(path)!r} grew while being read; delete it and run "
+                          f"{fix}")
     got = digest_bytes(data, kind)
     if got != want:
         why = truncation(relpath, data)
