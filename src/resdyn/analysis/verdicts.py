@@ -21,7 +21,6 @@ Tests provided (n units with values v_1..v_n, mean m, sd s, se = s / sqrt(n), df
   p_against = P(Bin <= K). Exact; used where exact ties are meaningful (a term that is 0).
 * :func:`equivalence_test` -- claim "|E v - c| < m" (TOST): p_for = max of the two one-sided t
   p-values, p_against = the smaller p of the two tests that E v lies beyond c -+ m.
-* :func:`binomial_test` -- claim "the rate of an event is below p0" from k events in n.
 * :func:`joint` -- a claim made of k parts: held when every part is held (an intersection-union
   test, level alpha with no correction, p_for = max of the parts'), not held when some part's
   p_against < alpha / k (Bonferroni, p_against = min(1, k min p_against)), inconclusive otherwise.
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["ALPHA", "Verdict", "binomial_test", "decide", "equivalence_test", "joint", "mean_test",
+__all__ = ["ALPHA", "Verdict", "decide", "equivalence_test", "joint", "mean_test",
            "no_test", "sign_test"]
 
 ALPHA = 0.05
@@ -182,18 +181,6 @@ def equivalence_test(values: Sequence[float], center: float, margin: float, unit
     beyond_hi = float(stats.t.sf((m - center - margin) / se, n - 1))  # H1: E v > center + margin
     beyond_lo = float(stats.t.cdf((m - center + margin) / se, n - 1))  # H1: E v < center - margin
     return decide(name, max(p_lo, p_hi), min(beyond_hi, beyond_lo), unit, n, alpha)
-
-
-def binomial_test(k: int, n: int, p0: float, unit: str = "cell", alpha: float = ALPHA,
-                  what: str = "event") -> Verdict:
-    """Claim "the rate of the event is below p0" from k events in n units: p_for = P(Bin(n, p0) <= k),
-    p_against = P(Bin(n, p0) >= k)."""
-    name = f"exact binomial test, H1: P({what}) < {p0:g}"
-    if n == 0:
-        return no_test(name, f"no {unit}s to count", unit, 0)
-    p_for = float(stats.binom.cdf(k, n, p0))
-    p_against = float(stats.binom.sf(k - 1, n, p0))
-    return decide(name, p_for, p_against, unit, n, alpha, f"{k} of {n} {unit}s")
 
 
 def joint(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdict:
