@@ -119,6 +119,11 @@ class ResdynModule(nn.Module):
         return {k: self.weights[k] for k in self.names}
 
     def forward(self, x: Tensor) -> Tensor:
+        device = self.weights[self.names[0]].device
+        if x.device != device or x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"x is on {x.device} but the module's parameters are on {device}; "
+                             "the module computes on 'cpu' or 'cuda' with x on its parameters' "
+                             "device (module.to(device), x.to(device))")
         return self.model.forward(self.params(), x.unsqueeze(0))[0]
 
 

@@ -15,6 +15,16 @@ flags, the compiler and this CPU's feature flags, so that machines of a cluster 
 directory each get their own build. Where no compiler works, :func:`resnet_library` warns once
 and returns None, and the torch path runs instead; ``RESDYN_NATIVE=0`` asks for the torch path
 everywhere.
+
+Compiled code is loaded only when it can be trusted (:func:`_trusted_library`): the cache folder
+must belong to this user and be writable by no one else (else the kernel is refused with one
+warning and the torch path runs); the library must be a regular file (not a link) owned by this
+user, writable by no one else, whose sha256 equals the one recorded beside it
+(``<library>.sha256``) when this process's user built it. Anything else (a planted library, one
+writable by others, a damaged file) is rebuilt, with one warning line naming the file (quietly
+for a file of this user with no record at all: a library built before records were kept). The
+library is opened once, checked through that open file, and loaded from it
+(``/proc/self/fd/N``), so the bytes hashed are the bytes loaded.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ import hashlib
 import os
 import platform
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -167,6 +178,128 @@ def cache_dir() -> Path:
     return Path(base) / "resdyn" / "native"
 
 
+class UntrustedError(RuntimeError):
+    """A cache folder or library file that compiled code must not be loaded from."""
+
+
+def _check_folder(folder: Path) -> None:
+    """``folder`` (created 0700 if absent) belongs to this user and no one else may write it."""
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    info = os.stat(folder)
+    if info.st_uid != os.geteuid():
+        raise UntrustedError(f"the cache folder {folder} belongs to user {info.st_uid}, not to "
+                             f"this user ({os.geteuid()}); set RESDYN_NATIVE_CACHE to a folder of "
+                             "your own")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise UntrustedError(f"the cache folder {folder} is writable by others (mode "
+                             f"{stat.S_IMODE(info.st_mode):o}); make it 0700 or set "
+                             "RESDYN_NATIVE_CACHE to a private folder")
+
+
+def _digest_path(library: Path) -> Path:
+    return library.with_name(library.name + ".sha256")
+
+
+def _recorded_digest(library: Path) -> str | None:
+    """The sha256 recorded beside ``library`` when it was built, if that record is a regular
+    file of this user that no one else may write; else None."""
+    try:
+        fd = os.open(_digest_path(library), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if (not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid()
+                or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) or info.st_size > 128):
+            return None
+        return os.read(fd, 128).decode("ascii", "replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _trusted_library(library: Path) -> int:
+    """An open descriptor of ``library`` once it is a regular file (not a link) of this user,
+    writable by no one else, whose sha256 (read through that descriptor) is the recorded one;
+    :class:`UntrustedError` saying which it is not."""
+    try:
+        fd = os.open(library, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as err:
+        raise UntrustedError(f"{library} cannot be opened ({err.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UntrustedError(f"{library} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise UntrustedError(f"{library} belongs to user {info.st_uid}, not to this user")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UntrustedError(f"{library} is writable by others (mode "
+                                 f"{stat.S_IMODE(info.st_mode):o})")
+        h = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 20):
+            h.update(chunk)
+        want = _recorded_digest(library)
+        if want is None:
+            raise UntrustedError(f"{library} has no sha256 recorded at its build")
+        if h.hexdigest() != want:
+            raise UntrustedError(f"{library} has sha256 {h.hexdigest()[:16]}..., not the "
+                                 f"{want[:16]}... recorded at its build")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _plain_own_file(path: Path) -> bool:
+    """A regular file (not a link) of this user that no one else may write."""
+    info = os.lstat(path)
+    return (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+            and not info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+
+
+def _compile(cc: str, defines: list[str], target: Path) -> None:
+    """Build the library into ``target`` with its sha256 beside it. Built beside the target
+    (0700) and renamed into place: processes building the same library at once each rename a
+    complete file; the record is written after the library, so a library never has another's."""
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        for extra in (OPENMP, ()):
+            run = subprocess.run([cc, *FLAGS, *extra, *defines, "-o", tmp, str(SOURCE)],
+                                 capture_output=True, text=True, timeout=300)
+            if run.returncode == 0:
+                break
+        else:
+            raise RuntimeError(f"{cc} failed: {run.stderr.strip()[-2000:]}")
+        os.chmod(tmp, 0o700)
+        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+        fd, tmp_digest = tempfile.mkstemp(suffix=".sha256", dir=target.parent)
+        with os.fdopen(fd, "w") as f:
+            f.write(digest + "\n")
+        os.replace(tmp, target)
+        os.replace(tmp_digest, _digest_path(target))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _open_trusted(cc: str, defines: list[str], target: Path) -> int:
+    """A descriptor of a trusted library at ``target``: the cached one, or a fresh build when
+    there is none or the cached one is not trusted (one warning line naming why)."""
+    if os.path.lexists(target):
+        try:
+            return _trusted_library(target)
+        except UntrustedError as err:
+            # A library of this user without a record (built before records were kept) is
+            # rebuilt quietly; anything else says what was found.
+            if _recorded_digest(target) is not None or not _plain_own_file(target):
+                warnings.warn(f"resdyn: not loading the native ResNet library: {err}; it is "
+                              "rebuilt", RuntimeWarning, stacklevel=4)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+    _compile(cc, defines, target)
+    return _trusted_library(target)
+
+
 def _build(dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNet | None:
     global _failure
     if _failure is not None:
@@ -180,36 +313,37 @@ def _build(dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNe
         digest = hashlib.sha256("\0".join([SOURCE.read_text(), *FLAGS, *OPENMP, *defines,
                                            _toolchain_key(cc)]).encode()).hexdigest()[:16]
         shape = "x".join(map(str, widths))
-        target = cache_dir() / f"resnet_{_DTYPES[dtype]}_{shape}_{digest}.so"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Built beside the target and renamed into place: processes building the same
-            # library at once each rename a complete file.
-            fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        folder = cache_dir()
+        _check_folder(folder)
+        target = folder / f"resnet_{_DTYPES[dtype]}_{shape}_{digest}.so"
+        fd = _open_trusted(cc, defines, target)
+        try:
+            # The descriptor stays open while the process lives (the library stays loaded too):
+            # the loader knows a library by its name, and a reused /proc/self/fd/N would name
+            # an earlier one.
+            return _load(target, dtype, widths, fd)
+        except BaseException:
             os.close(fd)
-            try:
-                for extra in (OPENMP, ()):
-                    run = subprocess.run([cc, *FLAGS, *extra, *defines, "-o", tmp, str(SOURCE)],
-                                         capture_output=True, text=True, timeout=300)
-                    if run.returncode == 0:
-                        break
-                else:
-                    raise RuntimeError(f"{cc} failed: {run.stderr.strip()[-2000:]}")
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        return _load(target, dtype, widths)
-    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+            raise
+    except UntrustedError as err:
         _failure = str(err)
+        warnings.warn(f"resdyn: the native ResNet is not loaded ({_failure}); the two-layer ResNet "
+                      "runs on the torch path.", RuntimeWarning, stacklevel=3)
+        return None
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        _failure = " ".join(str(err).split())
         warnings.warn(f"resdyn: the native ResNet could not be built ({_failure}); the two-layer "
                       "ResNet runs on the torch path, two to three times slower. Install a C "
                       "compiler or set CC to one.", RuntimeWarning, stacklevel=3)
         return None
 
 
-def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> NativeResNet:
-    lib = ctypes.CDLL(str(path))
+def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int],
+          fd: int | None = None) -> NativeResNet:
+    """The library at ``path``; with ``fd`` (its checked open descriptor), loaded through that
+    descriptor where the system offers ``/proc/self/fd``."""
+    source = f"/proc/self/fd/{fd}" if fd is not None and os.path.isdir("/proc/self/fd") else str(path)
+    lib = ctypes.CDLL(source)
     lib.rs_forward.argtypes = [_I, _I, _I, _I, _D, _I, _D] + [_P] * 10 + [_I]
     lib.rs_forward.restype = _I
     lib.rs_backward.argtypes = [_I, _I, _I, _I, _D, _I, _D] + [_P] * 18 + [_I]
@@ -225,26 +359,66 @@ def _load(path: Path, dtype: torch.dtype, widths: tuple[int, int, int, int]) -> 
 
 class _NativeResNet(torch.autograd.Function):
     """The whole two-layer ResNet through the C kernel: only x and the weights are saved; the
-    backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c)."""
+    backward runs each chunk's forward again into a cache-sized buffer (csrc/resnet.c).
+
+    Differentiating twice (``create_graph=True``, e.g. a gradient penalty) takes the gradient
+    through autograd instead (:func:`_autograd_backward`): the kernel's backward is not itself
+    differentiable, and a gradient without a graph would drop the penalty's term in silence."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, owner: Tensor, A: Tensor, c: Tensor, W: Tensor, b: Tensor,
                 V: Tensor, R: Tensor, r: Tensor, h: float, act: Activation,
                 lib: NativeResNet) -> Tensor:
-        x, *weights = (t.contiguous() for t in (x, A, c, W, b, V, R, r))
-        owner = owner.contiguous()
         ctx.h, ctx.act, ctx.lib = h, act, lib
-        ctx.save_for_backward(x, owner, *weights)
-        return lib.forward(x, owner, tuple(weights), h, activation_code(act), act.tau)
+        # The tensors as given (not contiguous copies): a double backward differentiates them.
+        ctx.save_for_backward(x, owner, A, c, W, b, V, R, r)
+        weights = tuple(t.contiguous() for t in (A, c, W, b, V, R, r))
+        return lib.forward(x.contiguous(), owner.contiguous(), weights, h, activation_code(act),
+                           act.tau)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
-        x, owner, *weights = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the gradient needs its own graph
+            return _autograd_backward(ctx, e)
+        x, owner, *weights = (t.contiguous() for t in ctx.saved_tensors)
         gx, *grads = ctx.lib.backward(x, owner, tuple(weights), ctx.h,
                                       activation_code(ctx.act), ctx.act.tau,
                                       e.contiguous(), ctx.needs_input_grad[0])
         return (gx, None, *grads, None, None, None)
+
+
+def _autograd_backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
+    """The gradients of :class:`_NativeResNet` with a graph: the same network recomputed op by
+    op (the torch recursion, weights gathered per chunk) and differentiated by autograd."""
+    from .fused import _forward
+
+    x, owner, *weights = ctx.saved_tensors
+    with torch.enable_grad():
+        A, c, W, b, V, R, r = (w.index_select(0, owner) for w in weights)
+        z = torch.baddbmm(c.unsqueeze(1), x, A.transpose(1, 2))
+        z = _forward(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
+        out = torch.baddbmm(r.unsqueeze(1), z, R.transpose(1, 2))
+    inputs = (x, *weights)
+    wanted = [i for i, need in enumerate((ctx.needs_input_grad[0], *ctx.needs_input_grad[2:9]))
+              if need]
+    grads = torch.autograd.grad(out, [inputs[i] for i in wanted], e, create_graph=True,
+                                allow_unused=True)
+    full: list[Tensor | None] = [None] * len(inputs)
+    for i, g in zip(wanted, grads, strict=True):
+        full[i] = g
+    return (full[0], None, *full[1:], None, None, None)
+
+
+def _check_devices(x: Tensor, params: dict[str, Tensor]) -> None:
+    """A ``ValueError`` for an input that no path computes: a device other than the CPU or a
+    GPU (the meta device has no values), or weights on another device than ``x``."""
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"the ResNet computes on 'cpu' or 'cuda', not on {x.device} (a meta "
+                         "tensor has no values); move x and the parameters to one of them")
+    for name in _NAMES:
+        if params[name].device != x.device:
+            raise ValueError(f"x is on {x.device} but parameter {name!r} is on "
+                             f"{params[name].device}; move both to one device")
 
 
 _NAMES = ("A", "c", "W", "b", "V", "R", "r")
@@ -274,7 +448,9 @@ def native_resnet(params: dict[str, Tensor], x: Tensor, h: float, act: Activatio
     shapes that do not fit together, or no kernel built): the torch path then runs, and raises
     its own error for a misshapen input. ``owner`` (B,): the network of ``params`` (leading axis
     E) that runs chunk b of ``x``; None: network b, E = B. The gradient of a network sums its
-    chunks' in chunk order."""
+    chunks' in chunk order. An input on the meta device (or any but the CPU or a GPU), or with
+    weights on another device, is a ``ValueError`` on every path."""
+    _check_devices(x, params)
     tensors = (x, *(params[k] for k in _NAMES))
     if x.device.type != "cpu" or activation_code(act) is None:
         return None
