@@ -51,22 +51,55 @@ def grid(seeds: int) -> tuple[np.ndarray, np.ndarray]:
     return np.tile(SIZES, seeds), np.repeat(np.arange(seeds), SIZES.size)
 
 
+def digits_like(rng: np.random.Generator, seeds: int, c: float, sd: np.ndarray,
+                reps: int = REPS) -> np.ndarray:
+    """log gap (reps, seeds, 6) with noise independent across sizes, sd per size ``sd``, slope
+    -0.505 + N(0, 0.02^2) per seed, curvature c (the gap's noise at large S is the test set's and
+    the training run's, not that of a nested mean)."""
+    b = -0.505 + 0.02 * rng.standard_normal((reps, seeds, 1))
+    a = 0.3 * rng.standard_normal((reps, seeds, 1))
+    return a + b * U + c * U**2 + sd * rng.standard_normal((reps, seeds, SIZES.size))
+
+
+# The digits noise as issue 23 measured it: with 3 seeds its curvature test gave p = 0.046 and
+# 0.065, t = 4.5 and 3.6 on 2 df, i.e. sd(c_g) = c / (t / sqrt 3) = 0.017 to 0.021, which a
+# constant per-point sd of 0.056 gives (sd(c_g) = sd / 2.94 for these 6 sizes).
+ISSUE_DIGITS = np.full(SIZES.size, 0.056)
+# The digits noise of a 5-seed run of the full sample-size spec (resnet, docs/theory.md 11): the
+# across-seed sd of log gap falls from 0.15 at S = 32 to 0.07 at S = 1024; sd(c_g) = 0.036.
+MEASURED_DIGITS = 0.15 * (SIZES / 32) ** -0.22
+
+
 def test_straightness_false_alarms_and_power_against_the_digits_curvature():
     rng = np.random.default_rng(2312)
     power, alarms = {}, {}
-    for G in (3, 4, 5):
+    for label, sd, counts in (("issue digits noise", ISSUE_DIGITS, (3, 4, 5)),
+                              ("measured digits noise", MEASURED_DIGITS, (5, 8, 10))):
+        for G in counts:
+            x, g = grid(G)
+            straight = digits_like(rng, G, 0.0, sd)
+            curved = digits_like(rng, G, CURVE, sd)
+            alarms[label, G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05
+                                        for s in straight])
+            power[label, G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05
+                                       for s in curved])
+    for G in (3, 5):  # the nested noise of the rate simulations (mnist's seed-slope SD)
         x, g = grid(G)
-        straight = sweeps(rng, G)
-        curved = sweeps(rng, G, b=-0.505, c=CURVE)
-        alarms[G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05 for s in straight])
-        power[G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05 for s in curved])
+        alarms["nested noise", G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05
+                                             for s in sweeps(rng, G)])
+        power["nested noise", G] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05
+                                            for s in sweeps(rng, G, b=-0.505, c=CURVE)])
     x, g = grid(5)
-    heavy = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05 for s in sweeps(rng, 5, heavy=True)])
-    print(f"\n[straightness] false alarms {alarms} (t_3 noise, 5 seeds: {heavy:.3f}); "
-          f"power against the digits curvature {power}")
-    assert all(a <= 0.07 for a in alarms.values()) and heavy <= 0.07
-    assert power[5] >= 0.80
-    assert power[3] < power[4] < power[5]  # fewer seeds, less power: the reason for 5 in full specs
+    alarms["t_3 nested noise", 5] = np.mean([straightness(x, np.exp(s).ravel(), g).pvalue < 0.05
+                                             for s in sweeps(rng, 5, heavy=True)])
+    print("\n[straightness] false alarms "
+          + ", ".join(f"{k[0]} {k[1]} seeds {v:.3f}" for k, v in alarms.items())
+          + "\n[straightness] power against the digits curvature "
+          + ", ".join(f"{k[0]} {k[1]} seeds {v:.3f}" for k, v in power.items()))
+    assert all(a <= 0.07 for a in alarms.values())
+    assert power["issue digits noise", 5] >= 0.80
+    assert power["measured digits noise", 10] >= 0.80  # why the full sample-size specs run 10 seeds
+    assert power["issue digits noise", 3] < power["issue digits noise", 5]
 
 
 def test_slope_interval_covers_and_rate_tests_keep_their_size_with_3_and_5_seeds():
@@ -187,7 +220,7 @@ def test_seed_power_for_the_equivalence_claim_at_the_mnist_noise(G):
     slopes SD 0.08 (mnist's upper value)."""
     rng = np.random.default_rng(8)
     power = {}
-    for n in (3, 4, 5, 6, 8):
+    for n in (3, 4, 5, 6, 8, 10):
         b = -0.5 + 0.08 * rng.standard_normal((2000, n))
         m, se = b.mean(1), b.std(1, ddof=1) / np.sqrt(n)
         q = stats.t.ppf(0.95, n - 1)

@@ -4,7 +4,7 @@ Claim tested (first paper): the gap decays like S^{-1/2}. For each data set and 
 error gap (train accuracy - test accuracy) of every seed at every S enters a per-seed slope fit
 (:mod:`resdyn.analysis.rates`: the mean of the per-seed slopes with a t interval over seeds, since
 a seed's nested subsamples are not independent points). Beside the slope, a straightness test of
-the log-log curve (per-seed GLS quadratic term, t across seeds): the claim is made only over the
+the log-log curve (per-seed quadratic term, t across seeds): the claim is made only over the
 widest run of consecutive sizes where the curve is not significantly curved, and the words name
 that range and the local slopes at its ends. Over that range, two one-sided tests of
 |b + 1/2| < 0.15 (TOST) decide it by the one rule (:mod:`resdyn.analysis.verdicts`): 'held' when
