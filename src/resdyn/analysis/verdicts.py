@@ -30,16 +30,57 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-__all__ = ["ALPHA", "Verdict", "decide", "equivalence_test", "joint", "mean_test",
+__all__ = ["ALPHA", "VERDICTS", "Claim", "Verdict", "decide", "equivalence_test", "joint", "mean_test",
            "no_test", "sign_test"]
 
 ALPHA = 0.05
+VERDICTS = ("held", "not held", "inconclusive")
+
+
+@dataclass(frozen=True, init=False)
+class Claim:
+    """A claim of a paper, the number measured for it, and the verdict of its test.
+
+    text: the claim in words; measured: the number(s) with interval, as shown to a reader;
+    verdict: one of 'held' (the test rejects in the claim's favour), 'not held' (the data contradict
+    it) or 'inconclusive' (neither: a non-rejection is not support); test: how the verdict was
+    reached; values: the raw numbers behind it. Reproductions build claims through
+    :meth:`Verdict.claim`, the one rule for every verdict: the test's name
+    and p-values go in ``test`` and ``values['verdict']``, the reason of an inconclusive verdict in
+    ``measured``. A bool in the verdict's place (or ``held=``, as
+    older stored outcomes carry) reads as 'held' / 'not held'.
+    """
+
+    text: str
+    measured: str
+    verdict: str
+    test: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(self, text: str, measured: str, verdict: str | bool | None = None, test: str = "",
+                 values: dict[str, Any] | None = None, *, held: bool | None = None) -> None:
+        if verdict is None:
+            verdict = held
+        if isinstance(verdict, bool):
+            verdict = "held" if verdict else "not held"
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)} (or a bool), got {verdict!r}")
+        object.__setattr__(self, "text", text)
+        object.__setattr__(self, "measured", measured)
+        object.__setattr__(self, "verdict", verdict)
+        object.__setattr__(self, "test", test)
+        object.__setattr__(self, "values", dict(values or {}))
+
+    @property
+    def held(self) -> bool:
+        """True only for the verdict 'held'."""
+        return self.verdict == "held"
 
 
 def _fmt(p: float | None) -> str:
@@ -85,11 +126,9 @@ class Verdict:
                 "p_against": self.p_against, "unit": self.unit, "n": self.n, "reason": self.reason,
                 "alpha": self.alpha}
 
-    def claim(self, text: str, measured: str, values: dict[str, Any] | None = None) -> Any:
-        """A :class:`resdyn.experiments.base.Claim` carrying this verdict: ``measured`` gets the
-        verdict's words appended, ``test`` the test and its p-values, ``values['verdict']`` this."""
-        from ..experiments.base import Claim
-
+    def claim(self, text: str, measured: str, values: dict[str, Any] | None = None) -> Claim:
+        """A :class:`Claim` carrying this verdict: ``measured`` gets the verdict's words appended,
+        ``test`` the test and its p-values, ``values['verdict']`` this."""
         return Claim(text, f"{measured}; {self.words()}", self.verdict, self.test_words(),
                      {**(values or {}), "verdict": self.as_dict()})
 

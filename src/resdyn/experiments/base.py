@@ -1,4 +1,8 @@
-"""What an experiment hands to the report: tables, claims checked against numbers, figures."""
+"""What an experiment hands to the report: tables, claims checked against numbers, figures.
+
+:class:`Claim` and the three verdicts live beside the one rule that decides them,
+:mod:`resdyn.analysis.verdicts` (a lower layer, so the rule can build claims), and are re-exported
+here."""
 
 from __future__ import annotations
 
@@ -6,49 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..analysis.verdicts import VERDICTS, Claim
+
 __all__ = ["VERDICTS", "Claim", "ExperimentOutcome"]
-
-VERDICTS = ("held", "not held", "inconclusive")
-
-
-@dataclass(frozen=True, init=False)
-class Claim:
-    """A claim of a paper, the number measured for it, and the verdict of its test.
-
-    text: the claim in words; measured: the number(s) with interval, as shown to a reader;
-    verdict: one of 'held' (the test rejects in the claim's favour), 'not held' (the data contradict
-    it) or 'inconclusive' (neither: a non-rejection is not support); test: how the verdict was
-    reached; values: the raw numbers behind it. Reproductions build claims through
-    :meth:`resdyn.analysis.verdicts.Verdict.claim`, the one rule for every verdict: the test's name
-    and p-values go in ``test`` and ``values['verdict']``, the reason of an inconclusive verdict in
-    ``measured``. A bool in the verdict's place (or ``held=``, as
-    older stored outcomes carry) reads as 'held' / 'not held'.
-    """
-
-    text: str
-    measured: str
-    verdict: str
-    test: str
-    values: dict[str, Any] = field(default_factory=dict)
-
-    def __init__(self, text: str, measured: str, verdict: str | bool | None = None, test: str = "",
-                 values: dict[str, Any] | None = None, *, held: bool | None = None) -> None:
-        if verdict is None:
-            verdict = held
-        if isinstance(verdict, bool):
-            verdict = "held" if verdict else "not held"
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)} (or a bool), got {verdict!r}")
-        object.__setattr__(self, "text", text)
-        object.__setattr__(self, "measured", measured)
-        object.__setattr__(self, "verdict", verdict)
-        object.__setattr__(self, "test", test)
-        object.__setattr__(self, "values", dict(values or {}))
-
-    @property
-    def held(self) -> bool:
-        """True only for the verdict 'held'."""
-        return self.verdict == "held"
 
 
 @dataclass
