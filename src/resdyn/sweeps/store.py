@@ -226,8 +226,9 @@ class Store:
                 self._migrate()
         except sqlite3.DatabaseError as err:
             self._close_quietly()
-            raise StoreError(f"store {self.path} cannot be opened ({err}); it is damaged or not a "
-                             "resdyn store") from None
+            raise StoreError(f"store {self.path} cannot be opened ({_one_line(str(err))}); it is "
+                             f"damaged or not a resdyn store: see `resdyn status --verify "
+                             f"{self.path}`") from None
         except StoreError:
             self._close_quietly()
             raise
@@ -243,9 +244,10 @@ class Store:
         """SQLite's quick check, then the resdyn schema (a foreign database is refused)."""
         problems = [r[0] for r in self.db.execute("PRAGMA quick_check")]
         if problems != ["ok"]:
-            raise StoreError(f"store {self.path} is damaged (SQLite quick_check: {problems[0]}"
-                             f"{f' and {len(problems) - 1} more problems' if len(problems) > 1 else ''})"
-                             "; restore it from a copy or start a new store")
+            more = f" and {len(problems) - 1} more problems" if len(problems) > 1 else ""
+            raise StoreError(f"store {self.path} is damaged (SQLite quick_check: "
+                             f"{_one_line(str(problems[0]))}{more}); see `resdyn status --verify "
+                             f"{self.path}`, restore it from a copy or start a new store")
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if not tables:
             return
@@ -258,7 +260,7 @@ class Store:
                                  f"column(s) {', '.join(sorted(need - have))}")
         if "cells" not in tables:
             raise StoreError(f"store {self.path} is not a resdyn store: it has tables "
-                             f"{', '.join(sorted(tables))} but no 'cells' table")
+                             f"{_one_line(', '.join(sorted(map(str, tables))))} but no 'cells' table")
 
     def _migrate(self) -> None:
         """Stores written before rows carried the weights' sha256 get the column (NULL for old
@@ -426,10 +428,10 @@ class Store:
                                           "WHERE weights IS NOT NULL ORDER BY cell_id"):
             try:
                 path = inside(self.files, rel)
-            except (PathEscapeError, TypeError):
-                out.append((cid, f"damaged (weights path {rel!r} is outside {self.files})"))
+            except (PathEscapeError, TypeError, ValueError, OSError):
+                out.append((cid, f"damaged (weights path {_shown(rel)} is outside {self.files})"))
                 continue
-            if not path.is_file():
+            if not _regular_file(path):
                 out.append((cid, f"missing ({path})"))
             elif want is None:
                 out.append((cid, "unrecorded (no sha256 in the row)"))
@@ -582,7 +584,7 @@ class Store:
         except (PathEscapeError, TypeError, ValueError, OSError):
             raise self._damaged(f"row {cid}", f"its weights path {_shown(rel)} is outside the "
                                 f"store's folder {self.files}") from None
-        if not path.is_file():
+        if not _regular_file(path):
             raise StoreError(f"store {self.path}: the weights of row {cid} are missing: no regular "
                              f"file {path}; see `resdyn status --verify {self.path}`")
         return path
@@ -685,6 +687,14 @@ class Store:
             where = "could not be moved aside"
         warnings.warn(f"damaged checkpoint {path} ({type(err).__name__}: {err}); {where}; its cell "
                       "restarts from scratch", RuntimeWarning, stacklevel=3)
+
+
+def _regular_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file; False for a name the system refuses (too long)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def _one_line(text: str, limit: int = 200) -> str:
