@@ -172,3 +172,21 @@ def test_every_float_has_a_finite_range(table, key, value):
     raw.setdefault(table, {})[key] = value
     with pytest.raises(SpecError, match=rf"^spec key {table}.{key}: must be a .*number"):
         parse_spec(raw)
+
+
+def test_a_group_too_big_for_this_machine_is_refused_before_training(tmp_path):
+    from resdyn.sweeps.spec import check_fits_memory, model_memory
+
+    raw = {"data": {"name": "two_spirals"}, "model": {"family": "resnet", "width": 256, "depth": 64},
+           "train": {}, "sweep": {"sample_size": [64], "seed": list(range(40))}}
+    spec = parse_spec(raw)
+    one = model_memory(spec.model, spec.sweep, spec.train)
+    check_fits_memory(spec, 40, available=40 * one.total)  # fits
+    with pytest.raises(SpecError, match=r"^spec key run.group_size: 40 models trained at once would "
+                       r"need about .* set run.group_size to at most (\d+)$") as err:
+        check_fits_memory(spec, 40, available=10 * one.total)
+    most = int(str(err.value).rsplit(" ", 1)[1])
+    assert 9 <= most < 40
+    with pytest.raises(SpecError, match=r"^spec key model.width: a model of width 256 and depth 64 "
+                       r"trained on 64 rows would need about .*; this machine has"):
+        check_fits_memory(spec, 40, available=one.total // 2)

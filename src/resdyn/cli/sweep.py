@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from .._paths import check_name, inside
-from ..sweeps.spec import SpecError, load_spec
+from ..sweeps.spec import SpecError, check_fits_memory, load_spec
 from ..sweeps.store import Store, StoreError
 from .options import setup_compute, terminate_like_interrupt, threads_option
 
@@ -196,6 +197,7 @@ def run(spec_path, store, executor, ray_address, device, threads, dtype, dry_run
         spec = load_spec(spec_path)
         if dtype is not None:
             spec = replace(spec, run=replace(spec.run, dtype=dtype))
+        check_fits_memory(spec, math.prod(len(v) for v in spec.sweep.values()))
         store = store or default_store(spec.name)
         if dry_run:
             dry_run_spec(spec, store, device, threads)

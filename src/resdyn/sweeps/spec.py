@@ -58,7 +58,8 @@ from .._paths import check_name, safe_file_name
 from ..training.control import ControlConfig
 from ..training.engine import TrainConfig
 
-__all__ = ["RunOptions", "Spec", "SpecError", "load_spec", "parse_spec", "read_spec_text"]
+__all__ = ["ModelMemory", "RunOptions", "Spec", "SpecError", "available_memory",
+           "check_fits_memory", "load_spec", "model_memory", "parse_spec", "read_spec_text"]
 
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
             "warm_start")
@@ -418,18 +419,37 @@ def _biggest(base: Mapping[str, Any], sweep: Mapping[str, list], section: str, k
 
 
 def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+    """A byte count in GiB, or in MiB below one GiB."""
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**30 else f"{n / 2**20:,.1f} MiB"
 
 
-def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
-                        train: Mapping[str, Any] | None = None) -> None:
-    """Refuse a model whose parameters (and their gradients and two Adam moments, float64) and
-    the activations its backward keeps would need more than :data:`MAX_MODEL_BYTES`. The
-    estimate takes each size at its largest value over the base table and the sweep:
-    P ~ D (W + in) + L W^2 (times L/2 for the dense non-local family, whose every layer reads
-    every earlier one) + K W, with W the width (or channels), L the depth (or knots), K the
-    predictor width; activations ~ 2 L R (W + H) float64 numbers for R training rows (the
-    largest sample size, or the batch size) and hidden width H."""
+@dataclass(frozen=True)
+class ModelMemory:
+    """The memory estimate of one model of a spec (its largest sizes): ``state`` bytes for its
+    parameters, gradients and two Adam moments (float64), ``activations`` bytes its backward
+    keeps; ``key``, the spec key most responsible; the sizes behind it."""
+
+    state: int
+    activations: int
+    key: str
+    parameters: int
+    width: int
+    depth: int
+    rows: int
+
+    @property
+    def total(self) -> int:
+        return self.state + self.activations
+
+
+def model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
+                 train: Mapping[str, Any] | None = None) -> ModelMemory:
+    """The estimate behind :data:`MAX_MODEL_BYTES`, each size at its largest value over the base
+    table and the sweep: P ~ D (W + in) + L W^2 (times L/2 for the dense non-local family, whose
+    every layer reads every earlier one) + K W parameters, with W the width (or channels), L the
+    depth (or knots), K the predictor width, 4 float64 copies of them; activations ~ 2 L R
+    (W + H + K) float64 numbers for R training rows (the largest sample size, or the batch size)
+    and hidden width H."""
 
     def biggest(key: str, default: int) -> int:
         return _biggest(model, sweep, "model", key, default)
@@ -441,23 +461,60 @@ def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
     in_dim = max(biggest("in_dim", 0), _ASSUMED_IN)
     layers = L * max(1, L // 2) if model.get("family") == "dnl" else L
     n = W * (W + in_dim) + layers * W * W * 2 + K * (W + 1)
-    need = 4 * 8 * n
-    if need > MAX_MODEL_BYTES:
-        raise _fail("model", f"a model of width {W} and depth {L} has about {n:,} parameters and "
-                    f"would need about {need / 2**30:,.1f} GiB for its parameters, gradients and "
-                    f"optimiser state; at most {MAX_MODEL_BYTES / 2**30:.0f} GiB is allowed")
     rows = max([v for v in sweep.get("sample_size", [1]) if isinstance(v, int)], default=1)
     batch = (train or {}).get("batch_size")
     if isinstance(batch, int) and not isinstance(batch, bool):
         rows = min(rows, batch)
-    acts = 2 * 8 * layers * rows * (W + H + K)
-    if need + acts > MAX_MODEL_BYTES:
-        sizes = {"model.depth": L / 8, "model.width": W / 16, "sweep.sample_size": rows / 256}
-        key = max(sizes, key=lambda k: sizes[k])
-        raise _fail(key, f"a model of width {W} and depth {L} trained on {rows:,} rows would need "
-                    f"about {_gib(need + acts)} ({_gib(need)} for its parameters, gradients and "
-                    f"optimiser state, {_gib(acts)} for the activations of its backward); at most "
-                    f"{_gib(MAX_MODEL_BYTES)} is allowed")
+    sizes = {"model.depth": L / 8, "model.width": W / 16, "sweep.sample_size": rows / 256}
+    key = max(sizes, key=lambda k: sizes[k])
+    return ModelMemory(4 * 8 * n, 2 * 8 * layers * rows * (W + H + K), key, n, W, L, rows)
+
+
+def _check_model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
+                        train: Mapping[str, Any] | None = None) -> None:
+    """Refuse a model whose :func:`model_memory` exceeds :data:`MAX_MODEL_BYTES`."""
+    est = model_memory(model, sweep, train)
+    W, L, n, need = est.width, est.depth, est.parameters, est.state
+    if need > MAX_MODEL_BYTES:
+        raise _fail("model", f"a model of width {W} and depth {L} has about {n:,} parameters and "
+                    f"would need about {need / 2**30:,.1f} GiB for its parameters, gradients and "
+                    f"optimiser state; at most {MAX_MODEL_BYTES / 2**30:.0f} GiB is allowed")
+    if est.total > MAX_MODEL_BYTES:
+        raise _fail(est.key, _memory_text(est) + f"; at most {_gib(MAX_MODEL_BYTES)} is allowed")
+
+
+def _memory_text(est: ModelMemory) -> str:
+    return (f"a model of width {est.width} and depth {est.depth} trained on {est.rows:,} rows "
+            f"would need about {_gib(est.total)} ({_gib(est.state)} for its parameters, gradients "
+            f"and optimiser state, {_gib(est.activations)} for the activations of its backward)")
+
+
+def available_memory() -> int:
+    """Bytes this process may use: the machine's physical memory, or less where an
+    address-space limit (``ulimit -v``) says so."""
+    import resource
+
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return min(total, soft) if soft not in (resource.RLIM_INFINITY, -1) else total
+
+
+def check_fits_memory(spec: Spec, cells: int, available: int | None = None) -> None:
+    """A :class:`SpecError` naming the key and the estimate when one group of the spec (up to
+    ``run.group_size`` of its ``cells`` models trained at once; each model's state, the
+    activations of one) would not fit in ``available`` bytes (default :func:`available_memory`):
+    checked before anything is allocated."""
+    available = available_memory() if available is None else available
+    est = model_memory(spec.model, spec.sweep, spec.train)
+    E = max(1, min(spec.run.group_size, cells))
+    if est.total > available:
+        raise _fail(est.key, _memory_text(est) + f"; this machine has {_gib(available)}")
+    if E * est.state + est.activations > available:
+        most = max(1, (available - est.activations) // max(est.state, 1))
+        raise _fail("run.group_size", f"{E} models trained at once would need about "
+                    f"{_gib(E * est.state + est.activations)} ({_gib(est.state)} each for "
+                    f"parameters, gradients and optimiser state); this machine has "
+                    f"{_gib(available)}: set run.group_size to at most {most}")
 
 
 #: A synthetic data set's sizes with their defaults (registry.INFO): pool and test points,
