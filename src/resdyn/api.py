@@ -24,7 +24,11 @@ from .models.registry import check_model_fits
 from .sweeps.grid import _data_config, load_dataset
 from .sweeps.store import Store, StoreError
 
-__all__ = ["LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
+__all__ = ["CellNotFoundError", "LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
+
+
+class CellNotFoundError(StoreError):
+    """A cell id (or prefix) that names no single cell of a store."""
 
 
 @dataclass(frozen=True)
@@ -70,15 +74,15 @@ def find_cell(st: Store, cell_id: str) -> dict[str, Any]:
     if exact:
         return exact[0]
     if len(cell_id) < 4:
-        raise StoreError(f"cell id {cell_id!r} is too short: give the id or a prefix of at least 4 "
+        raise CellNotFoundError(f"cell id {cell_id!r} is too short: give the id or a prefix of at least 4 "
                          "characters (see `resdyn results STORE --columns cell_id`)")
     hits = [r for r in rows if r["cell_id"].startswith(cell_id)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise StoreError(f"no cell {cell_id!r} in store {st.path} ({len(rows)} cells; list them with "
+        raise CellNotFoundError(f"no cell {cell_id!r} in store {st.path} ({len(rows)} cells; list them with "
                          f"`resdyn results {st.path} --columns cell_id,spec`)")
-    raise StoreError(f"cell id prefix {cell_id!r} matches {len(hits)} cells in {st.path}: "
+    raise CellNotFoundError(f"cell id prefix {cell_id!r} matches {len(hits)} cells in {st.path}: "
                      + ", ".join(r["cell_id"] for r in hits[:5]))
 
 

@@ -32,12 +32,14 @@ def _fail(msg: str) -> None:
 def _cell_inputs(store: Path, cell_id: str, options: dict):
     """model, params (axis 1), x, y, the cell's bound options and its description, from a store;
     a store, row or weights file that cannot give them is one error line."""
-    from ..api import load_cell
+    from ..api import CellNotFoundError, load_cell
     from ..sweeps.store import StoreError
 
     try:
         cell = load_cell(store, cell_id)
-    except StoreError as err:
+    except CellNotFoundError as err:  # the command line named no cell: a usage error
+        raise click.UsageError(str(err)) from None
+    except StoreError as err:  # the store or the cell's weights are damaged
         _fail(str(err))
     cfg = cell.config
     try:
