@@ -7,6 +7,8 @@ Every family is a frozen dataclass with ``init(generator, dtype, device)`` and a
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import Model, Params, init_params, num_parameters
 from .conv_resnet import ConvResNet
+from .image_ode_resnet import ImageODEResNet
+from .image_resnet import ImageResNet
 from .ode_resnet import ODEResNet
 from .resnet import ResNet
 
@@ -14,6 +16,8 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "ConvResNet",
+    "ImageODEResNet",
+    "ImageResNet",
     "Model",
     "ODEResNet",
     "Params",

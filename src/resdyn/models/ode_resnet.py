@@ -7,9 +7,8 @@ theta is given on P knot intervals [t_p, t_{p+1}], t_p = p T / P:
 * ``interpolation='linear'``: theta(t) = theta_p + (t - t_p) / (T / P) (theta_{p+1} - theta_p)
   (P + 1 parameter sets at the knots).
 
-The flow map Phi_T(x) is solved interval by interval with torchdiffeq: interval p is one
-``odeint`` call whose vector field closes over the integer p, so a knot is never found by a
-floating-point time lookup and every knot is a jump time of an adaptive solver. With
+The flow map Phi_T(x) is solved interval by interval with torchdiffeq
+(:func:`resdyn.models.knot_flow.knot_flow`). With
 ``interpolation='constant'``, P = L and ``method='euler'`` with one step per interval, the flow is
 exactly the discrete ResNet of depth L.
 """
@@ -25,11 +24,10 @@ from torch import Tensor
 from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
+from .knot_flow import FIXED_METHODS, METHODS, knot_flow
 
 __all__ = ["FIXED_METHODS", "METHODS", "ODEResNet"]
 
-FIXED_METHODS = ("euler", "midpoint", "rk4")
-METHODS = (*FIXED_METHODS, "dopri5")
 
 
 @dataclass(frozen=True)
@@ -91,29 +89,13 @@ class ODEResNet(ResidualOptions):
 
     def flow(self, params: Params, z0: Tensor, return_knots: bool = False) -> Tensor:
         """Phi_T(z0), or with ``return_knots`` the states at every knot, shape (P+1, B, n, m)."""
-        # Imported here: torchdiffeq pulls in scipy.integrate (0.4 s), which no other family needs.
-        from torchdiffeq import odeint, odeint_adjoint
-
-        z, out = z0, [z0]
         names = ("W", "b", "V") if self.block == "two_layer" else ("K", "b")
         layers = layer_params(params, self.block)
-        for p in range(self.knots):
-            t = torch.tensor(
-                [p * self.knot_step, (p + 1) * self.knot_step], dtype=z0.dtype, device=z0.device
-            )
-            field = self._field(layers, p)
-            if self.method in FIXED_METHODS:
-                opts: dict = {"method": self.method,
-                              "options": {"step_size": self.knot_step / self.steps_per_knot}}
-            else:
-                opts = {"method": self.method, "rtol": self.rtol, "atol": self.atol}
-            if self.adjoint:
-                used = [params[n] for n in names]
-                z = odeint_adjoint(field, z, t, adjoint_params=tuple(used), **opts)[-1]
-            else:
-                z = odeint(field, z, t, **opts)[-1]
-            out.append(z)
-        return torch.stack(out) if return_knots else z
+        return knot_flow(lambda p: self._field(layers, p), z0, knots=self.knots,
+                         knot_step=self.knot_step, method=self.method,
+                         steps_per_knot=self.steps_per_knot, rtol=self.rtol, atol=self.atol,
+                         adjoint_params=[params[n] for n in names] if self.adjoint else None,
+                         return_knots=return_knots)
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Outputs g(Phi_T(A x + c)) of shape (B, n, k) for inputs of shape (B, n, d)."""

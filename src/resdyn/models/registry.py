@@ -16,6 +16,8 @@ FAMILIES: dict[str, str] = {
     "resnet": "resdyn.models.resnet:ResNet",
     "ode_resnet": "resdyn.models.ode_resnet:ODEResNet",
     "conv_resnet": "resdyn.models.conv_resnet:ConvResNet",
+    "image_resnet": "resdyn.models.image_resnet:ImageResNet",
+    "image_ode_resnet": "resdyn.models.image_ode_resnet:ImageODEResNet",
     "meanfield": "resdyn.models.meanfield:MeanFieldResNet",
     "dnl": "resdyn.models.dnl:DNLNet",
 }

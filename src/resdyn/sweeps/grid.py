@@ -75,6 +75,11 @@ class DataConfig:
         return out
 
 
+# TrainConfig fields added after stores existed, with their defaults: left out of a cell's config
+# at their default, so that the cells of older stores keep their ids.
+_LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_schedule": "constant", "warmup_steps": 0}
+
+
 @dataclass(frozen=True)
 class TrainingConfig:
     """The engine's settings, the learning rate, and where initial weights come from: seed s
@@ -89,7 +94,9 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = {**{k: (list(v) if isinstance(v, tuple) else v)
-                  for k, v in dataclasses.asdict(self.config).items()}, "lr": float(self.lr)}
+                  for k, v in dataclasses.asdict(self.config).items()
+                  if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]},
+               "lr": float(self.lr)}
         if self.init_seed_stride:
             out["init_seed_stride"] = self.init_seed_stride
         if self.control is not None:

@@ -195,6 +195,14 @@ def _train_loss(ctx: TrackContext) -> dict[str, Tensor]:
     return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
 
 
+def _test_loss(ctx: TrackContext) -> dict[str, Tensor]:
+    """The test loss and accuracy of every model at the current parameters (the learning curve
+    of a report; never used to stop or select: the stopping rule is the spec's), float64."""
+    cfg = ctx.config or TrainConfig(loss="squared" if int(ctx.model.out_dim) == 1 else "cross_entropy")
+    res = evaluate(ctx.model, ctx.params, ctx.data, None, cfg.loss, cfg.chunk_size, split="test")
+    return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
+
+
 def _linear_rate(ctx: TrackContext) -> dict[str, Tensor]:
     """Least-squares slope of log training loss against step since option ``start`` (default 0)."""
     return {"linear_rate": fit_linear_rate(ctx.loss_history[: ctx.step], int(ctx.options.get("start", 0)))}
@@ -220,6 +228,7 @@ TRACKERS: dict[str, _Entry] = {
     "displacement": _Entry(_track_displacement, _MEANFIELD),
     "linear_rate": _Entry(_linear_rate, Applies()),
     "train_loss": _Entry(_train_loss, Applies()),
+    "test_loss": _Entry(_test_loss, Applies()),
 }
 
 

@@ -1,0 +1,188 @@
+"""The staged image ResNets (image_resnet, image_ode_resnet) and the engine features they use:
+minibatch schedules and evaluation in bounded memory."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from resdyn.data.base import Dataset
+from resdyn.models import ImageODEResNet, ImageResNet, init_params
+from resdyn.models.registry import build_model
+from resdyn.training.engine import TrainConfig, evaluate, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = (torch.tensor(d.images) * (255 / 16)).round().to(torch.uint8).unsqueeze(1)
+    y = torch.tensor(d.target)
+    return Dataset("digits", x[:1200], y[:1200], x[1200:], y[1200:], 10,
+                   mean=torch.tensor(0.3), std=torch.tensor(0.4))
+
+
+def _reference(model: ImageResNet, p: dict, x: torch.Tensor) -> torch.Tensor:
+    """One model written out with F.conv2d, layer by layer (the module docstring's maps)."""
+    z = x
+    for i in range(model.n_stem):
+        w = p[f"stem{i}"]
+        z = F.conv2d(z, w, p[f"stem{i}_b"], stride=1 if w.shape[-1] == 3 else 2,
+                     padding=1)
+        if i < model.n_stem - 1:
+            z = torch.tanh(z)
+    for s in range(model.stages):
+        if s:
+            z = F.conv2d(z, p[f"Q{s}"], p[f"q{s}"], stride=2, padding=1)
+        for k in range(model.depth):
+            a = torch.relu(F.conv2d(z, p[f"W{s}"][k], p[f"b{s}"][k], padding=1))
+            z = z + model.step * F.conv2d(a, p[f"V{s}"][k], padding=1)
+    return z.mean(dim=(2, 3)) @ p["R"].T + p["r"]
+
+
+def test_image_resnet_matches_a_layer_by_layer_conv2d_network():
+    model = ImageResNet(stem_channels=3, channels=4, depth=3, stages=2, stem_activation="tanh",
+                        bias_scale=0.2, weight_init="iid")
+    params = init_params(model, [1, 2], dtype=torch.float64)
+    x = torch.randn(2, 5, 1, 28, 28, dtype=torch.float64)
+    out = model.forward(params, x)
+    assert out.shape == (2, 5, 10)
+    for e in range(2):
+        ref = _reference(model, {k: v[e] for k, v in params.items()}, x[e])
+        torch.testing.assert_close(out[e], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_image_resnet_state_shapes_follow_the_stem_and_stages():
+    model = ImageResNet(stem_channels=4, channels=6, downsample=1, stages=3, depth=2)
+    p = init_params(model, [0])
+    assert p["stem1"].shape == (1, 6, 4, 4, 4)  # the last stem map outputs C channels
+    assert p["W2"].shape == (1, 2, 24, 24, 3, 3) and p["Q2"].shape == (1, 24, 12, 4, 4)
+    assert p["R"].shape == (1, 10, 24)
+    assert model.forward(p, torch.randn(1, 2, 1, 16, 16)).shape == (1, 2, 10)
+    with pytest.raises(ValueError, match="expects inputs"):
+        model.forward(p, torch.randn(2, 1, 16, 16))
+
+
+def test_a_model_in_a_batch_is_bitwise_the_model_alone_forward():
+    model = ImageResNet(stem_channels=4, channels=8, depth=4)
+    params = init_params(model, [3, 4, 5])
+    x = torch.randn(3, 7, 1, 28, 28)
+    out = model.forward(params, x)
+    for e in range(3):
+        alone = model.forward({k: v[e:e + 1] for k, v in params.items()}, x[e:e + 1])
+        assert torch.equal(alone[0], out[e])
+
+
+def test_euler_ode_with_constant_knots_is_exactly_the_discrete_network():
+    disc = ImageResNet(stem_channels=4, channels=8, depth=4, horizon=2.0)
+    ode = ImageODEResNet(stem_channels=4, channels=8, knots=4, horizon=2.0, method="euler")
+    params = init_params(disc, [0, 1])
+    assert params.keys() == init_params(ode, [0]).keys()
+    x = torch.randn(2, 3, 1, 28, 28)
+    assert torch.equal(ode.forward(params, x), disc.forward(params, x))
+
+
+def test_rk4_converges_at_fourth_order_to_the_adaptive_solution():
+    kw = dict(stem_channels=3, channels=4, knots=2, interpolation="linear", init_scale=2.0,
+              activation="tanh")
+    ref = ImageODEResNet(method="dopri5", rtol=1e-13, atol=1e-13, **kw)
+    for seed in range(3):
+        params = init_params(ref, [seed], dtype=torch.float64)
+        x = torch.randn(1, 4, 1, 28, 28, dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(seed))
+        exact = ref.forward(params, x)
+        errs = [(ImageODEResNet(method="rk4", steps_per_knot=n, **kw).forward(params, x) - exact)
+                .abs().max().item() for n in (16, 32)]
+        assert errs[0] > 1e-8  # the coarse solve is measurably inexact
+        assert 3.7 < math.log2(errs[0] / errs[1]) < 4.3  # observed order of RK4: 4
+
+
+def test_families_are_registered_and_validated():
+    m = build_model("image_ode_resnet", channels=8, method="dopri5")
+    assert m.family == "image_ode_resnet"
+    with pytest.raises(ValueError, match="method must be one of"):
+        build_model("image_ode_resnet", method="leapfrog")
+    with pytest.raises(ValueError, match="stem_activation must be one of"):
+        build_model("image_resnet", stem_activation="swish")
+
+
+def test_image_resnet_trains_on_8x8_digits_far_above_chance(digits):
+    model = ImageResNet(stem_channels=8, channels=16, downsample=1, depth=4)
+    cfg = TrainConfig(steps=300, batch_size=64, chunk_size=64, lr_schedule="cosine", warmup_steps=20)
+    res = train(model, init_params(model, [0]), digits, [torch.arange(1000)], 3e-3, cfg, [0])
+    assert res.metrics["test_acc"][0] > 0.8  # chance is 0.1
+
+
+def test_minibatch_training_in_a_group_is_bitwise_each_model_alone(digits):
+    model = ImageResNet(stem_channels=4, channels=8, downsample=1, depth=2)
+    seeds, sizes = [1, 2, 3], [300, 100, 200]
+    idx = [torch.randperm(1200, generator=torch.Generator().manual_seed(s))[:S]
+           for s, S in zip(seeds, sizes, strict=True)]
+    cfg = TrainConfig(steps=15, batch_size=64, chunk_size=32, lr_schedule="cosine", warmup_steps=3)
+    batch = train(model, init_params(model, seeds), digits, idx, [1e-3, 3e-3, 2e-3], cfg, seeds)
+    for e in (0, 2):
+        alone = train(model, init_params(model, [seeds[e]]), digits, [idx[e]], [1e-3, 3e-3, 2e-3][e],
+                      cfg, [seeds[e]])
+        for k, v in alone.params.items():
+            assert torch.equal(batch.params[k][e], v[0]), k
+        assert torch.equal(batch.metrics["test_acc"][e], alone.metrics["test_acc"][0])
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(steps=110, lr_schedule="cosine", warmup_steps=10)
+    a = [cfg.lr_factor(t) for t in range(110)]
+    assert a[0] == pytest.approx(0.1) and a[9] == pytest.approx(1.0) and a[10] == pytest.approx(1.0)
+    assert a[60] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert a[109] == pytest.approx(0.5 * (1 + math.cos(math.pi * 99 / 100)))
+    assert all(x >= y for x, y in itertools.pairwise(a[10:]))
+    assert TrainConfig(steps=5).lr_factor(3) == 1.0
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        TrainConfig(lr_schedule="step")
+    with pytest.raises(ValueError, match="warmup_steps needs lr_schedule"):
+        TrainConfig(warmup_steps=5)
+
+
+def test_schedule_scales_every_update():
+    """SGD without momentum: with a(t) the parameters move by a(t) lr g, so a schedule that is 0
+    at the first update (warm-up factor 1/W = 1/1 then cosine) differs from constant exactly."""
+    from resdyn.models import ResNet
+
+    x = torch.randn(40, 2)
+    data = Dataset("toy", x, (x[:, 0] > 0).long(), x[:4], (x[:4, 0] > 0).long(), 2)
+    model = ResNet(width=4, depth=2)
+    p = init_params(model, [0], dtype=torch.float64)
+    base = dict(steps=1, optimizer="sgd", loss="cross_entropy")
+    const = train(model, p, data, [torch.arange(40)], 0.1, TrainConfig(**base), [0])
+    half = TrainConfig(**{**base, "steps": 2}, lr_schedule="cosine", warmup_steps=2)
+    sched = train(model, p, data, [torch.arange(40)], 0.1, half, [0], hooks=[(1, _stop_after_one)])
+    for k in p:
+        step_c = const.params[k] - p[k]
+        step_s = _FIRST[k] - p[k]
+        torch.testing.assert_close(step_s, 0.5 * step_c, rtol=1e-12, atol=1e-15)
+    assert sched.state.step == 2
+
+
+_FIRST: dict = {}
+
+
+def _stop_after_one(step, state):
+    if step == 1:
+        _FIRST.update({k: v.clone() for k, v in state.params.items()})
+
+
+def test_evaluation_in_small_slices_gives_the_same_numbers(digits):
+    model = ImageResNet(stem_channels=4, channels=8, downsample=1, depth=2)
+    params = init_params(model, [0, 1, 2])
+    idx = [torch.arange(100), torch.arange(300, 650), torch.arange(7)]
+    whole = evaluate(model, params, digits, idx, "cross_entropy", chunk_size=16)
+    sliced = evaluate(model, params, digits, idx, "cross_entropy", chunk_size=16, max_elements=64 * 40)
+    for k in ("loss", "acc"):
+        assert torch.equal(whole[k], sliced[k])
+    test = evaluate(model, params, digits, None, "cross_entropy", 16, "test", max_elements=64 * 16)
+    x_test = digits.prepare(digits.x_test, torch.float32, "cpu")
+    direct = model.forward(params, x_test.expand(3, -1, -1, -1, -1))
+    acc = (direct.argmax(-1) == digits.y_test).double().mean(1)
+    torch.testing.assert_close(test["acc"].double(), acc, rtol=0, atol=1e-6)
