@@ -429,6 +429,8 @@ def rate_claim(fit: RateFit, b0: float = -0.5, kind: str = "equivalent", margin:
         values["range_straightness"] = rng.as_dict()
         if rng is not full:
             head += (f"; claim restricted to S {rng.sizes[0]:g}..{rng.sizes[-1]:g} ({rng.words()})")
+        else:
+            head += f"; claim over S {rng.sizes[0]:g}..{rng.sizes[-1]:g} (not significantly curved)"
     values.update(p_test=d.p_for, verdict=d.as_dict())
     words = f"{head}; {d.words()}"
     return RateVerdict(d.verdict, words, d.test_words(), d.pvalue, values, d)
