@@ -113,3 +113,15 @@ def test_mean_field_gd_claim_tests_across_seeds():
     one = _gd_claim({"1024": wide[:1], "16": narrow[:1]})
     check_claim(one)
     assert one.verdict == "inconclusive" and "needs at least 2" in one.measured
+
+
+def test_every_registered_reproduction_analyses_with_a_walked_module():
+    """A reproduction added to the registry (the image experiments reuse these analyses) is covered
+    by the walk above only if its analysis is one of those walked; a new one must be added there."""
+    from resdyn.experiments import certificates, dead_zone, depth, dnl_convergence, meanfield, sample_size
+    from resdyn.experiments.registry import REPRODUCTIONS
+
+    walked = {sample_size.analyze, depth.analyze, dead_zone.analyze, meanfield.analyze,
+              dnl_convergence.analyze, certificates.run}
+    for r in REPRODUCTIONS.values():
+        assert (r.analyze or r.run) in walked, f"{r.name}: its claims are not walked by this test"
