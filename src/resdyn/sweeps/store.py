@@ -279,9 +279,10 @@ class Store:
             return self.db.execute(sql, args).fetchall()
         except (sqlite3.DatabaseError, UnicodeDecodeError) as err:
             where = self._undecodable() if "decode" in str(err).lower() else None
-            raise StoreError(f"store {self.path} cannot be read ({where or type(err).__name__}: "
-                             f"{_one_line(str(err))}); it is damaged: see `resdyn status --verify "
-                             f"{self.path}`, restore it from a copy or start a new store") from None
+            fault = where or f"{type(err).__name__}: {_one_line(str(err))}"
+            raise StoreError(f"store {self.path} cannot be read ({fault}); it is damaged: see "
+                             f"`resdyn status --verify {self.path}`, restore it from a copy or "
+                             "start a new store") from None
 
     def _undecodable(self) -> str | None:
         """'row R column C': the first cell of the ``cells`` table whose text is not UTF-8."""
