@@ -186,3 +186,12 @@ def test_evaluation_in_small_slices_gives_the_same_numbers(digits):
     direct = model.forward(params, x_test.expand(3, -1, -1, -1, -1))
     acc = (direct.argmax(-1) == digits.y_test).double().mean(1)
     torch.testing.assert_close(test["acc"].double(), acc, rtol=0, atol=1e-6)
+
+
+def test_sizes_come_from_the_data_for_cifar_shaped_images():
+    from resdyn.models.registry import build_model_for
+
+    model = build_model_for("image_resnet", (3, 32, 32), 100, channels=4, stem_channels=4, depth=2)
+    assert (model.in_channels, model.out_dim) == (3, 100)
+    out = model.forward(init_params(model, [0, 1]), torch.randn(2, 3, 3, 32, 32))
+    assert out.shape == (2, 3, 100) and torch.isfinite(out).all()

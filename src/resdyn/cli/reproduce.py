@@ -24,16 +24,13 @@ def _claims_text(outcome) -> str:
     return "\n".join(lines)
 
 
-IMAGE_SETS = ("mnist", "cifar10", "cifar100")
-
-
-def _image_sets(root: Path | None, say) -> list[str]:
-    """The image data sets whose files load (checksums included) under ``root``."""
+def _image_sets(root: Path | None, say, names: tuple[str, ...]) -> list[str]:
+    """The image data sets of ``names`` whose files load (checksums included) under ``root``."""
     from ..data import load
     from ..data.integrity import DataError
 
     found = []
-    for name in IMAGE_SETS:
+    for name in names:
         if root is None:
             continue
         try:
@@ -71,7 +68,12 @@ def run_reproduction(name: str, quick: bool, store: Path, executor: str, device:
 
         runs = [load_spec(spec_path(s)) for s in repro.spec_names(quick)]
         image_specs = repro.image_spec_names(quick)
-        for data_name in _image_sets(root, say) if image_specs else []:
+        sets = _image_sets(root, say, repro.image_sets) if image_specs else []
+        if image_specs and not runs and not sets:
+            raise ValueError(f"{name} needs one of {', '.join(repro.image_sets)} under the data root "
+                             f"{str(root or 'data')!r}; run `resdyn data fetch mnist` (and "
+                             "`resdyn data fetch fashion-mnist`), or pass --root")
+        for data_name in sets:
             for s in image_specs:
                 spec = load_spec(spec_path(s))
                 runs.append(replace(spec, data={"name": data_name, "root": str(root)}))

@@ -2,8 +2,8 @@
 
 A sweep reproduction ships spec files in ``resdyn/specs`` (``NAME.toml`` and the quick variant
 ``NAME-quick.toml``, each runnable with ``resdyn run``) and an ``analyze(rows, out_dir, name)``
-that reads the store. Image specs run once for each of MNIST, CIFAR-10 and CIFAR-100 whose files
-are present under the data root (``--root``), with the data table replaced by that set.
+that reads the store. Image specs run once for each of the reproduction's ``image_sets`` whose
+files are present under the data root (``--root``), with the data table replaced by that set.
 A custom reproduction has a ``run(quick, out_dir, device, dtype, threads)``
 whose outcome is kept in the store for the report. Functions are referenced directly (no import
 strings).
@@ -31,6 +31,7 @@ class Reproduction:
     run: Callable[..., Any] | None = None
     image_specs: tuple[str, ...] = ()
     full_specs: tuple[str, ...] = ()  # run by the full reproduction only (no quick variant)
+    image_sets: tuple[str, ...] = ("mnist", "cifar10", "cifar100")  # where image_specs run
 
     def spec_names(self, quick: bool) -> list[str]:
         return [f"{s}-quick" if quick else s for s in self.specs] + ([] if quick else list(self.full_specs))
@@ -47,12 +48,25 @@ class Reproduction:
         return fn
 
 
+#: The full-scale image sets of the first paper's experiments that are reachable offline.
+IMAGE_SETS = ("mnist", "fashion-mnist")
+
 REPRODUCTIONS: dict[str, Reproduction] = {
     r.name: r
     for r in (
         Reproduction("sample-size", "generalization gap against S, log-log slope vs -1/2",
                      ("sample-size", "sample-size-mnist"), sample_size.analyze,
                      image_specs=("sample-size-images",)),
+        Reproduction("sample-size-images", "image ResNets on full MNIST and Fashion-MNIST: gap "
+                     "against S up to 60,000, discrete and continuous time",
+                     analyze=sample_size.analyze, image_specs=("sample-size-images",),
+                     image_sets=IMAGE_SETS),
+        Reproduction("depth-images", "image ResNets on MNIST and Fashion-MNIST: loss and accuracy "
+                     "against depth L = 2..64", analyze=depth.analyze, image_specs=("depth-images",),
+                     image_sets=IMAGE_SETS),
+        Reproduction("dead-zone-images", "image ResNets on MNIST and Fashion-MNIST: relu against "
+                     "dead-zone activations", analyze=dead_zone.analyze,
+                     image_specs=("dead-zone-images",), image_sets=IMAGE_SETS),
         Reproduction("depth", "loss and accuracy against depth at fixed horizon",
                      ("depth",), depth.analyze),
         Reproduction("dead-zone", "activations with and without a dead zone",
