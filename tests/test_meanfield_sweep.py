@@ -121,6 +121,7 @@ def test_gradient_descent_check_as_a_spec_gives_the_numbers_of_the_direct_run(tm
     raw["train"]["steps"] = 200
     raw["trackers"]["linear_rate"]["every"] = 200
     raw["sweep"]["model"] = [{"width": 16, "predictor_width": 16}]
+    raw["sweep"]["seed"] = [0]  # the direct run below is one seed
     store = tmp_path / "gd.sqlite"
     assert run_sweep(parse_spec(raw), store).trained == 1
     with Store(store, create=False) as st:
