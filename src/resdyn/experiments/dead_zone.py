@@ -169,8 +169,20 @@ def _regimes(ok: list[dict]) -> dict[float, str]:
 
 
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zone") -> ExperimentOutcome:
+    """Tables, claims and figures per data set (named by it when the sweep has several, as the
+    image reproduction on MNIST and Fashion-MNIST does); bound claims and ranks over all rows."""
     outcome = ExperimentOutcome(name)
     ok = [r for r in rows if r["status"] == "done"]
+    by_data = group_rows(ok, lambda r: r["config"]["data"]["name"])
+    for data, rs in sorted(by_data.items()):
+        _analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
+    outcome.claims += bound_claims(rows)
+    rank_against_gap(rows, outcome, out_dir, name)
+    return outcome
+
+
+def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
+                 label: str) -> None:
     groups = dict(sorted(group_rows(ok, _key).items()))
     table = []
     for (wd, act, tau), rs in groups.items():
@@ -189,30 +201,35 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zon
     regime = _regimes(ok)
     for row in table:
         row["regime"] = regime[row["weight_decay"]]
-    outcome.tables["gap and dead-zone term by activation"] = table
-    outcome.data["table"] = table
-    outcome.data["regimes"] = regime
+    outcome.tables[f"{label}gap and dead-zone term by activation"] = table
+    if label:
+        outcome.data.setdefault("table", []).extend({"data": label.rstrip(": "), **r} for r in table)
+        outcome.data.setdefault("regimes", {})[label.rstrip(": ")] = regime
+    else:
+        outcome.data["table"] = table
+        outcome.data["regimes"] = regime
     regimes = sorted({k[0] for k in groups})
     trains = [wd for wd in regimes if regime[wd] == "trains"]
     acts = [a for a in DEAD_ZONE if any(_key(r)[1] == a for r in ok)]
+    claims: list[Claim] = []
     for wd in trains:
         at = [r for r in ok if _key(r)[0] == wd]
-        outcome.claims += [c for c in (_gap_claim(at, wd, a) for a in acts) if c is not None]
+        claims += [c for c in (_gap_claim(at, wd, a) for a in acts) if c is not None]
     if trains:
         wd = max(trains)
         at = [r for r in ok if _key(r)[0] == wd]
-        outcome.claims += [c for c in (_term_claim(at, wd, a) for a in acts) if c is not None]
+        claims += [c for c in (_term_claim(at, wd, a) for a in acts) if c is not None]
     elif acts:
-        outcome.claims.append(no_test(
+        claims.append(no_test(
             "one-sided t, H1: mean term difference > 0",
             f"no weight decay where relu reaches test accuracy {TRAINS}: "
             + "; ".join(f"{wd:g}: {w}" for wd, w in regime.items())).claim(
             "the dead-zone term is positive where the networks train", "no regime trains"))
-    outcome.claims += bound_claims(rows)
+    outcome.claims += [Claim(f"{label}{c.text}", c.measured, c.verdict, c.test, c.values) for c in claims]
     if out_dir is not None and table:
         from ..plotting import line_figure
 
-        for m, label in (("error_gap", "error gap"), ("dead_zone_term", "dead-zone term")):
+        for m, what in (("error_gap", "error gap"), ("dead_zone_term", "dead-zone term")):
             series = []
             for wd in regimes:
                 for act in dict.fromkeys(r["activation"] for r in table):
@@ -222,8 +239,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zon
                                        "y": [r[m] for r in rs], "lo": [r[f"{m}_ci"][0] for r in rs],
                                        "hi": [r[f"{m}_ci"][1] for r in rs], "style": "errorbar"})
             if series:
-                outcome.figures[f"{label} against dead-zone width"] = line_figure(
-                    Path(out_dir) / f"{name}-{m.replace('_', '-')}.png", series,
-                    "dead-zone width tau (0: none)", label, f"{label.capitalize()} by activation")
-    rank_against_gap(rows, outcome, out_dir, name)
-    return outcome
+                stem = f"{name}-{label.rstrip(': ')}-" if label else f"{name}-"
+                outcome.figures[f"{label}{what} against dead-zone width"] = line_figure(
+                    Path(out_dir) / f"{stem}{m.replace('_', '-')}.png", series,
+                    "dead-zone width tau (0: none)", what, f"{label}{what.capitalize()} by activation")

@@ -8,7 +8,8 @@ as the replication unit); the three are joined by the one rule (:mod:`resdyn.ana
 differ by more than the margin (Bonferroni over the three), 'inconclusive' otherwise. A second
 claim, that the run is below saturation, is a TOST across seeds of 0.7 < E acc(ODE) < 0.95.
 Every recorded measure is ranked against the gap, and the bound claims are made when the sweep
-records bounds.
+records bounds. A sweep over several data sets (the image reproduction: MNIST and Fashion-MNIST)
+gets the table, figures and claims once per data set, each named by it.
 """
 
 from __future__ import annotations
@@ -25,13 +26,26 @@ __all__ = ["MARGIN", "analyze"]
 MARGIN = 0.03
 
 METRICS = ("test_acc", "train_acc", "test_loss", "train_loss")
+DISCRETE = ("resnet", "image_resnet", "conv_resnet")
+CONTINUOUS = ("ode_resnet", "image_ode_resnet")
 
 
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") -> ExperimentOutcome:
     outcome = ExperimentOutcome(name)
     ok = [r for r in rows if r["status"] == "done"]
-    disc = [r for r in ok if r["config"]["model"]["family"] == "resnet"]
-    cont = [r for r in ok if r["config"]["model"]["family"] == "ode_resnet"]
+    by_data = group_rows(ok, lambda r: r["config"]["data"]["name"])
+    for data, rs in sorted(by_data.items()):
+        _analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
+    outcome.claims += bound_claims(rows)
+    rank_against_gap(rows, outcome, out_dir, name)
+    return outcome
+
+
+def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
+                 label: str) -> None:
+    """Table, figures and the two claims of one data set's rows, each named with ``label``."""
+    disc = [r for r in ok if r["config"]["model"]["family"] in DISCRETE]
+    cont = [r for r in ok if r["config"]["model"]["family"] in CONTINUOUS]
     by_L = dict(sorted(group_rows(disc, lambda r: r["config"]["model"]["depth"]).items()))
     table, stats = [], {m: [] for m in METRICS}
     for L, rs in by_L.items():
@@ -49,11 +63,14 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
             cont_ci[m] = ci
             row[m], row[f"{m}_ci"] = ci.mean, [ci.lo, ci.hi]
         table.append(row)
-    outcome.tables["loss and accuracy against depth"] = table
+    outcome.tables[f"{label}loss and accuracy against depth"] = table
     Ls = list(by_L)
-    outcome.data["figures"] = {
-        m: {"L": Ls, "discrete": [c.as_dict() for c in stats[m]],
-            "continuous": cont_ci[m].as_dict() if m in cont_ci else None} for m in METRICS}
+    figures = {m: {"L": Ls, "discrete": [c.as_dict() for c in stats[m]],
+                   "continuous": cont_ci[m].as_dict() if m in cont_ci else None} for m in METRICS}
+    if label:
+        outcome.data.setdefault("figures", {})[label.rstrip(": ")] = figures
+    else:
+        outcome.data["figures"] = figures
     if len(Ls) >= 3 and cont_ci and len(cont) >= 2:
         acc_cont = [r["metrics"]["test_acc"] for r in cont]
         tests = {L: welch_tost([r["metrics"]["test_acc"] for r in by_L[L]], acc_cont, MARGIN)
@@ -65,16 +82,15 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
         shown = "; ".join(f"L={L}: difference {t.diff:+.3f}, 90% CI [{t.ci90[0]:+.3f}, {t.ci90[1]:+.3f}], "
                           f"TOST p = {t.pvalue:.2g}" for L, t in tests.items())
         outcome.claims.append(v.claim(
-            "test accuracy settles as L grows, toward the continuous-time model",
+            f"{label}test accuracy settles as L grows, toward the continuous-time model",
             f"{shown}; continuous: {cont_ci['test_acc']}",
             {L: {"diff": t.diff, "ci90": list(t.ci90), "pvalue": t.pvalue, "p_outside": t.p_outside,
                  "verdict": t.verdict} for L, t in tests.items()}))
         c = cont_ci["test_acc"]
         sat = equivalence_test(acc_cont, 0.825, 0.125, what="continuous-model test accuracy")
         outcome.claims.append(sat.claim(
-            "the depth study runs below saturation (test accuracy 0.7 to 0.95)",
+            f"{label}the depth study runs below saturation (test accuracy 0.7 to 0.95)",
             f"continuous-model test accuracy {c}", {"acc": c.as_dict()}))
-    outcome.claims += bound_claims(rows)
     if out_dir is not None and Ls:
         from ..plotting import line_figure
 
@@ -86,8 +102,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") 
                 c = cont_ci[m]
                 series.append({"label": "continuous-time", "x": [Ls[0], Ls[-1]], "y": [c.mean] * 2,
                                "lo": [c.lo] * 2, "hi": [c.hi] * 2, "marker": "", "ls": ":"})
-            outcome.figures[f"{title} against depth"] = line_figure(
-                Path(out_dir) / f"{name}-{m}.png", series, "depth L (fixed T)", m,
-                f"{title} against depth", logx=True)
-    rank_against_gap(rows, outcome, out_dir, name)
-    return outcome
+            stem = f"{name}-{label.rstrip(': ')}-{m}" if label else f"{name}-{m}"
+            outcome.figures[f"{label}{title} against depth"] = line_figure(
+                Path(out_dir) / f"{stem}.png", series, "depth L (fixed T)", m,
+                f"{label}{title} against depth", logx=True)
