@@ -4,6 +4,8 @@
 import json
 import shutil
 import sqlite3
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -184,3 +186,60 @@ def test_a_re_signed_checkpoint_with_wrong_contents_retrains_without_a_traceback
     msgs = " ".join(str(w.message) for w in caught)
     assert "train from scratch" in msgs or "restarts from scratch" in msgs, msgs
     assert _rows(store) == _rows(ref)  # from scratch: the numbers of an uninterrupted run
+
+
+# Each command of every damaged store in a fresh interpreter: its peak memory and time are its own.
+BOUNDED = """
+import json, resource, sys, time
+from click.testing import CliRunner
+from resdyn.cli.main import main
+t0, out = time.monotonic(), []
+for args in json.loads(sys.argv[1]):
+    res = CliRunner().invoke(main, args)
+    out.append([res.exit_code, res.output, repr(res.exception)])
+print(json.dumps({"results": out, "seconds": time.monotonic() - t0,
+                  "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _outside_weights(path: Path, tmp_path: Path, cid: str) -> None:
+    outside = tmp_path / "outside" / "w.safetensors"
+    outside.parent.mkdir()
+    shutil.copy(Path(str(path) + ".d") / "weights" / f"{cid}.safetensors", outside)
+    _sql(path, "UPDATE cells SET weights = ?", str(outside))
+
+
+BOUNDED_CASES = {**{k: v[0] for k, v in DAMAGE.items() if k in ("flipped_byte", "nested_json",
+                                                                 "long_spec", "nul_spec")},
+                 "weights_outside": None, "weights_dotdot": None}
+
+
+@pytest.mark.parametrize("kind", sorted(BOUNDED_CASES))
+def test_damaged_stores_cost_under_30_s_and_500_mb_and_write_nothing_outside(tmp_path, base, kind):
+    _, ref, cid, _, _ = base
+    path = _copy(ref, tmp_path)
+    if kind == "weights_outside":
+        _outside_weights(path, tmp_path, cid)
+    elif kind == "weights_dotdot":
+        _sql(path, "UPDATE cells SET weights = '../../../../etc/passwd'")
+    else:
+        BOUNDED_CASES[kind](path)
+    def outside_store() -> list[str]:
+        kept = (path.parent, tmp_path / "out")  # the store's folder, the report's folder
+        return sorted(str(p) for p in tmp_path.rglob("*")
+                      if p not in kept and not any(k in p.parents for k in kept))
+
+    before = outside_store()
+    proc = subprocess.run([sys.executable, "-c", BOUNDED, json.dumps(_commands(path, cid, tmp_path / "out"))],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout)
+    for (code, output, exc), args in zip(got["results"], _commands(path, cid, tmp_path / "out"),
+                                         strict=True):
+        lines = [ln for ln in output.splitlines() if ln.strip()]
+        if kind.startswith("weights") and args[0] != "bound":
+            continue  # the other commands do not read weights (status --verify: its own test)
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: store"), (args, output, exc)
+    assert got["seconds"] < 30 and got["maxrss_mib"] < 500, got
+    assert outside_store() == before  # nothing written outside the store's and report's folders
+    assert kind.startswith("weights") or not (tmp_path / "out" / "report.md").exists()
