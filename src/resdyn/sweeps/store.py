@@ -793,8 +793,12 @@ def check_outcome(value: Any) -> str | None:
             isinstance(rows, list) and all(isinstance(r, dict) for r in rows)
             for rows in tables.values()):
         return "its 'tables' are not an object of lists of objects"
+    import dataclasses
+
+    from ..analysis.verdicts import Claim
+
     claims = value.get("claims", [])
-    keys = {"text", "measured", "verdict", "test", "values", "held"}
+    keys = {f.name for f in dataclasses.fields(Claim)} | {"held"}  # held: older outcomes
     if not isinstance(claims, list) or not all(
             isinstance(c, dict) and set(c) <= keys and isinstance(c.get("text"), str)
             and isinstance(c.get("measured"), str) and isinstance(c.get("test", ""), str)
