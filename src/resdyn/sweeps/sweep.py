@@ -104,9 +104,8 @@ def warm_params(store: Store, cells: list[Cell]) -> dict[str, WarmStart]:
     """Initial parameters of every warm cell (and the reference of every cell that depends on the
     level below without starting from it): the stored weights of the cell it depends on with the
     lowest final training objective (finished, not diverged), prolonged to its model (the model's
-    ``prolong``, else ``resdyn.training.control.prolong_to``)."""
-    from ..models.io import load_params
-
+    ``prolong``, else ``resdyn.training.control.prolong_to``). Weights are read through
+    :meth:`Store.load_weights` (inside the store's folder, sha256 checked)."""
     warm_cells = [c for c in cells if c.warm_from]
     if not warm_cells:
         return {}
@@ -119,7 +118,7 @@ def warm_params(store: Store, cells: list[Cell]) -> dict[str, WarmStart]:
         if not scores:
             raise RuntimeError(f"cell {c.cell_id}: every cell it starts from diverged "
                                f"({', '.join(c.warm_from)})")
-        src_model, params, _ = load_params(store.weights_path(min(scores)[1]))
+        src_model, params = store.load_weights(rows[min(scores)[1]])
         src = {k: v.unsqueeze(0) for k, v in params.items()}
         out[c.cell_id] = WarmStart(src_model.prolong(src, c.model) if hasattr(src_model, "prolong")
                                    else prolong_to(src_model, src, c.model), src_model, src)
