@@ -18,10 +18,12 @@ from resdyn.sweeps.spec import MAX_SPEC_BYTES, read_spec_text
 RUNNER = """
 import resource, sys
 from resdyn.cli.main import main
+def peak_kib():  # this process's own peak (ru_maxrss would include the parent's across exec)
+    return int(next(ln.split()[1] for ln in open("/proc/self/status") if ln.startswith("VmHWM")))
 try:
     main(sys.argv[1:], prog_name="resdyn")
 finally:
-    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)
+    print("MAXRSS", peak_kib(), file=sys.stderr)
 """
 
 
