@@ -171,6 +171,24 @@ def test_a_gradient_penalty_through_as_module_gives_the_autograd_answer(act):
         assert "_NativeResNetBackward" in graph_nodes(out)  # the kernel's path was the one tested
 
 
+@pytest.mark.parametrize("act", ["tanh", "relu"])
+def test_a_gradient_penalty_through_the_torch_path_gives_the_autograd_answer(act, monkeypatch):
+    """RESDYN_NATIVE=0: the fused torch stack (hand-written backward) differentiates twice by
+    autograd, so the penalty's term is in the gradient, as in the plain recursion."""
+    monkeypatch.setenv("RESDYN_NATIVE", "0")
+    net = ResNet(in_dim=3, out_dim=2, width=5, hidden=7, depth=4, activation=act)
+    params = {k: v.double() for k, v in init_params(net, [0]).items()}
+    module = resdyn.as_module(net, params)
+    x = torch.randn(9, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    out = module(x.clone().requires_grad_(True))
+    assert "_StackBackward" in graph_nodes(out)  # the fused stack is the path under test
+    got = _penalised(lambda p, z: module(z), {k: module.weights[k] for k in module.names}, x)
+    ref = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    want = _penalised(lambda p, z: autograd_resnet(net, p, z.unsqueeze(0))[0], ref, x)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-9, atol=1e-11)
+
+
 def test_a_meta_input_is_an_error_not_values():
     net = ResNet(in_dim=2, out_dim=2, width=4, depth=3)
     params = init_params(net, [0])

@@ -56,14 +56,16 @@ class _Stack(torch.autograd.Function):
                 act: Activation) -> Tensor:
         out, zs, acts = _forward(z, W, b, V, h, act, keep=True)
         ctx.h, ctx.act, ctx.L = h, act, W.shape[1]
-        ctx.save_for_backward(W, V, *zs, *acts)
+        ctx.save_for_backward(W, b, V, *zs, *acts)  # zs[0] is z itself
         return out
 
     @staticmethod
     def backward(ctx: Any, g: Tensor) -> tuple[Tensor | None, ...]:
-        W, V, *saved = ctx.saved_tensors
+        W, b, V, *saved = ctx.saved_tensors
         L, h, act = ctx.L, ctx.h, ctx.act
         zs, acts = saved[:L], saved[L:]
+        if torch.is_grad_enabled():  # create_graph=True (a gradient penalty): autograd's gradient
+            return _autograd_backward(ctx, zs[0], W, b, V, g)
         B, p, m = W.shape[0], W.shape[2], W.shape[3]
         # Layer-major buffers: every layer's slice is contiguous, so the products write in place.
         gW = g.new_empty((L, B, p, m))
@@ -81,6 +83,23 @@ class _Stack(torch.autograd.Function):
         # slower on a strided source than this one copy.
         gW, gb, gV = (t.mul_(h).transpose(0, 1).contiguous() for t in (gW, gb, gV))
         return g, gW, gb, gV, None, None
+
+
+def _autograd_backward(ctx: Any, z: Tensor, W: Tensor, b: Tensor, V: Tensor, g: Tensor
+                       ) -> tuple[Tensor | None, ...]:
+    """The gradients of :class:`_Stack` with a graph of their own: the recursion recomputed op by
+    op and differentiated by autograd. The hand-written backward writes into buffers in place and
+    is not itself differentiable; a second derivative through it would be wrong or fail."""
+    inputs = (z, W, b, V)
+    wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
+    with torch.enable_grad():
+        out = _forward(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
+    grads = torch.autograd.grad(out, [inputs[i] for i in wanted], g, create_graph=True,
+                                allow_unused=True)
+    full: list[Tensor | None] = [None] * 4
+    for i, gi in zip(wanted, grads, strict=True):
+        full[i] = gi
+    return (*full, None, None)
 
 
 def transformed(t: Tensor) -> bool:
