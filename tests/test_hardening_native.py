@@ -46,11 +46,19 @@ int rs_backward(void) { return 0; }
 """
 
 
+def _replace(target: Path, source: Path) -> None:
+    """Put ``source`` at ``target`` as a new file. This process may have the old library mapped:
+    rewriting that file in place would truncate the mapping under it (SIGBUS at exit)."""
+    os.replace(source, target)
+
+
 def _plant(tmp_path: Path, target: Path, marker: Path) -> None:
     """A library exporting the kernel's symbols whose constructor writes ``marker``."""
     src = tmp_path / "planted.c"
     src.write_text(PLANTED % marker)
-    subprocess.run([native._compiler(), "-shared", "-fPIC", "-o", str(target), str(src)], check=True)
+    built = tmp_path / "planted.so"
+    subprocess.run([native._compiler(), "-shared", "-fPIC", "-o", str(built), str(src)], check=True)
+    _replace(target, built)
 
 
 def _works(lib) -> bool:
@@ -104,7 +112,8 @@ def test_a_library_writable_by_others_or_of_another_user_is_rebuilt(fresh, tmp_p
 @needs_cc
 def test_a_corrupt_ten_byte_library_is_rebuilt_and_used(fresh):
     target = _target(fresh)
-    target.write_bytes(b"0123456789")
+    (fresh / "corrupt").write_bytes(b"0123456789")
+    _replace(target, fresh / "corrupt")
     native._built.clear()
     with pytest.warns(RuntimeWarning, match="recorded at its build"):
         lib = native.resnet_library(*SHAPE)
