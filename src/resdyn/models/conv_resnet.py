@@ -23,7 +23,7 @@ from .._checks import check_bool, check_int
 from .activations import Activation, get_activation
 from .base import Params
 from .blocks import check_path_options
-from .paths import sample_layer_weights
+from .paths import layer_times, sample_layer_weights
 
 __all__ = ["ConvResNet"]
 
@@ -78,7 +78,7 @@ class ConvResNet:
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         g, C, ci, k = generator, self.channels, self.in_channels, self.out_dim
-        times = torch.arange(1 if self.tied else self.depth, dtype=torch.float64) * self.step
+        times = layer_times(self.depth, self.horizon, self.tied)
         std = self.init_scale / math.sqrt(9 * C)
 
         def path(shape: tuple[int, ...], s: float) -> Tensor:

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
 from .image_blocks import field
 from .image_resnet import ImageOptions
-from .knot_flow import METHODS, knot_flow
+from .knot_flow import check_knot_options, knot_flow, knot_times
 
 __all__ = ["ImageODEResNet"]
 
@@ -42,21 +41,14 @@ class ImageODEResNet(ImageOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("knots", self.knots, 1)
-        check_choice("interpolation", self.interpolation, ("constant", "linear"))
-        check_choice("method", self.method, METHODS)
-        check_int("steps_per_knot", self.steps_per_knot, 1)
-        check_positive("rtol", self.rtol)
-        check_positive("atol", self.atol)
-        check_bool("adjoint", self.adjoint)
+        check_knot_options(self)
 
     @property
     def knot_step(self) -> float:
         return self.horizon / self.knots
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
-        n = self.knots + (self.interpolation == "linear")
-        times = torch.arange(n, dtype=torch.float64) * self.knot_step
+        times = knot_times(self.knots, self.horizon, self.interpolation)
         params = {**self.init_frame(generator), **self.init_stages(generator, times)}
         return {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
 

@@ -26,7 +26,7 @@ from .activations import ACTIVATIONS, Activation, get_activation
 from .base import Params
 from .blocks import check_path_options
 from .image_blocks import field, image_state, init_conv, pool_readout, stem, stem_shapes, transition
-from .paths import sample_layer_weights
+from .paths import layer_times, sample_layer_weights
 
 __all__ = ["ImageOptions", "ImageResNet"]
 
@@ -149,7 +149,7 @@ class ImageResNet(ImageOptions):
         return self.horizon / self.depth
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
-        times = torch.arange(1 if self.tied else self.depth, dtype=torch.float64) * self.step
+        times = layer_times(self.depth, self.horizon, self.tied)
         params = {**self.init_frame(generator), **self.init_stages(generator, times)}
         return {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
 

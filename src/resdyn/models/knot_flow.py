@@ -14,12 +14,33 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["FIXED_METHODS", "METHODS", "knot_flow"]
+from .._checks import check_bool, check_choice, check_int, check_positive
+
+__all__ = ["FIXED_METHODS", "METHODS", "check_knot_options", "knot_flow", "knot_times"]
 
 FIXED_METHODS = ("euler", "midpoint", "rk4")
 METHODS = (*FIXED_METHODS, "dopri5")
 
 VectorField = Callable[[Tensor, Tensor], Tensor]
+INTERPOLATIONS = ("constant", "linear")
+
+
+def check_knot_options(opts: object) -> None:
+    """Check the solver options every continuous-time family shares: knots, interpolation,
+    method, steps_per_knot, rtol, atol, adjoint."""
+    check_int("knots", opts.knots, 1)
+    check_choice("interpolation", opts.interpolation, INTERPOLATIONS)
+    check_choice("method", opts.method, METHODS)
+    check_int("steps_per_knot", opts.steps_per_knot, 1)
+    check_positive("rtol", opts.rtol)
+    check_positive("atol", opts.atol)
+    check_bool("adjoint", opts.adjoint)
+
+
+def knot_times(knots: int, horizon: float, interpolation: str) -> Tensor:
+    """Times of the parameter sets, t_p = p T / P: p < P ('constant') or p <= P ('linear')."""
+    n = knots + (interpolation == "linear")
+    return torch.arange(n, dtype=torch.float64) * (horizon / knots)
 
 
 def knot_flow(

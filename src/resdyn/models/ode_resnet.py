@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._checks import check_bool, check_choice, check_int, check_positive
 from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
-from .knot_flow import FIXED_METHODS, METHODS, knot_flow
+from .knot_flow import FIXED_METHODS, METHODS, check_knot_options, knot_flow, knot_times
 
 __all__ = ["FIXED_METHODS", "METHODS", "ODEResNet"]
 
@@ -51,13 +50,7 @@ class ODEResNet(ResidualOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_int("knots", self.knots, 1)
-        check_choice("interpolation", self.interpolation, ("constant", "linear"))
-        check_choice("method", self.method, METHODS)
-        check_int("steps_per_knot", self.steps_per_knot, 1)
-        check_positive("rtol", self.rtol)
-        check_positive("atol", self.atol)
-        check_bool("adjoint", self.adjoint)
+        check_knot_options(self)
 
     @property
     def knot_step(self) -> float:
@@ -65,8 +58,7 @@ class ODEResNet(ResidualOptions):
 
     def knot_times(self) -> Tensor:
         """Times of the parameter sets: t_p for p < P ('constant') or p <= P ('linear')."""
-        n = self.knots + (self.interpolation == "linear")
-        return torch.arange(n, dtype=torch.float64) * self.knot_step
+        return knot_times(self.knots, self.horizon, self.interpolation)
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         params = {**self.init_io(generator), **self.init_layers(generator, self.knot_times())}

@@ -29,8 +29,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["DepthStack", "KnotResNet", "SmoothPath", "at_depth", "knot_layer_weights", "layers_from_knots",
-           "sample_layer_weights"]
+__all__ = [
+    "DepthStack",
+    "KnotResNet",
+    "SmoothPath",
+    "at_depth",
+    "knot_layer_weights",
+    "layer_times",
+    "layers_from_knots",
+    "sample_layer_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class SmoothPath:
         w = math.pi * j / self.horizon
         dphi = -math.sqrt(2.0) * w * torch.sin(t.to(self.coef)[:, None] * w)
         return torch.tensordot(dphi, self.coef, dims=([1], [0]))
+
+
+def layer_times(depth: int, horizon: float, tied: bool = False) -> Tensor:
+    """t_k = k h, h = T / L, for k = 0..L-1 (a single time, 0, when the layers are tied)."""
+    return torch.arange(1 if tied else depth, dtype=torch.float64) * (horizon / depth)
 
 
 def sample_layer_weights(

@@ -18,6 +18,7 @@ from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
 from .fused import residual_stack
 from .native import native_resnet
+from .paths import layer_times
 
 __all__ = ["ResNet"]
 
@@ -42,8 +43,7 @@ class ResNet(ResidualOptions):
 
     def layer_times(self) -> Tensor:
         """t_k = k h for k = 0..L-1 (a single time, 0, when tied)."""
-        n = 1 if self.tied else self.depth
-        return torch.arange(n, dtype=torch.float64) * self.step
+        return layer_times(self.depth, self.horizon, self.tied)
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         params = {**self.init_io(generator), **self.init_layers(generator, self.layer_times())}
