@@ -6,13 +6,14 @@ here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import VERDICTS, Claim
 
-__all__ = ["VERDICTS", "Claim", "ExperimentOutcome"]
+__all__ = ["VERDICTS", "Claim", "ExperimentOutcome", "outcome_per_data_set"]
 
 
 @dataclass
@@ -25,3 +26,21 @@ class ExperimentOutcome:
     claims: list[Claim] = field(default_factory=list)
     figures: dict[str, Path] = field(default_factory=dict)
     data: dict[str, Any] = field(default_factory=dict)
+
+
+SetAnalysis = Callable[[list[dict], "ExperimentOutcome", "Path | None", str, str], None]
+
+
+def outcome_per_data_set(rows: list[dict], out_dir: Path | None, name: str,
+                         analyze_set: SetAnalysis) -> ExperimentOutcome:
+    """An outcome with ``analyze_set(rows, outcome, out_dir, name, label)`` applied to the
+    finished rows of each data set in turn; ``label`` is 'DATA: ' when the sweep has several data
+    sets (its tables, claims and figures are then named by it), '' otherwise."""
+    outcome = ExperimentOutcome(name)
+    by_data: dict[str, list[dict]] = {}
+    for r in rows:
+        if r["status"] == "done":
+            by_data.setdefault(r["config"]["data"]["name"], []).append(r)
+    for data, rs in sorted(by_data.items()):
+        analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
+    return outcome

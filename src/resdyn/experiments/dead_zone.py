@@ -30,7 +30,7 @@ import numpy as np
 
 from ..analysis.summary import group_rows, mean_ci
 from ..analysis.verdicts import mean_test, no_test
-from .base import Claim, ExperimentOutcome
+from .base import Claim, ExperimentOutcome, outcome_per_data_set
 from .checks import bound_claims, rank_against_gap
 
 __all__ = ["ACC_MARGIN", "TRAINS", "analyze"]
@@ -171,11 +171,7 @@ def _regimes(ok: list[dict]) -> dict[float, str]:
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zone") -> ExperimentOutcome:
     """Tables, claims and figures per data set (named by it when the sweep has several, as the
     image reproduction on MNIST and Fashion-MNIST does); bound claims and ranks over all rows."""
-    outcome = ExperimentOutcome(name)
-    ok = [r for r in rows if r["status"] == "done"]
-    by_data = group_rows(ok, lambda r: r["config"]["data"]["name"])
-    for data, rs in sorted(by_data.items()):
-        _analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
+    outcome = outcome_per_data_set(rows, out_dir, name, _analyze_set)
     outcome.claims += bound_claims(rows)
     rank_against_gap(rows, outcome, out_dir, name)
     return outcome

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ..analysis.summary import group_rows, mean_ci, welch_tost
 from ..analysis.verdicts import decide, equivalence_test, joint, no_test
-from .base import ExperimentOutcome
+from .base import ExperimentOutcome, outcome_per_data_set
 from .checks import bound_claims, rank_against_gap
 
 __all__ = ["MARGIN", "analyze"]
@@ -31,11 +31,7 @@ CONTINUOUS = ("ode_resnet", "image_ode_resnet")
 
 
 def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") -> ExperimentOutcome:
-    outcome = ExperimentOutcome(name)
-    ok = [r for r in rows if r["status"] == "done"]
-    by_data = group_rows(ok, lambda r: r["config"]["data"]["name"])
-    for data, rs in sorted(by_data.items()):
-        _analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
+    outcome = outcome_per_data_set(rows, out_dir, name, _analyze_set)
     outcome.claims += bound_claims(rows)
     rank_against_gap(rows, outcome, out_dir, name)
     return outcome
