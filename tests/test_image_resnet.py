@@ -146,8 +146,8 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
 
 
 def test_schedule_scales_every_update():
-    """SGD without momentum: with a(t) the parameters move by a(t) lr g, so a schedule that is 0
-    at the first update (warm-up factor 1/W = 1/1 then cosine) differs from constant exactly."""
+    """SGD without momentum: with a(t) the parameters move by a(t) lr g, so with a warm-up of
+    W = 2 updates the first update is exactly half the constant schedule's."""
     from resdyn.models import ResNet
 
     x = torch.randn(40, 2)
@@ -156,21 +156,18 @@ def test_schedule_scales_every_update():
     p = init_params(model, [0], dtype=torch.float64)
     base = dict(steps=1, optimizer="sgd", loss="cross_entropy")
     const = train(model, p, data, [torch.arange(40)], 0.1, TrainConfig(**base), [0])
+    first: dict = {}
+
+    def after_one(step, state):
+        if step == 1:
+            first.update({k: v.clone() for k, v in state.params.items()})
+
     half = TrainConfig(**{**base, "steps": 2}, lr_schedule="cosine", warmup_steps=2)
-    sched = train(model, p, data, [torch.arange(40)], 0.1, half, [0], hooks=[(1, _stop_after_one)])
+    sched = train(model, p, data, [torch.arange(40)], 0.1, half, [0], hooks=[(1, after_one)])
     for k in p:
-        step_c = const.params[k] - p[k]
-        step_s = _FIRST[k] - p[k]
-        torch.testing.assert_close(step_s, 0.5 * step_c, rtol=1e-12, atol=1e-15)
+        torch.testing.assert_close(first[k] - p[k], 0.5 * (const.params[k] - p[k]), rtol=1e-12,
+                                   atol=1e-15)
     assert sched.state.step == 2
-
-
-_FIRST: dict = {}
-
-
-def _stop_after_one(step, state):
-    if step == 1:
-        _FIRST.update({k: v.clone() for k, v in state.params.items()})
 
 
 def test_evaluation_in_small_slices_gives_the_same_numbers(digits):

@@ -189,17 +189,20 @@ def _measure_displacement(ctx: MeasureContext) -> dict[str, Tensor]:
 def _train_loss(ctx: TrackContext) -> dict[str, Tensor]:
     """The training loss and accuracy of every model at the current parameters (the engine's
     ``evaluate`` on its own sample), float64."""
-    # Without the run's configuration: the loss each output size is trained with by default.
-    cfg = ctx.config or TrainConfig(loss="squared" if int(ctx.model.out_dim) == 1 else "cross_entropy")
-    res = evaluate(ctx.model, ctx.params, ctx.data, ctx.train_indices, cfg.loss, cfg.chunk_size)
-    return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
+    return _evaluated(ctx, "train")
 
 
 def _test_loss(ctx: TrackContext) -> dict[str, Tensor]:
     """The test loss and accuracy of every model at the current parameters (the learning curve
     of a report; never used to stop or select: the stopping rule is the spec's), float64."""
+    return _evaluated(ctx, "test")
+
+
+def _evaluated(ctx: TrackContext, split: str) -> dict[str, Tensor]:
+    """Loss and accuracy of every model on its sample ('train') or the test set, float64."""
+    # Without the run's configuration: the loss each output size is trained with by default.
     cfg = ctx.config or TrainConfig(loss="squared" if int(ctx.model.out_dim) == 1 else "cross_entropy")
-    res = evaluate(ctx.model, ctx.params, ctx.data, None, cfg.loss, cfg.chunk_size, split="test")
+    res = evaluate(ctx.model, ctx.params, ctx.data, ctx.train_indices, cfg.loss, cfg.chunk_size, split)
     return {"loss": res["loss"].to(torch.float64), "acc": res["acc"].to(torch.float64)}
 
 
