@@ -56,3 +56,11 @@ def graph_nodes(t) -> set[str]:
             seen.add(type(f).__name__)
             todo.extend(n for n, _ in f.next_functions)
     return seen
+
+
+def one_cell_spec(name: str, steps: int) -> dict:
+    """A one-cell spec table (two spirals, a width-4 depth-2 ResNet, S = 32, seed 0)."""
+    return {"name": name, "data": {"name": "two_spirals"},
+            "model": {"family": "resnet", "width": 4, "depth": 2},
+            "train": {"steps": steps, "lr": 1e-2},
+            "sweep": {"sample_size": [32], "seed": [0]}}

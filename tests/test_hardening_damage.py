@@ -13,17 +13,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from helpers import one_cell_spec
 from resdyn.cli.main import main
 from resdyn.sweeps import Store, expand, parse_spec, run_sweep
 from resdyn.sweeps.runner import train_group
 
-BASE = {
-    "name": "d",
-    "data": {"name": "two_spirals"},
-    "model": {"family": "resnet", "width": 4, "depth": 2},
-    "train": {"steps": 40, "lr": 1e-2},
-    "sweep": {"sample_size": [32], "seed": [0]},
-}
+BASE = one_cell_spec("d", 40)
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ import torch
 from click.testing import CliRunner
 
 import resdyn
+from helpers import one_cell_spec
 from resdyn.cli.main import main
 from resdyn.models.io import save_params
 from resdyn.models.registry import build_model
@@ -19,13 +20,7 @@ from resdyn.sweeps import Store, expand, parse_spec
 from resdyn.sweeps.runner import train_group
 from resdyn.sweeps.store import StoreError
 
-BASE = {
-    "name": "w",
-    "data": {"name": "two_spirals"},
-    "model": {"family": "resnet", "width": 4, "depth": 2},
-    "train": {"steps": 20, "lr": 1e-2},
-    "sweep": {"sample_size": [32], "seed": [0]},
-}
+BASE = one_cell_spec("w", 20)
 
 
 @pytest.fixture(scope="module")
