@@ -14,9 +14,8 @@ import dataclasses
 from pathlib import Path
 
 from resdyn.experiments import certificates
-from resdyn.experiments.registry import spec_path
 from resdyn.reports.build import outcome_to_json
-from resdyn.sweeps.spec import load_spec
+from resdyn.sweeps.spec import load_spec, spec_path
 from resdyn.sweeps.store import Store
 from resdyn.sweeps.sweep import run_sweep
 

@@ -17,9 +17,9 @@ from resdyn.experiments.certificates import (
     split_sample,
     train_posterior,
 )
-from resdyn.experiments.registry import spec_path
 from resdyn.models.base import init_params
 from resdyn.models.stochastic import init_posterior
+from resdyn.sweeps.spec import spec_path
 from resdyn.sweeps.store import Store
 from resdyn.theory.pacbayes import make_combine
 
@@ -190,11 +190,11 @@ def test_reproduce_certificates_writes_cells_into_the_given_store(tmp_path, monk
 
     import resdyn.cli.reproduce  # noqa: F401  bound to the real spec_path before it is patched
     from resdyn.cli.main import main
-    from resdyn.experiments import registry
+    from resdyn.experiments import certificates
 
     spec_file = tmp_path / "certificates-quick.toml"
     spec_file.write_text(TINY_TOML)
-    monkeypatch.setattr(registry, "spec_path", lambda name: spec_file)
+    monkeypatch.setattr(certificates, "spec_path", lambda name: spec_file)
     store = tmp_path / "r.sqlite"
     res = CliRunner().invoke(main, ["reproduce", "certificates", "--quick", "--store", str(store)])
     assert res.exit_code == 0, res.output

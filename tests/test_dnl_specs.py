@@ -12,12 +12,11 @@ from click.testing import CliRunner
 from resdyn.cli.main import main
 from resdyn.data.synthetic import two_spirals
 from resdyn.experiments.dnl_convergence import analyze, levels
-from resdyn.experiments.registry import spec_path
 from resdyn.models import ResNet, init_params
 from resdyn.models.dnl import DNLNet
 from resdyn.sweeps import load_spec, parse_spec
 from resdyn.sweeps.grid import expand
-from resdyn.sweeps.spec import SpecError
+from resdyn.sweeps.spec import SpecError, spec_path
 from resdyn.sweeps.store import Store
 from resdyn.sweeps.sweep import run_sweep
 from resdyn.training.control import (

@@ -1,4 +1,6 @@
-"""The package's layout: every import points down the layer order, and one loop updates parameters.
+"""The package's layout: every import points down the layer order, no module imports a private name
+of another, the import graph has no cycle (imports inside functions included), and one loop
+updates parameters.
 
 The layer order is declared once, here (docs/sweeps.md, "Layers"). A module may import modules of
 its own layer or of a lower one. Strings that name a resdyn module (``"resdyn.x.y"`` or
@@ -23,8 +25,9 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sweeps", "specs"),
     ("training",),
     ("theory", "analysis", "plotting"),
-    ("data", "models"),
-    ("_checks", "_seeds", "_paths"),
+    ("models",),
+    ("data",),
+    ("_checks", "_seeds", "_paths", "version"),
 )
 LEVEL = {name: len(LAYERS) - i for i, names in enumerate(LAYERS) for name in names}
 
@@ -48,8 +51,9 @@ def _top(dotted: str) -> str | None:
     return parts[1] if len(parts) > 1 and parts[0] == "resdyn" else None
 
 
-def _imports(path: Path, root: Path = SRC) -> list[tuple[int, str]]:
-    """(line, absolute module name) of every resdyn module that ``path`` imports or names."""
+def _imports(path: Path, root: Path = SRC, strings: bool = True) -> list[tuple[int, str]]:
+    """(line, absolute module name) of every resdyn module that ``path`` imports or (with
+    ``strings``) names in a string."""
     tree = ast.parse(path.read_text(), str(path))
     here = _dotted(path, root)
     package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
@@ -74,7 +78,7 @@ def _imports(path: Path, root: Path = SRC) -> list[tuple[int, str]]:
                     out.append((node.lineno, f"{mod}.{a.name}" if is_module else mod))
             else:
                 out.append((node.lineno, mod))
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+        elif strings and isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                 _MODULE_STRING.fullmatch(node.value):
             out.append((node.lineno, node.value.split(":")[0]))
     return out
@@ -102,6 +106,91 @@ def _layer_violations(path: Path, root: Path = SRC) -> list[str]:
 def test_every_import_points_down():
     bad = [v for p in _modules() for v in _layer_violations(p)]
     assert not bad, "imports that point up:\n" + "\n".join(bad)
+
+
+# --------------------------------------------------------------------------- private names, cycles
+def _imported_names(path: Path, root: Path = SRC) -> list[tuple[int, str, str]]:
+    """(line, module, name) of every ``from resdyn.module import name`` in ``path`` where ``name``
+    is not itself a module (a module's name is judged as a module, by the layer rule)."""
+    tree = ast.parse(path.read_text(), str(path))
+    here = _dotted(path, root)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    out = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package.split(".")
+            mod = ".".join(base[: len(base) - (node.level - 1)] + ([node.module] if node.module else []))
+        else:
+            mod = node.module or ""
+        if not mod.startswith("resdyn"):
+            continue
+        for a in node.names:
+            sub = root.parent.joinpath(*f"{mod}.{a.name}".split("."))
+            if not (sub.is_dir() or sub.with_suffix(".py").is_file()):
+                out.append((node.lineno, mod, a.name))
+    return out
+
+
+def _private_violations(path: Path, root: Path = SRC) -> list[str]:
+    """Imports of a private name (``_x``, not a dunder) defined in another module. Private
+    *modules* (``resdyn._checks``) are the package's shared internals and may be imported."""
+    here = _dotted(path, root)
+    return [f"{here}:{line} imports private name {name} from {mod}"
+            for line, mod, name in _imported_names(path, root)
+            if mod != here and name.startswith("_") and not name.startswith("__")]
+
+
+def test_no_private_name_crosses_modules():
+    bad = [v for p in _modules() for v in _private_violations(p)]
+    assert not bad, "private names imported across modules:\n" + "\n".join(bad)
+
+
+def _cycles(root: Path = SRC) -> list[list[str]]:
+    """The strongly connected components (more than one module) of the import graph: module ->
+    every resdyn module it imports anywhere, inside functions too; ``from pkg import name``
+    imports ``pkg`` (its ``__init__``) unless ``name`` is a submodule. A string naming a module
+    (``resources.files("resdyn.data")``) is not an import here: it runs when its package is loaded."""
+    mods = {_dotted(p, root): p for p in sorted(root.rglob("*.py"))}
+    graph = {m: sorted({mod for _, mod in _imports(p, root, strings=False) if mod in mods and mod != m})
+             for m, p in mods.items()}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's algorithm
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_import_graph_has_no_cycle():
+    cycles = _cycles()
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
 
 
 # --------------------------------------------------------------------------- one update loop
@@ -203,3 +292,29 @@ def test_layer_check_catches_upward_imports(tmp_path, source, n_bad):
 def test_update_check_catches_optimiser_steps(tmp_path, source, n_bad):
     bad = _check_source(tmp_path, "sweeps/fake_module.py", source, _update_violations)
     assert len(bad) == n_bad, bad
+
+
+@pytest.mark.parametrize("source, n_bad", [
+    ("from ..models.registry import _family_class\n", 1),
+    ("def f():\n    from .bounds import _helper\n", 1),              # inside a function
+    ("from .._checks import check_int\n", 0),                        # a private module, public name
+    ("from ..models import registry\n", 0),
+    ("from .fake_module import _mine\n", 0),                         # its own name
+])
+def test_private_check_catches_private_imports(tmp_path, source, n_bad):
+    bad = _check_source(tmp_path, "theory/fake_module.py", source, _private_violations)
+    assert len(bad) == n_bad, bad
+
+
+def test_cycle_check_catches_a_cycle_through_a_function_level_import(tmp_path):
+    root = tmp_path / "src" / "resdyn"
+    (root / "models").mkdir(parents=True)
+    for init in (root / "__init__.py", root / "models" / "__init__.py"):
+        init.write_text("")
+    (root / "models" / "a.py").write_text("from .b import g\n")
+    (root / "models" / "b.py").write_text("def g():\n    from .c import h\n    return h\n")
+    (root / "models" / "c.py").write_text("from . import d\n")
+    (root / "models" / "d.py").write_text("")
+    assert _cycles(root) == []
+    (root / "models" / "c.py").write_text("from . import d\n\n\ndef h():\n    from .a import f\n")
+    assert _cycles(root) == [["resdyn.models.a", "resdyn.models.b", "resdyn.models.c"]]

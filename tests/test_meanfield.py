@@ -221,8 +221,8 @@ def test_quick_reproduction_writes_figures_and_a_falling_error(tmp_path):
     import json
 
     from resdyn.experiments.meanfield import analyze
-    from resdyn.experiments.registry import spec_path
     from resdyn.sweeps import Store, load_spec, run_sweep
+    from resdyn.sweeps.spec import spec_path
 
     run_sweep(load_spec(spec_path("mean-field-quick")), tmp_path / "mf.sqlite")
     with Store(tmp_path / "mf.sqlite", create=False) as st:

@@ -14,10 +14,10 @@ from helpers import count_rows
 from resdyn.analysis.gram import gram_matrices, lambda_min
 from resdyn.data import load, subsample
 from resdyn.experiments.meanfield import analyze
-from resdyn.experiments.registry import spec_path
 from resdyn.models.base import init_params
 from resdyn.models.registry import build_model
 from resdyn.sweeps import Store, parse_spec, run_sweep
+from resdyn.sweeps.spec import spec_path
 
 
 def test_shipped_diagnostics_spec_records_gram_and_kl_series(tmp_path):

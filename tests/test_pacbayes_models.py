@@ -8,8 +8,9 @@ import torch
 
 from resdyn.models import ResNet, init_params
 from resdyn.models.conv_resnet import ConvResNet
+from resdyn.models.knot_resnet import DepthStack, KnotResNet, at_depth
 from resdyn.models.ode_resnet import ODEResNet
-from resdyn.models.paths import DepthStack, KnotResNet, at_depth, knot_layer_weights
+from resdyn.models.paths import knot_layer_weights
 from resdyn.models.stochastic import (
     evaluation_draw,
     init_posterior,

@@ -13,8 +13,9 @@ from helpers import count_rows
 from resdyn.cli.main import main
 from resdyn.data.fake import write_mnist
 from resdyn.data.integrity import use_manifest
-from resdyn.experiments.registry import REPRODUCTIONS, spec_path
+from resdyn.experiments.registry import REPRODUCTIONS
 from resdyn.sweeps import load_spec
+from resdyn.sweeps.spec import spec_path
 
 
 def test_every_shipped_spec_is_a_valid_spec_with_a_stopping_rule():

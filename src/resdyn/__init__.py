@@ -5,13 +5,9 @@ generalization measured against theory.
 ``resdyn.as_module(model, params)`` wraps a model as a ``torch.nn.Module`` (see ``resdyn.api``).
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-try:
-    __version__ = version("resdyn")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0"
+from .version import __version__
 
 __all__ = ["__version__", "as_module", "load_cell"]
 

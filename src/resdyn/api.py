@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from .data.base import Dataset
 from .models.base import Model, Params
 from .models.registry import check_model_fits
-from .sweeps.grid import _data_config, load_dataset
+from .sweeps.cells import load_dataset
+from .sweeps.grid import data_config
 from .sweeps.store import Store, StoreError
 
 __all__ = ["CellNotFoundError", "LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
@@ -60,7 +61,7 @@ class LoadedCell:
         data_table = dict(self.config["data"])
         if "data_root" in self.config:
             data_table["root"] = self.config["data_root"]
-        rule = _data_config(data_table, f"cell {self.row['cell_id']}")
+        rule = data_config(data_table, f"cell {self.row['cell_id']}")
         return rule.indices(self.data(), self.config["sample_size"], self.config["seed"])
 
     def module(self) -> ResdynModule:

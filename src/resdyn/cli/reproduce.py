@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from ..experiments.registry import REPRODUCTIONS, get_reproduction, spec_path
-from ..sweeps.spec import SpecError, load_spec
+from ..experiments.registry import REPRODUCTIONS, get_reproduction
+from ..sweeps.spec import SpecError, load_spec, spec_path
 from ..sweeps.store import Store, StoreError
 from .options import setup_compute
 from .sweep import execute_spec

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .integrity import FormatError, UnsafePickleError, _BoundedGunzip, _TooBigError
+from .integrity import BoundedGunzip, FormatError, TooBigError, UnsafePickleError
 
 __all__ = ["MAX_IDX_BYTES", "MAX_TAR_BYTES", "dumps_like_cifar", "gunzip_idx", "idx_header",
            "parse_idx", "safe_unpickle", "tar_members", "write_idx"]
@@ -97,7 +97,7 @@ def gunzip_idx(blob: bytes, filename: str, ndim: int, max_bytes: int = MAX_IDX_B
     """
     if not blob:
         raise FormatError(f"{filename}: empty file, expected a gzip-compressed IDX file")
-    stream = io.BufferedReader(_BoundedGunzip(blob, max_bytes + (4 << 20)), buffer_size=1 << 16)
+    stream = io.BufferedReader(BoundedGunzip(blob, max_bytes + (4 << 20)), buffer_size=1 << 16)
     try:
         head = stream.read(4)
         if len(head) == 4 and head[:3] == b"\0\0\x08":
@@ -110,7 +110,7 @@ def gunzip_idx(blob: bytes, filename: str, ndim: int, max_bytes: int = MAX_IDX_B
             got += n
     except EOFError:
         raise FormatError(f"{filename}: the gzip stream ends early (truncated)") from None
-    except _TooBigError:
+    except TooBigError:
         raise FormatError(f"{filename}: decompresses to more than the {max_bytes} bytes allowed") \
             from None
     except (zlib.error, OSError) as err:
@@ -149,7 +149,7 @@ def tar_members(blob: bytes, wanted: set[str], filename: str,
     """
     out: dict[str, bytes] = {}
     try:
-        stream = io.BufferedReader(_BoundedGunzip(blob, max_bytes), buffer_size=1 << 16)
+        stream = io.BufferedReader(BoundedGunzip(blob, max_bytes), buffer_size=1 << 16)
         with tarfile.open(fileobj=stream, mode="r|") as tar:
             for m in tar:
                 if m.name not in wanted:
@@ -165,7 +165,7 @@ def tar_members(blob: bytes, wanted: set[str], filename: str,
                 if len(data) != m.size:
                     raise FormatError(f"{filename}: archive member {m.name!r} ends early")
                 out[m.name] = data
-    except _TooBigError:
+    except TooBigError:
         raise FormatError(f"{filename}: decompresses to more than the {max_bytes} bytes allowed"
                           ) from None
     except EOFError:

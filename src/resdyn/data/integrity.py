@@ -279,11 +279,11 @@ def idx_declared_size(data: bytes) -> int | None:
 EXPLAIN_MIN_BYTES = 64 * 2**20
 
 
-class _TooBigError(Exception):
+class TooBigError(Exception):
     pass
 
 
-class _BoundedGunzip(io.RawIOBase):
+class BoundedGunzip(io.RawIOBase):
     """A gzip stream decompressed piece by piece, refusing to produce more than ``cap`` bytes;
     EOFError when the input ends before the stream does. Holds one piece in memory at a time."""
 
@@ -311,7 +311,7 @@ class _BoundedGunzip(io.RawIOBase):
             self.pending = self.z.decompress(chunk, 1 << 20)
             self.out += len(self.pending)
             if self.out > self.cap:
-                raise _TooBigError
+                raise TooBigError
         n = min(len(buf), len(self.pending))
         buf[:n] = self.pending[:n]
         self.pending = self.pending[n:]
@@ -329,12 +329,12 @@ def truncation(relpath: str, data: bytes) -> str | None:
     cap = max(EXPLAIN_MIN_BYTES, 8 * len(data))
     try:
         if relpath.endswith(".tar.gz"):
-            with tarfile.open(fileobj=io.BufferedReader(_BoundedGunzip(data, cap)), mode="r|") as tar:
+            with tarfile.open(fileobj=io.BufferedReader(BoundedGunzip(data, cap)), mode="r|") as tar:
                 for _ in tar:
                     pass
             return None
         if relpath.endswith(".gz"):
-            stream = io.BufferedReader(_BoundedGunzip(data, cap))
+            stream = io.BufferedReader(BoundedGunzip(data, cap))
             head = stream.read(64)
             total = len(head)
             while chunk := stream.read(1 << 20):
@@ -353,7 +353,7 @@ def truncation(relpath: str, data: bytes) -> str | None:
         for _ in pickletools.genops(io.BytesIO(data)):
             pass
         return None
-    except _TooBigError:
+    except TooBigError:
         return None
     except EOFError:
         return "the compressed stream ends early"

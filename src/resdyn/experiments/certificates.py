@@ -42,10 +42,11 @@ from ..data import load, subsample
 from ..data.base import Dataset
 from ..models.base import Params, init_params
 from ..models.conv_resnet import ConvResNet
-from ..models.paths import DepthStack, KnotResNet, at_depth
+from ..models.knot_resnet import DepthStack, KnotResNet, at_depth
 from ..models.resnet import ResNet
 from ..models.stochastic import init_posterior, posterior_parts, sample
-from ..sweeps.grid import cell_hash
+from ..sweeps.cells import cell_hash
+from ..sweeps.spec import spec_path
 from ..sweeps.store import CellResult, Store, provenance
 from ..theory.pacbayes import (
     OBJECTIVES,
@@ -537,7 +538,6 @@ def run(quick: bool = False, out_dir: Path | None = None, device: str = "cpu",
         store: str | Path | None = None, say: Callable[[str], None] = print) -> ExperimentOutcome:
     """``resdyn reproduce certificates [--quick]``: run the shipped spec into ``store`` (a
     temporary store under ``out_dir`` when None) and analyse its rows."""
-    from .registry import spec_path
 
     if threads is not None:
         torch.set_num_threads(int(threads))

@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from . import certificates, dead_zone, depth, dnl_convergence, meanfield, sample_size
 
-__all__ = ["REPRODUCTIONS", "Reproduction", "get_reproduction", "spec_path"]
+__all__ = ["REPRODUCTIONS", "Reproduction", "get_reproduction"]
 
 
 @dataclass(frozen=True)
@@ -85,14 +83,6 @@ def get_reproduction(name: str) -> Reproduction:
     if name not in REPRODUCTIONS:
         raise ValueError(f"unknown reproduction {name!r}; allowed: {', '.join(REPRODUCTIONS)}")
     return REPRODUCTIONS[name]
-
-
-def spec_path(spec_name: str) -> Path:
-    """The shipped spec file ``resdyn/specs/<spec_name>.toml``."""
-    path = Path(str(resources.files("resdyn") / "specs" / f"{spec_name}.toml"))
-    if not path.is_file():
-        raise ValueError(f"no built-in spec {spec_name!r}")
-    return path
 
 
 def reproduction_of_spec(spec_name: str) -> tuple[Reproduction, bool] | None:

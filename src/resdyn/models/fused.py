@@ -35,11 +35,13 @@ from torch import Tensor
 
 from .activations import Activation
 
-__all__ = ["residual_stack"]
+__all__ = ["forward_stack", "residual_stack"]
 
 
-def _forward(z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float, act: Activation,
-             keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+def forward_stack(z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float, act: Activation,
+                  keep: bool) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """z_{k+1} = z_k + h V_k act(W_k z_k + b_k) over the L layers of (E, L, ...) stacks; with
+    ``keep`` also every z_k and act(.) (what the hand-written backward reads)."""
     zs, acts = [], []
     for k in range(W.shape[1]):
         a = act(torch.baddbmm(b[:, k].unsqueeze(1), z, W[:, k].transpose(1, 2)))
@@ -54,7 +56,7 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float,
                 act: Activation) -> Tensor:
-        out, zs, acts = _forward(z, W, b, V, h, act, keep=True)
+        out, zs, acts = forward_stack(z, W, b, V, h, act, keep=True)
         ctx.h, ctx.act, ctx.L = h, act, W.shape[1]
         ctx.save_for_backward(W, b, V, *zs, *acts)  # zs[0] is z itself
         return out
@@ -93,7 +95,7 @@ def _autograd_backward(ctx: Any, z: Tensor, W: Tensor, b: Tensor, V: Tensor, g: 
     inputs = (z, W, b, V)
     wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
     with torch.enable_grad():
-        out = _forward(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
+        out = forward_stack(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
     grads = torch.autograd.grad(out, [inputs[i] for i in wanted], g, create_graph=True,
                                 allow_unused=True)
     full: list[Tensor | None] = [None] * 4
@@ -117,4 +119,4 @@ def residual_stack(z: Tensor, W: Tensor, b: Tensor, V: Tensor, h: float, act: Ac
     if fused:
         return _Stack.apply(z, W, b, V, h, act)
     # No graph needed, or one autograd must build itself: the same recursion, op by op.
-    return _forward(z, W, b, V, h, act, keep=False)[0]
+    return forward_stack(z, W, b, V, h, act, keep=False)[0]

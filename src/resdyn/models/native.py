@@ -390,13 +390,13 @@ class _NativeResNet(torch.autograd.Function):
 def _autograd_backward(ctx: Any, e: Tensor) -> tuple[Tensor | None, ...]:
     """The gradients of :class:`_NativeResNet` with a graph: the same network recomputed op by
     op (the torch recursion, weights gathered per chunk) and differentiated by autograd."""
-    from .fused import _forward
+    from .fused import forward_stack
 
     x, owner, *weights = ctx.saved_tensors
     with torch.enable_grad():
         A, c, W, b, V, R, r = (w.index_select(0, owner) for w in weights)
         z = torch.baddbmm(c.unsqueeze(1), x, A.transpose(1, 2))
-        z = _forward(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
+        z = forward_stack(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
         out = torch.baddbmm(r.unsqueeze(1), z, R.transpose(1, 2))
     inputs = (x, *weights)
     wanted = [i for i, need in enumerate((ctx.needs_input_grad[0], *ctx.needs_input_grad[2:9]))

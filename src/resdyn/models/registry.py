@@ -8,7 +8,7 @@ from typing import Any
 
 from .base import Model
 
-__all__ = ["FAMILIES", "build_model", "build_model_for", "check_model_fits", "fill_shapes",
+__all__ = ["FAMILIES", "build_model", "build_model_for", "check_model_fits", "family_class", "fill_shapes",
            "model_to_dict"]
 
 # family name -> "module:class"; families whose module is absent are not offered.
@@ -23,7 +23,7 @@ FAMILIES: dict[str, str] = {
 }
 
 
-def _family_class(family: str) -> type:
+def family_class(family: str) -> type:
     target = FAMILIES.get(family)
     if target is not None:
         module, attr = target.split(":")
@@ -42,7 +42,7 @@ def _importable(family: str) -> bool:
 
 def build_model(family: str, **options: Any) -> Model:
     """The model of ``family`` with ``options`` (its dataclass fields); unknown options are named."""
-    cls = _family_class(family)
+    cls = family_class(family)
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -68,7 +68,7 @@ def fill_shapes(family: str, options: dict[str, Any], input_shape: tuple[int, ..
     in_dim is the number of input features (the product of ``input_shape``); out_dim the number of
     classes; in_channels the first axis of an image's ``(C, H, W)``.
     """
-    fields = {f.name for f in dataclasses.fields(_family_class(family))}
+    fields = {f.name for f in dataclasses.fields(family_class(family))}
     out = dict(options)
     if "in_channels" in fields and len(input_shape) == 3:
         out.setdefault("in_channels", int(input_shape[0]))

@@ -41,12 +41,12 @@ def _datasets() -> str:
 
 
 def _families() -> str:
-    from ..models.registry import FAMILIES, _family_class
+    from ..models.registry import FAMILIES, family_class
 
     out = []
     for family in FAMILIES:
         try:
-            cls = _family_class(family)
+            cls = family_class(family)
         except ValueError:
             continue
         out.append(f"#### `family = \"{family}\"` ({cls.__name__})\n")

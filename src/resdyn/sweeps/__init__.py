@@ -1,6 +1,7 @@
 """Sweeps: specs, grids of cells, groups, the store, executors."""
 
-from .grid import Cell, expand, group_cells
+from .cells import Cell
+from .grid import expand, group_cells
 from .spec import Spec, SpecError, load_spec, parse_spec
 from .store import CellResult, Store, StoreError
 from .sweep import SweepSummary, run_sweep

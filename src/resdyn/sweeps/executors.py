@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from .._checks import max_threads
-from .grid import Cell
+from .cells import Cell
 from .runner import CheckpointIO, WarmStart, train_group
 from .store import CellResult
 

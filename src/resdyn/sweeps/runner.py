@@ -22,7 +22,7 @@ from ..models.base import Params, init_params
 from ..training.control import control_diagnostics, controls_distance, lift, train_control
 from ..training.engine import TrainConfig, TrainState, train
 from ..training.objective import Objective
-from .grid import Cell
+from .cells import Cell
 from .measures import MeasureContext, TrackContext, get_measure, get_tracker
 from .store import CellResult
 

@@ -59,7 +59,8 @@ from ..training.control import ControlConfig
 from ..training.engine import TrainConfig
 
 __all__ = ["ModelMemory", "RunOptions", "Spec", "SpecError", "available_memory",
-           "check_fits_memory", "load_spec", "model_memory", "parse_spec", "read_spec_text"]
+           "check_fits_memory", "load_spec", "model_fields", "model_memory", "parse_spec",
+           "read_spec_text", "spec_path", "sweep_target"]
 
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
             "warm_start")
@@ -146,18 +147,18 @@ def _check_type(path: str, value: Any, types: tuple[type, ...], what: str) -> No
         raise _fail(path, f"must be {what}, got {value!r}")
 
 
-def _model_fields(family: str) -> set[str]:
-    from ..models.registry import FAMILIES, _family_class
+def model_fields(family: str) -> set[str]:
+    from ..models.registry import FAMILIES, family_class
 
     if family not in FAMILIES:
         raise _fail("model.family", f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
     try:
-        return {f.name for f in dataclasses.fields(_family_class(family))}
+        return {f.name for f in dataclasses.fields(family_class(family))}
     except ValueError as err:
         raise _fail("model.family", str(err)) from None
 
 
-def _sweep_target(key: str, model_fields: set[str]) -> str:
+def sweep_target(key: str, fields: set[str]) -> str:
     """Where a swept key lands: 'cell', 'train', 'model', 'data' or a whole-table variant."""
     if key in CELL_KEYS:
         return "cell"
@@ -171,9 +172,9 @@ def _sweep_target(key: str, model_fields: set[str]) -> str:
             return section
     if key in TRAIN_KEYS:
         return "train"
-    if key in model_fields:
+    if key in fields:
         return "model"
-    allowed = sorted({*CELL_KEYS, "lr", "model", "data", "train", *model_fields, *TRAIN_KEYS})
+    allowed = sorted({*CELL_KEYS, "lr", "model", "data", "train", *fields, *TRAIN_KEYS})
     raise _fail(f"sweep.{key}", "is not a model, train or cell key; use 'data.OPTION' for data "
                 f"options. Allowed: {', '.join(allowed)}")
 
@@ -203,7 +204,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     if "family" not in model:
         raise _fail("model.family", "missing; name the model family")
     _check_type("model.family", model["family"], (str,), "a string naming a model family")
-    fields = _model_fields(model["family"])
+    fields = model_fields(model["family"])
     for k in model:
         if k != "family" and k not in fields:
             raise _fail(f"model.{k}", f"unknown option of family {model['family']!r}; "
@@ -215,7 +216,7 @@ def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
     for k, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise _fail(f"sweep.{k}", f"must be a non-empty list of values, got {values!r}")
-        target = _sweep_target(k, fields)
+        target = sweep_target(k, fields)
         if k == "sample_size":
             for i, s in enumerate(values):
                 _check_int(f"sweep.sample_size[{i}]", s, 1, LIMITS["sample_size"])
@@ -276,11 +277,11 @@ def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str]
         if k not in WARM_KEYS:
             raise _fail(f"warm_start.{k}", f"unknown key; allowed: {', '.join(WARM_KEYS)}")
     key = raw.get("key")
-    if key not in sweep or _sweep_target(key, fields) != "model" or len(sweep[key]) < 2:
+    if key not in sweep or sweep_target(key, fields) != "model" or len(sweep[key]) < 2:
         raise _fail("warm_start.key", f"must name a swept model key with at least two values, got {key!r}")
-    from ..models.registry import _family_class
+    from ..models.registry import family_class
 
-    if not hasattr(_family_class(family), "prolong") and not (control and family == "resnet"):
+    if not hasattr(family_class(family), "prolong") and not (control and family == "resnet"):
         raise _fail("warm_start.key", f"model family {family!r} cannot start from a shallower solution "
                     "(no prolong); allowed: dnl, or resnet trained with [train.control]")
     seeds = raw.get("seeds", list(sweep.get("seed", [0])))
@@ -368,7 +369,7 @@ def _check_variant(path: str, value: Any, fields: set[str]) -> None:
         _check_type(f"{path}.{section}", table, (dict,), "a table")
         if section == "model" and "family" in table:
             _check_type(f"{path}.model.family", table["family"], (str,), "a string naming a model family")
-            fields = _model_fields(table["family"])
+            fields = model_fields(table["family"])
         for k, v in table.items():
             if section == "model" and k != "family" and k not in fields:
                 raise _fail(f"{path}.model.{k}", f"unknown option of the model; allowed: "
@@ -568,14 +569,14 @@ def _model_variants(model: Mapping[str, Any], sweep: Mapping[str, list],
                     fields: set[str]) -> list[tuple[str, dict[str, Any]]]:
     """Every model table the sweep can produce (family defaults filled in), each with the swept
     key path that made it ('' for the base table)."""
-    from ..models.registry import _family_class
+    from ..models.registry import family_class
 
-    defaults = {f.name: f.default for f in dataclasses.fields(_family_class(model["family"]))
+    defaults = {f.name: f.default for f in dataclasses.fields(family_class(model["family"]))
                 if f.default is not dataclasses.MISSING}
     base = {**defaults, **model}
     out = [("", base)]
     for k, values in sweep.items():
-        target = _sweep_target(k, fields)
+        target = sweep_target(k, fields)
         for i, v in enumerate(values):
             if target == "model":
                 out.append((f"sweep.{k}[{i}]", {**base, k.split(".", 1)[-1]: v}))
@@ -672,3 +673,13 @@ def load_spec(path: str | Path) -> Spec:
     except RecursionError:
         raise SpecError(f"spec {path} nests its tables or arrays too deeply") from None
     return parse_spec(raw, source=str(path))
+
+
+def spec_path(spec_name: str) -> Path:
+    """The shipped spec file ``resdyn/specs/<spec_name>.toml``."""
+    from importlib import resources
+
+    path = Path(str(resources.files("resdyn") / "specs" / f"{spec_name}.toml"))
+    if not path.is_file():
+        raise ValueError(f"no built-in spec {spec_name!r}")
+    return path

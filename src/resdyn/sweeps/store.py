@@ -178,7 +178,7 @@ def _git_commit() -> str | None:
 
 def provenance(dtype: str, device: str) -> dict[str, Any]:
     """Library, git commit, torch version, dtype, device, threads, host: what made the numbers."""
-    from .. import __version__
+    from ..version import __version__
 
     return {
         "resdyn": __version__,

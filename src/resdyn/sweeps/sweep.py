@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..training.control import prolong_to
+from .cells import Cell
 from .executors import LocalExecutor, RayExecutor
-from .grid import Cell, expand, group_cells
+from .grid import expand, group_cells
 from .runner import WarmStart
 from .spec import Spec
 from .store import CellResult, Store, check_store_path, provenance

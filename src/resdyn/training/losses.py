@@ -8,7 +8,7 @@ is minus the correlation (1/S) sum_i t_i f(x_i) that the Rademacher estimator ma
 Correct: argmax f = y for k > 1, sign(f) = t for k = 1.
 
 Heads: outputs of shape (n_chunks, C, H, k) are H predictions of every sample (e.g. one knot
-path evaluated at H depths, :class:`resdyn.models.paths.DepthStack`); the per-sample loss and
+path evaluated at H depths, :class:`resdyn.models.knot_resnet.DepthStack`); the per-sample loss and
 correctness are then the means over the H heads, (1/H) sum_h loss(f_h(x_i), y_i).
 """
 

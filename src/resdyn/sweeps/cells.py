@@ -1,0 +1,188 @@
+"""Typed cells and their stored form: the one codec between a cell and the JSON a store keeps.
+
+A :class:`Cell` is one trained model, typed: the model (a frozen model dataclass), the data set
+and how the cell samples it (:class:`DataConfig`), the training settings
+(:class:`TrainingConfig`), sample size S, seed, dtype, measures and trackers. Its stored form
+(:attr:`Cell.config`) is fully resolved (every model and training field explicit) and its
+identity is the hash of that form (:func:`cell_hash`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .._seeds import generator_for
+from ..data.base import Dataset
+from ..models.base import Model
+from ..models.registry import model_to_dict
+from ..training.control import ControlConfig
+from ..training.engine import TrainConfig
+
+__all__ = ["SAMPLES", "SAMPLE_KEYS", "Cell", "DataConfig", "TrainingConfig", "cell_hash", "load_dataset"]
+
+_PER_MODEL = ("sample_size", "seed")
+SAMPLES = ("stratified", "permutation", "prefix")
+# Keys of a spec's [data] table that say how a cell samples the pool (not options of the data set).
+SAMPLE_KEYS = ("sample", "sample_stream")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The data set (``name``, its ``options``, the ``root`` of file-backed sets) and how a cell
+    draws its training sample of size S with seed s from the pool (``sample``):
+
+    * 'stratified' (default): ``resdyn.data.subsample`` (nested, class proportions kept);
+    * 'permutation': the first S entries of one permutation of the pool drawn from the
+      ``(s, sample_stream)`` stream (nested, in permutation order);
+    * 'prefix': the first S points of the pool (the seed plays no part).
+    """
+
+    name: str
+    options: tuple[tuple[str, Any], ...] = ()
+    root: str | None = None
+    sample: str = "stratified"
+    sample_stream: str = "subsample"
+
+    def load(self) -> Dataset:
+        return _load(json.dumps({"name": self.name, **dict(self.options),
+                                 **({"root": self.root} if self.root is not None else {})},
+                                sort_keys=True))
+
+    def indices(self, data: Dataset, S: int, seed: int) -> torch.Tensor:
+        """The training sample of size ``S`` for ``seed`` (see the class docstring)."""
+        if self.sample == "stratified":
+            from ..data import subsample
+
+            return subsample(data, S, seed)
+        if self.sample == "prefix":
+            return torch.arange(S)
+        return torch.randperm(len(data.y), generator=generator_for(seed, self.sample_stream))[:S]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The serialised form (part of a cell's identity; ``root`` is not)."""
+        out = {"name": self.name, **dict(self.options)}
+        if self.sample != "stratified":
+            out.update(sample=self.sample, sample_stream=self.sample_stream)
+        return out
+
+
+# TrainConfig fields added after stores existed, with their defaults: left out of a cell's config
+# at their default, so that the cells of older stores keep their ids.
+_LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_schedule": "constant", "warmup_steps": 0}
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The engine's settings, the learning rate, and where initial weights come from: seed s
+    (``init_seed_stride`` = 0) or seed ``init_seed_stride`` * s + S (the numbering of the
+    mean-field reproduction). ``control``: train with the control objective J_N
+    (``resdyn.training.control``: ``config.steps`` Adam steps, then L-BFGS) instead of the loss."""
+
+    config: TrainConfig
+    lr: float
+    init_seed_stride: int = 0
+    control: ControlConfig | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**{k: (list(v) if isinstance(v, tuple) else v)
+                  for k, v in dataclasses.asdict(self.config).items()
+                  if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]},
+               "lr": float(self.lr)}
+        if self.init_seed_stride:
+            out["init_seed_stride"] = self.init_seed_stride
+        if self.control is not None:
+            out["control"] = dataclasses.asdict(self.control)
+        return out
+
+
+@dataclass(frozen=True, eq=False)
+class Cell:
+    """One trained model, typed: the model (a frozen model dataclass), its data and training
+    configuration, sample size, seed, dtype and the measures and trackers it records. ``config``
+    is the serialised form the store keeps (computed once); ``cell_id`` hashes it."""
+
+    model: Model
+    data: DataConfig
+    training: TrainingConfig
+    sample_size: int
+    seed: int
+    dtype: str
+    measures: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    trackers: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    # A warm cell starts from the best (lowest final training objective) of the cells ``warm_from``,
+    # prolonged along the model key ``warm_key`` (docs/sweeps.md, "Dependencies").
+    warm_from: tuple[str, ...] = ()
+    warm_key: str = ""
+    # False: the cell depends on ``warm_from`` (its row measures against the best of them) but
+    # starts from its seed ([warm_start] depend = "all").
+    warm_init: bool = True
+
+    @functools.cached_property
+    def config(self) -> dict[str, Any]:
+        config = {
+            "data": self.data.to_dict(),
+            "model": model_to_dict(self.model),
+            "train": self.training.to_dict(),
+            "sample_size": self.sample_size,
+            "seed": self.seed,
+            "dtype": self.dtype,
+            "measures": {k: dict(v) for k, v in self.measures.items()},
+            "trackers": {k: dict(v) for k, v in self.trackers.items()},
+        }
+        if self.warm_from:
+            config["warm_start"] = {"key": self.warm_key, "from": list(self.warm_from)}
+            if not self.warm_init:
+                config["warm_start"]["init"] = False
+        if self.data.root is not None:
+            config["data_root"] = self.data.root
+        return config
+
+    @functools.cached_property
+    def cell_id(self) -> str:
+        return cell_hash({k: v for k, v in self.config.items() if k != "data_root"})
+
+    @property
+    def init_seed(self) -> int:
+        """The seed of the cell's initial weights."""
+        stride = self.training.init_seed_stride
+        return stride * self.seed + self.sample_size if stride else self.seed
+
+    @property
+    def lr(self) -> float:
+        return self.training.lr
+
+    @property
+    def group_key(self) -> str:
+        shared = {k: v for k, v in self.config.items() if k not in _PER_MODEL}
+        shared["train"] = {k: v for k, v in shared["train"].items() if k != "lr"}
+        if "warm_start" in shared:  # where a cell starts is per model: warm and cold train together
+            shared["warm_start"] = {k: v for k, v in shared["warm_start"].items() if k != "init"}
+        return cell_hash(shared)
+
+
+def cell_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+@functools.lru_cache(maxsize=8)
+def _load(key: str) -> Dataset:
+    from ..data import load
+
+    cfg = json.loads(key)
+    return load(cfg.pop("name"), cfg.pop("root", None), **cfg)
+
+
+def load_dataset(data_cfg: dict[str, Any]) -> Dataset:
+    """The data set a cell's ``data`` table describes (cached per process)."""
+    return _load(json.dumps({k: v for k, v in data_cfg.items() if k not in SAMPLE_KEYS}, sort_keys=True))
+
+
