@@ -1,0 +1,100 @@
+"""Depth-correlated Gaussian priors over the layer weights of a per-layer ResNet.
+
+resdyn's construction (docs/depth-prior.md derives it; it is not taken from the papers). A
+ResNet of depth L with step h = T / L has its own weights theta_k at each layer time
+t_k = k h, k = 0..L-1. The Brownian prior around a mean path m_k is the law of
+
+    theta_k = m_k + s_0 eps_0 + sigma sqrt(h) (eps_1 + ... + eps_k),   eps_j ~ N(0, I) i.i.d.,
+
+a Brownian path of diffusion sigma^2 started from N(m_0, s_0^2 I), sampled at the layer times:
+Cov(theta_j, theta_k) = (s_0^2 + sigma^2 h min(j, k)) I. The posterior Q_L is the same law around
+a learned mean path m_k + delta_k. The map eps -> theta is linear and invertible, with whitened
+coordinates
+
+    u_0 = delta_0 / s_0,   u_k = (delta_k - delta_{k-1}) / (sigma sqrt(h)),   k >= 1,
+
+so KL(Q_L || P_L) = |u|^2 / 2 = |delta_0|^2 / (2 s_0^2) + sum_k |delta_k - delta_{k-1}|^2 / (2 sigma^2 h):
+a discrete Cameron-Martin (Sobolev H^1) norm of the mean's deviation. If delta_k = g(t_k) for a
+path g with a square-integrable derivative, the sum tends to (1 / (2 sigma^2)) int_0^T |g'(t)|^2 dt
+as L grows: the KL is bounded uniformly in depth. Under the i.i.d.-over-layers prior
+theta_k ~ N(m_k, s^2 I) the same deviation costs sum_k |delta_k|^2 / (2 s^2) = L * (mean square) /
+(2 s^2), which grows linearly in L.
+
+The posterior keeps the prior's covariance: two Brownian laws with different diffusion constants
+are mutually singular in the limit L -> infinity (their KL grows like L), so a learned noise scale
+on the increments would undo the depth-uniformity.
+
+Tensors carry a leading model axis E and the layer axis at ``layer_dim`` (1 by default, the layout
+of resdyn's per-layer parameters W (E, L, p, m), b (E, L, p), V (E, L, m, p)). Everything is pure.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["BrownianPrior", "iid_kl"]
+
+
+@dataclass(frozen=True)
+class BrownianPrior:
+    """The Brownian prior of the module docstring: ``start`` s_0 > 0, ``rate`` sigma > 0 (per
+    unit of depth-time), ``horizon`` T > 0."""
+
+    start: float
+    rate: float
+    horizon: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("start", "rate", "horizon"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
+                raise ValueError(f"BrownianPrior.{name} must be a finite number > 0, got {v!r}")
+
+    def step_scales(self, depth: int) -> Tensor:
+        """(L,) float64: s_0, then sigma sqrt(h) for the L - 1 increments (h = T / L)."""
+        if not (isinstance(depth, int) and depth >= 1):
+            raise ValueError(f"depth must be an integer >= 1, got {depth!r}")
+        scales = torch.full((depth,), self.rate * math.sqrt(self.horizon / depth), dtype=torch.float64)
+        scales[0] = self.start
+        return scales
+
+    def covariance(self, depth: int) -> Tensor:
+        """(L, L) float64: Cov(theta_j, theta_k) per weight entry, s_0^2 + sigma^2 h min(j, k)."""
+        k = torch.arange(depth, dtype=torch.float64)
+        return self.start**2 + self.rate**2 * (self.horizon / depth) * torch.minimum(k[:, None], k[None, :])
+
+    def _shaped(self, x: Tensor, layer_dim: int) -> Tensor:
+        scales = self.step_scales(x.shape[layer_dim]).to(dtype=x.dtype, device=x.device)
+        shape = [1] * x.dim()
+        shape[layer_dim] = -1
+        return scales.view(shape)
+
+    def offsets(self, eps: Tensor, layer_dim: int = 1) -> Tensor:
+        """theta - mean for standard normal ``eps``: the cumulative sum of the scaled draws along
+        the layer axis (differentiable, any dtype)."""
+        return torch.cumsum(self._shaped(eps, layer_dim) * eps, dim=layer_dim)
+
+    def whiten(self, delta: Tensor, layer_dim: int = 1) -> Tensor:
+        """u with ``offsets(u) == delta``: first differences along the layer axis over the scales."""
+        first = delta.narrow(layer_dim, 0, 1)
+        diffs = torch.diff(delta, dim=layer_dim)
+        return torch.cat([first, diffs], dim=layer_dim) / self._shaped(delta, layer_dim)
+
+    def kl(self, delta: Tensor, layer_dim: int = 1) -> Tensor:
+        """KL(N(m + delta, C) || N(m, C)) = |whiten(delta)|^2 / 2 per model: (E,) for a tensor whose
+        first axis is the model axis (a scalar if ``layer_dim`` is 0 and there is none)."""
+        u = self.whiten(delta, layer_dim)
+        dims = tuple(range(1, u.dim())) if layer_dim > 0 else tuple(range(u.dim()))
+        return 0.5 * u.square().sum(dim=dims)
+
+
+def iid_kl(delta: Tensor, scale: float) -> Tensor:
+    """KL(N(m + delta, s^2 I) || N(m, s^2 I)) = |delta|^2 / (2 s^2) per model, (E,): the
+    i.i.d.-over-layers baseline."""
+    if not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    return 0.5 * delta.square().sum(dim=tuple(range(1, delta.dim()))) / scale**2
