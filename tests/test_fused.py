@@ -1,16 +1,18 @@
-"""The fused two-layer residual stack against the same recursion through autograd, and the tanh
-it uses. These test the torch path (CUDA, and CPUs without a C compiler): the native kernel that
-ResNet.forward prefers on the CPU is switched off here and tested in tests/test_native.py."""
+"""The fused two-layer residual stack against the reference recursion (resdyn.models.reference)
+through autograd, and the tanh it uses. These test the torch path (CUDA, and CPUs without a C
+compiler): the native kernel that ResNet.forward prefers on the CPU is switched off here and
+tested in tests/test_native.py."""
 
 import pytest
 import torch
 from torch.func import jacrev
 
-from helpers import autograd_resnet, graph_nodes
+from helpers import graph_nodes
 from resdyn.models import ResNet, init_params
 from resdyn.models.activations import get_activation
 from resdyn.models.blocks import embed
 from resdyn.models.fused import _Stack
+from resdyn.models.reference import reference_resnet
 
 D64 = torch.float64
 
@@ -26,7 +28,7 @@ def test_fused_stack_matches_autograd_in_value_and_every_gradient(act):
     assert get_activation(act).grad_from_output is not None
     p = {k: v.requires_grad_(True) for k, v in init_params(net, [0, 1, 2], D64).items()}
     x = torch.randn(3, 9, 3, generator=torch.Generator().manual_seed(1), dtype=D64)
-    fused, ref = net.forward(p, x), autograd_resnet(net, p, x)
+    fused, ref = net.forward(p, x), reference_resnet(p, x, net.step, net.act)
     assert "_StackBackward" in graph_nodes(fused)  # the fused node, not the fallback loop
     assert torch.allclose(fused, ref, rtol=0, atol=1e-13)
     w = torch.randn(fused.shape, generator=torch.Generator().manual_seed(2), dtype=D64)

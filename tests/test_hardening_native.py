@@ -1,6 +1,7 @@
 """The native kernel's cache loads only trusted compiled code, and no path differentiates twice
 in silence or computes on the meta device."""
 
+import hashlib
 import os
 import subprocess
 import warnings
@@ -10,27 +11,23 @@ import pytest
 import torch
 
 import resdyn
-from helpers import autograd_resnet, graph_nodes
-from resdyn.models import ResNet, init_params, native
+from helpers import graph_nodes
+from resdyn.models import ResNet, init_params, native, native_build
+from resdyn.models.reference import reference_resnet
 
-HAVE_CC = native._compiler() is not None
+HAVE_CC = native_build.compiler() is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
-SHAPE = (torch.float64, 2, 8, 8, 2)  # (dtype, d, m, p, k): one small library
+SHAPE = (torch.float64, 2, 8, 8, 2)  # (dtype, d, m, p, k): one small library (NV = 1)
 
 
-@pytest.fixture
-def fresh(monkeypatch, tmp_path):
-    """An empty private cache folder and no library loaded yet in this process."""
-    cache = tmp_path / "cache"
-    monkeypatch.setattr(native, "_built", {})
-    monkeypatch.setattr(native, "_failure", None)
-    monkeypatch.setenv("RESDYN_NATIVE_CACHE", str(cache))
-    return cache
+def autograd_resnet(net, p, x):
+    """The reference recursion (resdyn.models.reference) through autograd."""
+    return reference_resnet(p, x, net.step, net.act)
 
 
 def _target(cache: Path) -> Path:
     """Where the library of SHAPE is cached (built once to learn its name)."""
-    assert native.resnet_library(*SHAPE) is not None, native._failure
+    assert native.resnet_library(*SHAPE) is not None, native_build._failure
     (lib,) = cache.glob("resnet_double_*.so")
     return lib
 
@@ -40,7 +37,7 @@ PLANTED = r"""
 __attribute__((constructor)) static void planted(void) {
     FILE *f = fopen("%s", "w"); if (f) { fputs("ran", f); fclose(f); }
 }
-int rs_shape(int *s) { s[0] = 8; s[1] = 2; s[2] = 8; s[3] = 8; s[4] = 2; return 0; }
+void rs_info(int *s) { s[0] = 8; s[1] = 1; s[2] = 2; s[3] = 1; }
 int rs_forward(void) { return 0; }
 int rs_backward(void) { return 0; }
 """
@@ -57,7 +54,7 @@ def _plant(tmp_path: Path, target: Path, marker: Path) -> None:
     src = tmp_path / "planted.c"
     src.write_text(PLANTED % marker)
     built = tmp_path / "planted.so"
-    subprocess.run([native._compiler(), "-shared", "-fPIC", "-o", str(built), str(src)], check=True)
+    subprocess.run([native_build.compiler(), "-shared", "-fPIC", "-o", str(built), str(src)], check=True)
     _replace(target, built)
 
 
@@ -77,7 +74,7 @@ def test_a_planted_library_never_runs_and_is_rebuilt(fresh, tmp_path, with_recor
     _plant(tmp_path, target, marker)
     if not with_record:
         Path(str(target) + ".sha256").unlink()
-    native._built.clear()
+    native_build._libs.clear()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         lib = native.resnet_library(*SHAPE)
@@ -90,23 +87,30 @@ def test_a_planted_library_never_runs_and_is_rebuilt(fresh, tmp_path, with_recor
 
 
 @needs_cc
-def test_a_library_writable_by_others_or_of_another_user_is_rebuilt(fresh, tmp_path):
+@pytest.mark.parametrize("change", ["mode 777", "mode 720", "owner"])
+def test_a_library_writable_by_others_or_of_another_user_is_refused_and_rebuilt(fresh, tmp_path,
+                                                                                  change):
+    """Writable by all (o+w) or by the group (g+w), or another user's: never loaded (its
+    constructor does not run), whatever its record says; the warning names the cause."""
     target = _target(fresh)
     marker = tmp_path / "marker"
-    for change in ("writable", "owner"):
-        _plant(tmp_path, target, marker)
-        digest = native.hashlib.sha256(target.read_bytes()).hexdigest()
-        Path(str(target) + ".sha256").write_text(digest)  # even its record matches
-        if change == "writable":
-            target.chmod(0o777)
-        else:
-            if os.geteuid() != 0:
-                continue
-            os.chown(target, 12345, 12345)
-        native._built.clear()
-        with pytest.warns(RuntimeWarning, match="writable by others|belongs to user 12345"):
-            lib = native.resnet_library(*SHAPE)
-        assert not marker.exists() and _works(lib)
+    _plant(tmp_path, target, marker)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    Path(str(target) + ".sha256").write_text(digest)  # even its record matches
+    if change == "owner":
+        if os.geteuid() != 0:
+            pytest.skip("only root can give a file to another user")
+        os.chown(target, 12345, 12345)
+        cause = "belongs to user 12345"
+    else:
+        mode = int(change.split()[1], 8)
+        target.chmod(mode)
+        cause = rf"writable by others \(mode {mode:o}\)"
+    native_build._libs.clear()
+    with pytest.warns(RuntimeWarning, match=cause):
+        lib = native.resnet_library(*SHAPE)
+    assert not marker.exists() and _works(lib)
+    assert not target.stat().st_mode & 0o022  # the rebuilt file is this user's alone
 
 
 @needs_cc
@@ -114,7 +118,7 @@ def test_a_corrupt_ten_byte_library_is_rebuilt_and_used(fresh):
     target = _target(fresh)
     (fresh / "corrupt").write_bytes(b"0123456789")
     _replace(target, fresh / "corrupt")
-    native._built.clear()
+    native_build._libs.clear()
     with pytest.warns(RuntimeWarning, match="recorded at its build"):
         lib = native.resnet_library(*SHAPE)
     assert _works(lib) and target.stat().st_size > 1000
@@ -141,8 +145,8 @@ def test_a_symlinked_library_is_not_followed(fresh, tmp_path):
     _plant(tmp_path, elsewhere, marker)
     target.unlink()
     target.symlink_to(elsewhere)
-    Path(str(target) + ".sha256").write_text(native.hashlib.sha256(elsewhere.read_bytes()).hexdigest())
-    native._built.clear()
+    Path(str(target) + ".sha256").write_text(hashlib.sha256(elsewhere.read_bytes()).hexdigest())
+    native_build._libs.clear()
     with pytest.warns(RuntimeWarning, match="cannot be opened|not a regular file"):
         lib = native.resnet_library(*SHAPE)
     assert not marker.exists() and _works(lib)
@@ -177,7 +181,8 @@ def test_a_gradient_penalty_through_as_module_gives_the_autograd_answer(act):
     assert any(not torch.allclose(w, n) for w, n in zip(want, no_penalty, strict=True))
     if HAVE_CC and native.enabled():
         out = module(x.requires_grad_(True))
-        assert "_NativeResNetBackward" in graph_nodes(out)  # the kernel's path was the one tested
+        # the kernel's path was the one tested
+        assert any("resdyn_native_resnet" in n for n in graph_nodes(out))
 
 
 @pytest.mark.parametrize("act", ["tanh", "relu"])

@@ -1,6 +1,7 @@
-"""The native two-layer ResNet (csrc/resnet.c through resdyn.models.native) against the torch
-recursion, and the properties the engine relies on: chunks independent of each other and of the
-thread count, NaN kept to its chunk, the build's failure reported and survived."""
+"""The native two-layer ResNet (csrc/resnet.c through resdyn.models.native) against the reference
+recursion (resdyn.models.reference), and the properties the engine relies on: chunks independent
+of each other and of the thread count, NaN kept to its chunk, the build's failure reported and
+survived. tests/test_native_build.py tests the build, the cache and the custom op."""
 
 import shutil
 import warnings
@@ -8,14 +9,26 @@ import warnings
 import pytest
 import torch
 
-from helpers import autograd_resnet, graph_nodes
-from resdyn.models import ResNet, init_params, native
+from helpers import graph_nodes
+from resdyn.models import ResNet, init_params, native, native_build, native_library
 from resdyn.models.activations import get_activation
-from resdyn.models.native import _NAMES, _NativeResNet, native_resnet
+from resdyn.models.native import native_resnet, native_resnet_op
+from resdyn.models.reference import reference_resnet
 
 D64 = torch.float64
-HAVE_CC = native._compiler() is not None
+HAVE_CC = native_build.compiler() is not None
 needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
+NAMES = ("A", "c", "W", "b", "V", "R", "r")
+
+
+def ran_native(out) -> bool:
+    """Whether the custom op of the kernel is in the graph behind ``out``."""
+    return any("resdyn_native_resnet" in n for n in graph_nodes(out))
+
+
+def ref_forward(net, p, x):
+    """The reference recursion (autograd through resdyn.models.reference)."""
+    return reference_resnet(p, x, net.step, net.act)
 
 
 def _net_and_inputs(act="tanh", dtype=D64, seed=0, n=11, d=3, m=5, p=7, k=4, depth=6, B=3):
@@ -31,7 +44,8 @@ def test_a_machine_with_a_compiler_builds_the_kernel():
     if not HAVE_CC:
         pytest.skip("no C compiler on this machine")
     for dtype in (torch.float32, D64):
-        assert native.resnet_library(dtype, 2, 16, 16, 2) is not None, native._failure
+        lib = native.resnet_library(dtype, 2, 16, 16, 2)
+        assert lib is not None and lib.vectors == (1 if dtype == torch.float32 else 2)
 
 
 @needs_cc
@@ -42,10 +56,10 @@ def test_native_resnet_matches_the_torch_recursion_in_value_and_every_gradient(a
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     xl = x.clone().requires_grad_(True)
     out = net.forward(leaves, xl)
-    assert "_NativeResNetBackward" in graph_nodes(out)
+    assert ran_native(out)
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     xr = x.clone().requires_grad_(True)
-    ref = autograd_resnet(net, ref_leaves, xr)
+    ref = ref_forward(net, ref_leaves, xr)
     assert torch.allclose(out, ref, rtol=0, atol=1e-13)
     w = torch.randn(out.shape, generator=torch.Generator().manual_seed(5), dtype=D64)
     g1 = torch.autograd.grad((out * w).sum(), [xl, *leaves.values()])
@@ -58,14 +72,15 @@ def test_native_resnet_matches_the_torch_recursion_in_value_and_every_gradient(a
 
 
 @needs_cc
-def test_a_network_too_wide_to_hold_all_its_layers_is_laid_out_layer_by_layer():
-    """m = p = 128 in float64: the backward's layout of 8 layers passes the kernel's 4 MiB budget
-    (one layer is then laid out per chunk), the forward's does not (all 8 held)."""
-    net, params, x = _net_and_inputs("tanh", n=9, d=3, m=128, p=128, k=2, depth=8, B=2)
+def test_a_network_too_deep_to_hold_all_its_layers_is_laid_out_layer_by_layer():
+    """m = p = 16 in float64 (2 vectors a row), 500 layers: the backward's layout (8448 bytes a
+    layer) passes the kernel's 4 MiB budget (one layer is then laid out per chunk), the
+    forward's (4224 bytes a layer) does not (all 500 held)."""
+    net, params, x = _net_and_inputs("tanh", n=9, d=3, m=16, p=16, k=2, depth=500, B=2)
     leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
     out = net.forward_chunks(leaves, x[[0, 1, 0]], torch.tensor([0, 1, 0]))
     ref_leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
-    ref = autograd_resnet(net, {k: v[[0, 1, 0]] for k, v in ref_leaves.items()}, x[[0, 1, 0]])
+    ref = ref_forward(net, {k: v[[0, 1, 0]] for k, v in ref_leaves.items()}, x[[0, 1, 0]])
     assert torch.allclose(out, ref, rtol=0, atol=1e-12)
     g1 = torch.autograd.grad(out.square().sum(), list(leaves.values()))
     g2 = torch.autograd.grad(ref.square().sum(), list(ref_leaves.values()))
@@ -86,11 +101,11 @@ def test_native_resnet_float32_is_within_float32_rounding_of_float64():
 @needs_cc
 def test_native_resnet_passes_gradcheck():
     net, params, x = _net_and_inputs("tanh", n=5, d=2, m=3, p=4, k=2, depth=3, B=2)
-    lib = native.resnet_library(D64, 2, 3, 4, 2)
-    leaves = [x.requires_grad_(True), *(params[k].requires_grad_(True) for k in _NAMES)]
+    assert native.resnet_library(D64, 2, 3, 4, 2) is not None
+    leaves = [x.requires_grad_(True), *(params[k].requires_grad_(True) for k in NAMES)]
     owner = torch.arange(2)
     assert torch.autograd.gradcheck(
-        lambda x, *w: _NativeResNet.apply(x, owner, *w, net.step, net.act, lib), leaves)
+        lambda x, *w: native_resnet_op(x, owner, *w, net.step, 0, 0.0), leaves)
 
 
 @needs_cc
@@ -178,7 +193,7 @@ def test_training_uses_the_kernel_and_evaluation_agrees_with_it_bitwise():
     p = {k: v.float().requires_grad_(True) for k, v in init_params(net, [0, 1]).items()}
     x = torch.randn(2, 10, 2)
     out = net.forward(p, x)
-    assert "_NativeResNetBackward" in graph_nodes(out)
+    assert ran_native(out)
     with torch.no_grad():
         assert torch.equal(net.forward(p, x), out.detach())
 
@@ -206,20 +221,39 @@ def test_gelu_and_tied_weights_take_the_torch_path():
     for net in (ResNet(width=4, depth=3, activation="gelu"), ResNet(width=4, depth=3, tied=True)):
         p = {k: v.requires_grad_(True) for k, v in init_params(net, [0]).items()}
         out = net.forward(p, torch.randn(1, 5, 2, dtype=p["A"].dtype))
-        assert "_NativeResNetBackward" not in graph_nodes(out)
+        assert not ran_native(out)
 
 
-def test_a_failed_build_warns_once_and_returns_none(monkeypatch, tmp_path):
+@pytest.fixture
+def no_library_yet(monkeypatch, tmp_path):
+    """No library loaded in this process, no warning given yet, an empty cache folder."""
+    monkeypatch.setattr(native_build, "_libs", {})
+    monkeypatch.setattr(native_build, "_failure", None)
+    monkeypatch.setattr(native_library, "_said", set())
+    monkeypatch.setenv("RESDYN_NATIVE_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_a_failed_build_warns_once_with_the_compilers_failure_and_returns_none(monkeypatch,
+                                                                                no_library_yet):
     false = shutil.which("false")
     if false is None:
         pytest.skip("no `false` program to stand in for a broken compiler")
-    monkeypatch.setattr(native, "_built", {})
-    monkeypatch.setattr(native, "_failure", None)
     monkeypatch.setenv("CC", false)
-    monkeypatch.setenv("RESDYN_NATIVE_CACHE", str(tmp_path))
-    with pytest.warns(RuntimeWarning, match="native ResNet could not be built"):
+    with pytest.warns(RuntimeWarning, match="could not compile resnet.c") as caught:
         assert native.resnet_library(torch.float32, 2, 16, 16, 2) is None
+    assert not any("Install a C compiler" in str(w.message) for w in caught)  # there is one
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second call is silent
         assert native.resnet_library(torch.float32, 2, 8, 8, 2) is None
-    assert list(tmp_path.iterdir()) == []  # no half-built file left behind
+    assert list(no_library_yet.iterdir()) == []  # no half-built file left behind
+
+
+def test_no_compiler_at_all_says_to_install_one(monkeypatch, no_library_yet):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(no_library_yet))  # no cc, gcc or clang on it
+    with pytest.warns(RuntimeWarning, match="no C compiler found.*Install a C compiler"):
+        assert native.resnet_library(torch.float64, 2, 4, 4, 2) is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process, not once per width
+        assert native.resnet_library(torch.float64, 2, 64, 64, 2) is None

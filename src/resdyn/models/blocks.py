@@ -22,6 +22,7 @@ from .._checks import check_choice, check_int, check_positive
 from .activations import ACTIVATIONS, Activation, get_activation
 from .base import Params
 from .paths import sample_layer_weights
+from .reference import embed_rows, readout_rows, residual_layer
 
 __all__ = [
     "BLOCKS",
@@ -122,13 +123,13 @@ class ResidualOptions:
 
 
 def embed(params: Params, x: Tensor) -> Tensor:
-    """z_0 = A x + c for inputs ``x`` of shape (B, n, d)."""
-    return torch.baddbmm(params["c"].unsqueeze(1), x, params["A"].transpose(1, 2))
+    """z_0 = A x + c for inputs ``x`` of shape (B, n, d) (:mod:`resdyn.models.reference`)."""
+    return embed_rows(params["A"], params["c"], x)
 
 
 def readout(params: Params, z: Tensor) -> Tensor:
-    """g(z) = R z + r."""
-    return torch.baddbmm(params["r"].unsqueeze(1), z, params["R"].transpose(1, 2))
+    """g(z) = R z + r (:mod:`resdyn.models.reference`)."""
+    return readout_rows(params["R"], params["r"], z)
 
 
 def layer_params(params: Params, block: str) -> list[Params]:
@@ -143,8 +144,8 @@ def layer_params(params: Params, block: str) -> list[Params]:
 
 
 def residual_map(theta: Params, z: Tensor, act: Activation) -> Tensor:
-    """F(z; theta) for one layer's parameters ``theta`` (see the module docstring)."""
+    """F(z; theta) for one layer's parameters ``theta`` (see the module docstring); the two-layer
+    map is the reference's (:func:`resdyn.models.reference.residual_layer`)."""
     if "W" in theta:
-        a = act(torch.baddbmm(theta["b"].unsqueeze(1), z, theta["W"].transpose(1, 2)))
-        return torch.bmm(a, theta["V"].transpose(1, 2))
+        return residual_layer(z, theta["W"], theta["b"], theta["V"], act)
     return torch.baddbmm(theta["b"].unsqueeze(1), act(z), theta["K"].transpose(1, 2))

@@ -19,7 +19,9 @@ residual add and the factor h folded into ``baddbmm``. Every product is per chun
 stay within a chunk, so a chunk's numbers do not depend on the other chunks (the engine's batch
 invariance). Used only where an activation states its derivative from its output
 (``Activation.grad_from_output``) and outside torch.func transforms (which need the autograd
-graph); elsewhere :func:`residual_stack` runs the same recursion through autograd.
+graph); elsewhere :func:`residual_stack` runs the same recursion through autograd. The recursion
+is that of :mod:`resdyn.models.reference` (tests/test_reference.py checks values and gradients
+against it); a second derivative is autograd's through :func:`reference_stack`.
 
 On the CPU, :func:`resdyn.models.native.native_resnet` runs the whole network (embedding, stack,
 readout) through a C kernel instead, where one is built; this module is then the path of CUDA
@@ -34,6 +36,7 @@ import torch
 from torch import Tensor
 
 from .activations import Activation
+from .reference import reference_stack
 
 __all__ = ["forward_stack", "residual_stack"]
 
@@ -89,13 +92,14 @@ class _Stack(torch.autograd.Function):
 
 def _autograd_backward(ctx: Any, z: Tensor, W: Tensor, b: Tensor, V: Tensor, g: Tensor
                        ) -> tuple[Tensor | None, ...]:
-    """The gradients of :class:`_Stack` with a graph of their own: the recursion recomputed op by
-    op and differentiated by autograd. The hand-written backward writes into buffers in place and
-    is not itself differentiable; a second derivative through it would be wrong or fail."""
+    """The gradients of :class:`_Stack` with a graph of their own: the reference recursion
+    recomputed op by op and differentiated by autograd. The hand-written backward writes into
+    buffers in place and is not itself differentiable; a second derivative through it would be
+    wrong or fail."""
     inputs = (z, W, b, V)
     wanted = [i for i, need in enumerate(ctx.needs_input_grad[:4]) if need]
     with torch.enable_grad():
-        out = forward_stack(z, W, b, V, ctx.h, ctx.act, keep=False)[0]
+        out = reference_stack(z, W, b, V, ctx.h, ctx.act)
     grads = torch.autograd.grad(out, [inputs[i] for i in wanted], g, create_graph=True,
                                 allow_unused=True)
     full: list[Tensor | None] = [None] * 4

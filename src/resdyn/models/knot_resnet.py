@@ -86,7 +86,9 @@ class KnotResNet:
     def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
         """Outputs of the depth-L network. For the MLP ResNet, layer k's weights
         theta_left + s_k (theta_right - theta_left) are formed when the layer runs, so no
-        (B, L, ...) stack is ever built (the same arithmetic as :meth:`layer_params`, elementwise)."""
+        (B, L, ...) stack is ever built (the same arithmetic as :meth:`layer_params`, elementwise).
+        Each layer is the reference's residual layer (:mod:`resdyn.models.reference`);
+        tests/test_reference.py checks this against the reference on the expanded layers."""
         if self.inner.family != "resnet":
             return self.inner.forward(self.layer_params(params), x)
         left, right, s = knot_layer_weights(self.knots, self.inner.depth, self.interpolation)

@@ -4,6 +4,11 @@ z_0 = A x + c embeds the input, g(z_L) = R z_L + r reads out, and F_k is the res
 layer k (``resdyn.models.blocks``). With ``tied=True`` every layer shares one theta: the Euler
 scheme of an autonomous ODE. With ``weight_init='smooth'`` (default) theta_k = theta(t_k), t_k = k h, for
 one smooth random path theta, so networks of every depth L approximate the same ODE.
+
+The untied two-layer network is :func:`resdyn.models.reference.reference_resnet`; the layer loop
+here runs the reference's residual layer (through ``blocks.residual_map``), and the fast paths of
+``forward`` (the native kernel, the fused stack) are tested against the reference
+(tests/test_reference.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
  *
  * Chunk c (of B) holds n inputs x (n, D) and its network's weights A (M, D), c (M), W (L, P, M),
  * b (L, P), V (L, M, P), R (K, M), r (K). For every row (docs/engine.md, "Native ResNet
- * (CPU)"):
+ * (CPU)"; the readable form of the same recursion is resdyn/models/reference.py):
  *
  *     z_0 = A x + c,
  *     u_k = W_k z_k + b_k,   a_k = act(u_k),   z_{k+1} = z_k + h V_k a_k,   k = 0..L-1,
@@ -22,12 +22,16 @@
  * forward again into a buffer of one chunk's layers, which stays in cache: nothing but x is kept
  * between the passes.
  *
- * The scalar type T (-DRS_DOUBLE: double, else float) and the widths D, M, P, K (-DRS_D=...)
- * are compile-time constants: resdyn.models.native builds one library per (T, D, M, P, K) on
- * first use. A row is held as vectors of VL lanes (GCC vector extensions, 64 bytes; lanes past a
- * width are zero and stay zero), and RB rows advance together so that their multiply-add chains
- * overlap. tanh is built from an exp written out here, range reduction and polynomial, because
- * libm's exp is scalar.
+ * The widths D, M, P, K and the depth L are run-time arguments. What is fixed at build time is
+ * the scalar type T (-DRS_DOUBLE: double, else float) and NV (-DRS_NV=...), the number of vectors
+ * that hold a row of the state (M) and of the hidden layer (P): resdyn.models.native builds one
+ * library per (T, NV), NV a power of two, and runs every network with max(M, P) <= NV * VL on
+ * it. A row is held as NV vectors of VL lanes (GCC vector extensions, 64 bytes; lanes past a
+ * width are zero and stay zero), so every loop over a row's vectors has a trip count known to
+ * the compiler (and, for full rows M = P = NV VL, every loop over a row's numbers too: the layer
+ * loops are instantiated for that case apart), and RB rows advance together so that their multiply-add chains overlap. The
+ * input and output widths D and K, read once per row, are run-time vector counts. tanh is built
+ * from an exp written out here, range reduction and polynomial, because libm's exp is scalar.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -36,18 +40,11 @@
 #include <omp.h>
 #endif
 
-#ifndef RS_D
-#define RS_D 2
+#ifndef RS_NV
+#define RS_NV 1
 #endif
-#ifndef RS_M
-#define RS_M 16
-#endif
-#ifndef RS_P
-#define RS_P 16
-#endif
-#ifndef RS_K
-#define RS_K 2
-#endif
+/* Raised whenever the entry points' arguments change: the loader refuses a library of another. */
+#define RS_ABI 2
 
 #ifdef RS_DOUBLE
 typedef double T;
@@ -59,13 +56,11 @@ typedef int32_t I;
 #define VB 64
 typedef T vec __attribute__((vector_size(VB)));
 typedef I ivec __attribute__((vector_size(VB)));
-/* Widths, and the vectors a row of each takes: WV the widest of M, P, K; XV that or D's. */
 enum {
-    D = RS_D, M = RS_M, P = RS_P, K = RS_K, VL = VB / sizeof(T),
-    DV = (D + VL - 1) / VL, MV = (M + VL - 1) / VL, PV = (P + VL - 1) / VL, KV = (K + VL - 1) / VL,
-    WV = MV > PV ? (MV > KV ? MV : KV) : (PV > KV ? PV : KV), XV = DV > WV ? DV : WV,
-    MP = M > P ? M : P,
-    RB = 8 /* rows advanced together */
+    VL = VB / sizeof(T),  /* lanes of a vector */
+    NV = RS_NV,           /* vectors of a row of width M or P */
+    ROW = NV * VL,        /* elements of a padded row in the kernel's buffers */
+    RB = 8                /* rows advanced together */
 };
 enum { ACT_TANH = 0, ACT_RELU = 1, ACT_SOFT_THRESHOLD = 2, ACT_SHIFTED_RELU = 3 };
 
@@ -149,56 +144,66 @@ static inline T lane(const vec *v, int i) { return ((const T *)v)[i]; }
 static void columns(vec *out, const T *S, int rows, int cols, int rv, T s) {
     memset(out, 0, sizeof(vec) * rv * cols);
     for (int j = 0; j < rows; ++j)
-        for (int i = 0; i < cols; ++i) ((T *)(out + i * rv))[j] = s * S[j * cols + i];
+        for (int i = 0; i < cols; ++i) ((T *)(out + (size_t)i * rv))[j] = s * S[j * cols + i];
 }
 
 /* Rows of a row-major (rows x cols) matrix S, times s, as rows x (cols in vectors). */
 static void rows_of(vec *out, const T *S, int rows, int cols, int cv, T s) {
     for (int j = 0; j < rows; ++j) {
-        load(out + j * cv, S + j * cols, cv, cols);
-        for (int v = 0; v < cv; ++v) out[j * cv + v] *= s;
+        load(out + (size_t)j * cv, S + (size_t)j * cols, cv, cols);
+        for (int v = 0; v < cv; ++v) out[(size_t)j * cv + v] *= s;
     }
 }
 
-/* For rows q < rb: y[q] = bias + sum_i x[q][i] cols[i] (y: ov vectors, bias may be NULL), with
- * x rows of width in at stride xs. The sum runs over i in order for every row. */
-static inline __attribute__((always_inline)) void affine(int rb, vec y[][WV], const T *x, int xs,
-                                                        int in, const vec *cols, const vec *bias,
-                                                        int ov) {
+/* For rows q < rb: y[q] = bias + sum_i x[q][i] cols[i] (NV vectors; bias may be NULL), with x
+ * rows of width in at stride xs. The sum runs over i in order for every row. */
+static inline __attribute__((always_inline)) void affine(int rb, vec y[][NV], const T *x, int xs,
+                                                        int in, const vec *cols, const vec *bias) {
     for (int q = 0; q < rb; ++q)
-        for (int v = 0; v < ov; ++v) y[q][v] = bias ? bias[v] : (vec){0};
+        for (int v = 0; v < NV; ++v) y[q][v] = bias ? bias[v] : (vec){0};
     for (int i = 0; i < in; ++i)
         for (int q = 0; q < rb; ++q) {
             const T s = x[q * xs + i];
-            for (int v = 0; v < ov; ++v) y[q][v] += s * cols[i * ov + v];
+            for (int v = 0; v < NV; ++v) y[q][v] += s * cols[i * NV + v];
         }
 }
 
 /* out = s sum_r x[r] y[r]^T (I x J, row-major), rows summed in order, accumulating in acc
- * (I x jv vectors); with xsum, also xsum = s sum_r x[r] (summed in iv vectors). */
+ * (I x jv vectors); with xsum, also xsum = s sum_r x[r] (summed in iv vectors). x rows are at
+ * stride xs, y rows at stride ys; a padded row (xpad, ypad: the kernel's own buffers, NV aligned
+ * vectors) is read in place, another is loaded into buf (jv + iv vectors). */
 static inline __attribute__((always_inline)) void outer_sum(
-    T *out, T *xsum, const T *x, int I, int iv, const T *y, int J, int jv, int n, T s, vec *acc) {
-    vec sum[XV];
-    memset(acc, 0, sizeof(vec) * I * jv);
-    memset(sum, 0, sizeof(vec) * iv);
+    T *out, T *xsum, const T *x, int xs, int I, int iv, int xpad, const T *y, int ys, int J,
+    int jv, int ypad, int n, T s, vec *restrict acc, vec *restrict buf) {
+    vec sum[NV], *wide = buf + jv; /* the x sum in registers when it is one padded row */
+    vec *xsums = xpad ? sum : wide;
+    memset(acc, 0, sizeof(vec) * (size_t)I * jv);
+    memset(xsums, 0, sizeof(vec) * iv);
     for (int r = 0; r < n; ++r) {
-        const T *yr = y + (size_t)r * J;
-        vec yv[XV];
-        load(yv, yr, jv, J);
-        for (int i = 0; i < I; ++i) {
-            const T xi = x[(size_t)r * I + i];
-            for (int v = 0; v < jv; ++v) acc[i * jv + v] += xi * yv[v];
+        const T *xr = x + (size_t)r * xs;
+        vec yl[NV];
+        const vec *yv = yl;
+        if (ypad)
+            memcpy(yl, y + (size_t)r * ys, sizeof yl);
+        else {
+            load(buf, y + (size_t)r * ys, jv, J);
+            yv = buf;
         }
-        if (xsum) {
-            vec xr[WV];
-            load(xr, x + (size_t)r * I, iv, I);
-            for (int v = 0; v < iv; ++v) sum[v] += xr[v];
+        for (int i = 0; i < I; ++i) {
+            const T xi = xr[i];
+            for (int v = 0; v < jv; ++v) acc[(size_t)i * jv + v] += xi * yv[v];
+        }
+        if (!xsum) continue;
+        if (xpad) {
+            for (int v = 0; v < NV; ++v) sum[v] += ((const vec *)xr)[v];
+        } else {
+            for (int i = 0; i < I; ++i) ((T *)wide)[i] += xr[i];
         }
     }
     for (int i = 0; i < I; ++i)
-        for (int j = 0; j < J; ++j) out[i * J + j] = s * lane(acc + i * jv, j);
+        for (int j = 0; j < J; ++j) out[(size_t)i * J + j] = s * lane(acc + (size_t)i * jv, j);
     if (xsum)
-        for (int i = 0; i < I; ++i) xsum[i] = s * lane(sum, i);
+        for (int i = 0; i < I; ++i) xsum[i] = s * lane(xsums, i);
 }
 
 /* One network's weights laid out for the row loops. All L layers are held when they fit in
@@ -206,23 +211,25 @@ static inline __attribute__((always_inline)) void outer_sum(
  * has; otherwise one layer is held and laid out again for every chunk. */
 enum { LAYOUT_BYTES = 4 << 20 };
 typedef struct {
-    vec *AT, *cb;           /* embedding: columns of A (D x MV), c (MV) */
-    vec *WT, *hVT, *bl;     /* per held layer: columns of W (M x PV), of h V (P x MV), b (PV) */
-    vec *Vr, *hWr;          /* backward, per held layer: rows of V (M x PV), of h W (P x MV) */
-    vec *Rc, *rb, *Rr, *Ar; /* columns of R (M x KV), r (KV); rows of R (K x MV), of A (M x DV) */
+    vec *AT, *cb;           /* embedding: columns of A (D x NV), c (NV) */
+    vec *WT, *hVT, *bl;     /* per held layer: columns of W (M x NV), of h V (P x NV), b (NV) */
+    vec *Vr, *hWr;          /* backward, per held layer: rows of V (M x NV), of h W (P x NV) */
+    vec *Rc, *rb, *Rr, *Ar; /* columns of R (M x KV), r (KV); rows of R (K x NV), of A (M x DV) */
     int held, backward;     /* layers held (L or 1); whether the backward's parts are laid out */
     int64_t model;          /* the network whose layers are all held, -1: none */
 } Layout;
 
-/* Everything one thread needs for its chunks, allocated once per thread and call. */
+/* Everything one thread needs for its chunks, allocated once per thread and call. Rows of width
+ * M or P are kept padded to NV vectors. */
 typedef struct {
     Layout lay;
-    vec *acc;                    /* accumulators of the gradient sums */
-    T *z, *zs, *as, *g, *gu, *e; /* rows: state, layers, gradients, activations */
+    vec *acc, *buf;               /* accumulators of the gradient sums; loaded rows */
+    vec *z, *zs, *as, *g, *gu, *a; /* rows: state, kept layers, gradients, activations */
 } Scratch;
 
 typedef struct {
     int c0, c1, n, L, act, want_gx;
+    int D, M, P, K, DV, KV; /* widths, and the vectors of a row of D and of K values */
     T h, tau;
     const int64_t *owner;
     const T *x, *A, *c, *W, *b, *V, *R, *r, *e;
@@ -237,54 +244,59 @@ static void *zalloc(size_t bytes) {
     return p;
 }
 
-static int scratch_init(Scratch *s, int n, int L, int backward) {
+static size_t max3(size_t a, size_t b, size_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static int scratch_init(Scratch *s, const Job *J, int backward) {
     memset(s, 0, sizeof *s);
     Layout *y = &s->lay;
-    const size_t per_layer = sizeof(vec) * ((size_t)(M * PV + P * MV + PV) * (backward ? 2 : 1));
-    y->held = (size_t)L * per_layer <= LAYOUT_BYTES ? L : 1;
+    const size_t n = (size_t)J->n, M = (size_t)J->M, P = (size_t)J->P, D = (size_t)J->D;
+    const size_t K = (size_t)J->K, DV = (size_t)J->DV, KV = (size_t)J->KV;
+    const size_t per_layer = sizeof(vec) * ((M * NV + P * NV + NV) * (backward ? 2 : 1));
+    y->held = (size_t)J->L * per_layer <= LAYOUT_BYTES ? J->L : 1;
     y->backward = backward;
     y->model = -1;
     const size_t held = (size_t)y->held;
-    y->AT = zalloc(sizeof(vec) * D * MV);
-    y->cb = zalloc(sizeof(vec) * MV);
-    y->WT = zalloc(sizeof(vec) * held * M * PV);
-    y->hVT = zalloc(sizeof(vec) * held * P * MV);
-    y->bl = zalloc(sizeof(vec) * held * PV);
-    y->Vr = zalloc(sizeof(vec) * held * M * PV);
-    y->hWr = zalloc(sizeof(vec) * held * P * MV);
+    y->AT = zalloc(sizeof(vec) * D * NV);
+    y->cb = zalloc(sizeof(vec) * NV);
+    y->WT = zalloc(sizeof(vec) * held * M * NV);
+    y->hVT = zalloc(sizeof(vec) * held * P * NV);
+    y->bl = zalloc(sizeof(vec) * held * NV);
+    y->Vr = zalloc(sizeof(vec) * held * M * NV);
+    y->hWr = zalloc(sizeof(vec) * held * P * NV);
     y->Rc = zalloc(sizeof(vec) * M * KV);
     y->rb = zalloc(sizeof(vec) * KV);
-    y->Rr = zalloc(sizeof(vec) * K * MV);
+    y->Rr = zalloc(sizeof(vec) * K * NV);
     y->Ar = zalloc(sizeof(vec) * M * DV);
-    const size_t big = (size_t)MP * XV;
-    s->acc = zalloc(sizeof(vec) * (big > (size_t)K * MV ? big : (size_t)K * MV));
-    const size_t kept = backward ? (size_t)L : 0; /* the forward keeps no layers */
-    s->z = zalloc(sizeof(T) * (size_t)n * M);
-    s->zs = zalloc(sizeof(T) * kept * n * M);
-    s->as = zalloc(sizeof(T) * kept * n * P);
-    s->g = zalloc(sizeof(T) * (size_t)n * M);
-    s->gu = zalloc(sizeof(T) * (size_t)n * P);
-    s->e = zalloc(sizeof(T) * (size_t)RB * WV * VL);
+    s->acc = zalloc(sizeof(vec) * max3((M > P ? M : P) * NV, K * NV, M * DV));
+    s->buf = zalloc(sizeof(vec) * (DV + KV + 2 * NV));
+    const size_t kept = backward ? (size_t)J->L : 0; /* the forward keeps no layers */
+    s->z = zalloc(sizeof(vec) * n * NV);
+    s->zs = zalloc(sizeof(vec) * kept * n * NV);
+    s->as = zalloc(sizeof(vec) * kept * n * NV);
+    s->g = zalloc(sizeof(vec) * n * NV);
+    s->gu = zalloc(sizeof(vec) * n * NV);
+    s->a = zalloc(sizeof(vec) * (size_t)RB * NV);
     return y->AT && y->cb && y->WT && y->hVT && y->bl && y->Vr && y->hWr && y->Rc && y->rb &&
-           y->Rr && y->Ar && s->acc && s->z && s->zs && s->as && s->g && s->gu && s->e;
+           y->Rr && y->Ar && s->acc && s->buf && s->z && s->zs && s->as && s->g && s->gu && s->a;
 }
 
 static void scratch_free(Scratch *s) {
     Layout *y = &s->lay;
     void *all[] = {y->AT, y->cb, y->WT, y->hVT, y->bl, y->Vr, y->hWr, y->Rc, y->rb, y->Rr, y->Ar,
-                   s->acc, s->z, s->zs, s->as, s->g, s->gu, s->e};
+                   s->acc, s->buf, s->z, s->zs, s->as, s->g, s->gu, s->a};
     for (size_t i = 0; i < sizeof all / sizeof *all; ++i) free(all[i]);
 }
 
 /* Layer k of network w into slot k (all layers held) or 0. */
 static void layout_layer(const Job *J, Layout *y, size_t w, int k) {
+    const int M = J->M, P = J->P;
     const size_t wk = w * J->L + k, slot = y->held == J->L ? (size_t)k : 0;
-    columns(y->WT + slot * M * PV, J->W + wk * P * M, P, M, PV, 1);
-    columns(y->hVT + slot * P * MV, J->V + wk * M * P, M, P, MV, J->h);
-    load(y->bl + slot * PV, J->b + wk * P, PV, P);
+    columns(y->WT + slot * M * NV, J->W + wk * P * M, P, M, NV, 1);
+    columns(y->hVT + slot * P * NV, J->V + wk * M * P, M, P, NV, J->h);
+    load(y->bl + slot * NV, J->b + wk * P, NV, P);
     if (y->backward) {
-        rows_of(y->Vr + slot * M * PV, J->V + wk * M * P, M, P, PV, 1);
-        rows_of(y->hWr + slot * P * MV, J->W + wk * P * M, P, M, MV, J->h);
+        rows_of(y->Vr + slot * M * NV, J->V + wk * M * P, M, P, NV, 1);
+        rows_of(y->hWr + slot * P * NV, J->W + wk * P * M, P, M, NV, J->h);
     }
 }
 
@@ -292,13 +304,14 @@ static void layout_layer(const Job *J, Layout *y, size_t w, int k) {
  * already there. */
 static void layout_network(const Job *J, Layout *y, size_t w) {
     if (y->model == (int64_t)w) return;
-    columns(y->AT, J->A + w * M * D, M, D, MV, 1);
-    load(y->cb, J->c + w * M, MV, M);
-    columns(y->Rc, J->R + w * K * M, K, M, KV, 1);
-    load(y->rb, J->r + w * K, KV, K);
+    const int D = J->D, M = J->M, K = J->K;
+    columns(y->AT, J->A + w * M * D, M, D, NV, 1);
+    load(y->cb, J->c + w * M, NV, M);
+    columns(y->Rc, J->R + w * K * M, K, M, J->KV, 1);
+    load(y->rb, J->r + w * K, J->KV, K);
     if (y->backward) {
-        rows_of(y->Rr, J->R + w * K * M, K, M, MV, 1);
-        if (J->want_gx) rows_of(y->Ar, J->A + w * M * D, M, D, DV, 1);
+        rows_of(y->Rr, J->R + w * K * M, K, M, NV, 1);
+        if (J->want_gx) rows_of(y->Ar, J->A + w * M * D, M, D, J->DV, 1);
     }
     if (y->held == J->L) {
         for (int k = 0; k < J->L; ++k) layout_layer(J, y, w, k);
@@ -315,55 +328,85 @@ static size_t layer_slot(const Job *J, Layout *y, size_t w, int k) {
 
 /* Rows [r, r + rb) of the chunk through layer k: u = W z + b, a = act(u), z += (h V) a; with
  * keep, z_k and a_k are kept in s->zs and s->as (layer-major). */
-static inline __attribute__((always_inline)) void layer_rows(int rb, Scratch *s, int r, int k,
-                                                            size_t slot, int n, int act, T tau,
-                                                            int keep) {
-    vec u[RB][WV], zk[RB][WV];
-    const vec *hVT = s->lay.hVT + slot * P * MV;
-    T *z = s->z + (size_t)r * M;
-    T *a = keep ? s->as + ((size_t)k * n + r) * P : s->e;
-    if (keep) memcpy(s->zs + ((size_t)k * n + r) * M, z, sizeof(T) * M * rb);
-    affine(rb, u, z, M, M, s->lay.WT + slot * M * PV, s->lay.bl + slot * PV, PV);
-    for (int q = 0; q < rb; ++q) {
-        for (int v = 0; v < PV; ++v) u[q][v] = activate(u[q][v], act, tau);
-        memcpy(a + q * P, u[q], sizeof(T) * P);
-        load(zk[q], z + q * M, MV, M);
-    }
+static inline __attribute__((always_inline)) void layer_rows(int rb, const Job *J, Scratch *s,
+                                                            int r, int k, size_t slot, int keep,
+                                                            int M, int P) {
+    const int n = J->n;
+    vec u[RB][NV], zk[RB][NV];
+    const vec *hVT = s->lay.hVT + slot * P * NV;
+    vec *z = s->z + (size_t)r * NV;
+    vec *a = keep ? s->as + ((size_t)k * n + r) * NV : s->a;
+    if (keep) memcpy(s->zs + ((size_t)k * n + r) * NV, z, sizeof(vec) * NV * rb);
+    affine(rb, u, (const T *)z, ROW, M, s->lay.WT + slot * M * NV, s->lay.bl + slot * NV);
+    for (int q = 0; q < rb; ++q)
+        for (int v = 0; v < NV; ++v) {
+            a[q * NV + v] = activate(u[q][v], J->act, J->tau);
+            zk[q][v] = z[q * NV + v];
+        }
     for (int j = 0; j < P; ++j)
         for (int q = 0; q < rb; ++q) {
-            const T sj = a[q * P + j];
-            for (int v = 0; v < MV; ++v) zk[q][v] += sj * hVT[j * MV + v];
+            const T sj = lane(a + q * NV, j);
+            for (int v = 0; v < NV; ++v) zk[q][v] += sj * hVT[j * NV + v];
         }
-    for (int q = 0; q < rb; ++q) memcpy(z + q * M, zk[q], sizeof(T) * M);
+    for (int q = 0; q < rb; ++q)
+        for (int v = 0; v < NV; ++v) z[q * NV + v] = zk[q][v];
+}
+
+/* The chunk's layers from s->z = z_0 to z_L (network w), with widths M and P. */
+static inline __attribute__((always_inline)) void chunk_layers(const Job *J, Scratch *s, size_t w,
+                                                              int keep, int M, int P) {
+    const int n = J->n;
+    for (int k = 0; k < J->L; ++k) {
+        const size_t slot = layer_slot(J, &s->lay, w, k);
+        int r = 0;
+        for (; r + RB <= n; r += RB) layer_rows(RB, J, s, r, k, slot, keep, M, P);
+        for (; r < n; ++r) layer_rows(1, J, s, r, k, slot, keep, M, P);
+    }
 }
 
 /* The chunk's forward from x (n x D) to s->z = z_L, keeping every layer's z_k and a_k when keep. */
 static void chunk_forward(const Job *J, Scratch *s, int c, int keep) {
-    const int n = J->n, L = J->L;
+    const int n = J->n, D = J->D;
     const T *x = J->x + (size_t)c * n * D;
     const size_t w = (size_t)J->owner[c]; /* the chunk's network */
     layout_network(J, &s->lay, w);
     for (int r = 0; r < n; r += RB) {
         const int rb = n - r >= RB ? RB : n - r;
-        vec y[RB][WV];
+        vec y[RB][NV];
         if (rb == RB)
-            affine(RB, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb, MV);
+            affine(RB, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb);
         else
-            affine(rb, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb, MV);
-        for (int q = 0; q < rb; ++q) memcpy(s->z + (size_t)(r + q) * M, y[q], sizeof(T) * M);
+            affine(rb, y, x + (size_t)r * D, D, D, s->lay.AT, s->lay.cb);
+        memcpy(s->z + (size_t)r * NV, y, sizeof(vec) * NV * rb);
     }
-    for (int k = 0; k < L; ++k) {
-        const size_t slot = layer_slot(J, &s->lay, w, k);
-        int r = 0;
-        for (; r + RB <= n; r += RB) layer_rows(RB, s, r, k, slot, n, J->act, J->tau, keep);
-        for (; r < n; ++r) layer_rows(1, s, r, k, slot, n, J->act, J->tau, keep);
+    if (J->M == ROW && J->P == ROW)
+        chunk_layers(J, s, w, keep, ROW, ROW); /* full rows: every loop's trip count is known */
+    else
+        chunk_layers(J, s, w, keep, J->M, J->P);
+}
+
+/* out rows [0, rb) (K values each) = R z + r for padded rows z, NV output vectors at a time. */
+static void readout_rows(const Job *J, const Layout *y, int rb, const vec *z, T *out) {
+    const int M = J->M, K = J->K, KV = J->KV;
+    for (int v0 = 0; v0 < KV; v0 += NV) {
+        const int nv = KV - v0 < NV ? KV - v0 : NV;
+        vec acc[RB][NV];
+        for (int q = 0; q < rb; ++q)
+            for (int v = 0; v < nv; ++v) acc[q][v] = y->rb[v0 + v];
+        for (int i = 0; i < M; ++i)
+            for (int q = 0; q < rb; ++q) {
+                const T s = lane(z + q * NV, i);
+                for (int v = 0; v < nv; ++v) acc[q][v] += s * y->Rc[(size_t)i * KV + v0 + v];
+            }
+        const int lanes = K - v0 * VL < nv * VL ? K - v0 * VL : nv * VL;
+        for (int q = 0; q < rb; ++q) memcpy(out + (size_t)q * K + v0 * VL, acc[q], sizeof(T) * lanes);
     }
 }
 
 static void *forward_job(void *arg) {
     Job *J = arg;
     Scratch s;
-    if (!scratch_init(&s, J->n, J->L, 0)) {
+    if (!scratch_init(&s, J, 0)) {
         J->failed = 1;
         scratch_free(&s);
         return NULL;
@@ -371,57 +414,91 @@ static void *forward_job(void *arg) {
     const int n = J->n;
     for (int c = J->c0; c < J->c1; ++c) {
         chunk_forward(J, &s, c, 0);
-        T *out = J->out + (size_t)c * n * K;
+        T *out = J->out + (size_t)c * n * J->K;
         for (int r = 0; r < n; r += RB) {
             const int rb = n - r >= RB ? RB : n - r;
-            vec y[RB][WV];
-            if (rb == RB)
-                affine(RB, y, s.z + (size_t)r * M, M, M, s.lay.Rc, s.lay.rb, KV);
-            else
-                affine(rb, y, s.z + (size_t)r * M, M, M, s.lay.Rc, s.lay.rb, KV);
-            for (int q = 0; q < rb; ++q) memcpy(out + (size_t)(r + q) * K, y[q], sizeof(T) * K);
+            readout_rows(J, &s.lay, rb, s.z + (size_t)r * NV, out + (size_t)r * J->K);
         }
     }
     scratch_free(&s);
     return NULL;
 }
 
-/* g rows [r, r + rb) = sum_j e[j] rows[j] + (g rows when add): g_L = R^T e, g_k += h W^T gu. */
-static inline __attribute__((always_inline)) void back_rows(int rb, T *g, const T *e, int in,
-                                                           const vec *rows, int add) {
-    vec gk[RB][WV];
-    for (int q = 0; q < rb; ++q) {
-        if (add)
-            load(gk[q], g + q * M, MV, M);
-        else
-            memset(gk[q], 0, sizeof(vec) * MV);
-    }
+/* g rows [0, rb) = sum_j e[q][j] rows[j] + (g rows when add), e rows of width in at stride es:
+ * g_L = R^T e, g_k += h W^T gu. */
+static inline __attribute__((always_inline)) void back_rows(int rb, vec *g, const T *e, int es,
+                                                           int in, const vec *rows, int add) {
+    vec gk[RB][NV];
+    for (int q = 0; q < rb; ++q)
+        for (int v = 0; v < NV; ++v) gk[q][v] = add ? g[q * NV + v] : (vec){0};
     for (int j = 0; j < in; ++j)
         for (int q = 0; q < rb; ++q) {
-            const T ej = e[q * in + j];
-            for (int v = 0; v < MV; ++v) gk[q][v] += ej * rows[j * MV + v];
+            const T ej = e[q * es + j];
+            for (int v = 0; v < NV; ++v) gk[q][v] += ej * rows[j * NV + v];
         }
-    for (int q = 0; q < rb; ++q) memcpy(g + q * M, gk[q], sizeof(T) * M);
+    for (int q = 0; q < rb; ++q)
+        for (int v = 0; v < NV; ++v) g[q * NV + v] = gk[q][v];
 }
 
 /* gu rows [0, rb) = act'(u) (V^T g), act' read from a. */
-static inline __attribute__((always_inline)) void gu_rows(int rb, const T *g, const T *a, T *gu,
-                                                         const vec *Vr, int act) {
-    vec t[RB][WV];
-    affine(rb, t, g, M, M, Vr, NULL, PV);
-    for (int q = 0; q < rb; ++q) {
-        vec aq[WV];
-        load(aq, a + q * P, PV, P);
-        for (int v = 0; v < PV; ++v) t[q][v] = derivative(t[q][v], aq[v], act);
-        memcpy(gu + q * P, t[q], sizeof(T) * P);
+static inline __attribute__((always_inline)) void gu_rows(int rb, int M, const vec *g,
+                                                         const vec *a, vec *gu, const vec *Vr,
+                                                         int act) {
+    vec t[RB][NV];
+    affine(rb, t, (const T *)g, ROW, M, Vr, NULL);
+    for (int q = 0; q < rb; ++q)
+        for (int v = 0; v < NV; ++v) gu[q * NV + v] = derivative(t[q][v], a[q * NV + v], act);
+}
+
+/* The gradients of layer k of chunk c (network w) from s->g = g_{k+1}, leaving g_k in s->g;
+ * widths M and P. */
+static inline __attribute__((always_inline)) void backward_layer_of(const Job *J, Scratch *s,
+                                                                   int c, size_t w, int k, int M,
+                                                                   int P) {
+    const int n = J->n;
+    const size_t ck = (size_t)c * J->L + k, slot = layer_slot(J, &s->lay, w, k);
+    const vec *Vr = s->lay.Vr + slot * M * NV, *hWr = s->lay.hWr + slot * P * NV;
+    const vec *zk = s->zs + (size_t)k * n * NV, *ak = s->as + (size_t)k * n * NV;
+    int r = 0;
+    for (; r + RB <= n; r += RB)
+        gu_rows(RB, M, s->g + r * NV, ak + r * NV, s->gu + r * NV, Vr, J->act);
+    for (; r < n; ++r) gu_rows(1, M, s->g + r * NV, ak + r * NV, s->gu + r * NV, Vr, J->act);
+    /* dV_k uses g_{k+1}: before g moves on to g_k. */
+    outer_sum(J->gV + ck * M * P, NULL, (const T *)s->g, ROW, M, NV, 1, (const T *)ak, ROW, P,
+              NV, 1, n, J->h, s->acc, s->buf);
+    outer_sum(J->gW + ck * P * M, J->gb + ck * P, (const T *)s->gu, ROW, P, NV, 1,
+              (const T *)zk, ROW, M, NV, 1, n, J->h, s->acc, s->buf);
+    for (r = 0; r + RB <= n; r += RB)
+        back_rows(RB, s->g + r * NV, (const T *)(s->gu + r * NV), ROW, P, hWr, 1);
+    for (; r < n; ++r) back_rows(1, s->g + r * NV, (const T *)(s->gu + r * NV), ROW, P, hWr, 1);
+}
+
+static void backward_layer(const Job *J, Scratch *s, int c, size_t w, int k) {
+    if (J->M == ROW && J->P == ROW)
+        backward_layer_of(J, s, c, w, k, ROW, ROW); /* full rows: trip counts known */
+    else
+        backward_layer_of(J, s, c, w, k, J->M, J->P);
+}
+
+/* dJ/dx rows of chunk c = A^T g_0. */
+static void input_gradient(const Job *J, Scratch *s, int c) {
+    const int D = J->D, DV = J->DV;
+    vec *gx = s->buf;
+    for (int r = 0; r < J->n; ++r) {
+        memset(gx, 0, sizeof(vec) * DV);
+        for (int i = 0; i < J->M; ++i) {
+            const T gi = lane(s->g + (size_t)r * NV, i);
+            for (int v = 0; v < DV; ++v) gx[v] += gi * s->lay.Ar[(size_t)i * DV + v];
+        }
+        memcpy(J->gx + ((size_t)c * J->n + r) * D, gx, sizeof(T) * D);
     }
 }
 
 static void *backward_job(void *arg) {
     Job *J = arg;
-    const int n = J->n, L = J->L;
+    const int n = J->n, D = J->D, M = J->M, K = J->K;
     Scratch s;
-    if (!scratch_init(&s, n, L, 1)) {
+    if (!scratch_init(&s, J, 1)) {
         J->failed = 1;
         scratch_free(&s);
         return NULL;
@@ -430,41 +507,17 @@ static void *backward_job(void *arg) {
         chunk_forward(J, &s, c, 1);
         const T *e = J->e + (size_t)c * n * K;
         /* Readout: dR = sum e z_L^T, dr = sum e; g = g_L = R^T e. */
-        outer_sum(J->gR + (size_t)c * K * M, J->gr + (size_t)c * K, e, K, KV, s.z, M, MV, n, 1,
-                  s.acc);
+        outer_sum(J->gR + (size_t)c * K * M, J->gr + (size_t)c * K, e, K, K, J->KV, 0,
+                  (const T *)s.z, ROW, M, NV, 1, n, 1, s.acc, s.buf);
         const size_t w = (size_t)J->owner[c];
-        const Layout *y = &s.lay;
         int r = 0;
-        for (; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, e + r * K, K, y->Rr, 0);
-        for (; r < n; ++r) back_rows(1, s.g + r * M, e + r * K, K, y->Rr, 0);
-        for (int k = L - 1; k >= 0; --k) {
-            const size_t ck = (size_t)c * L + k, slot = layer_slot(J, &s.lay, w, k);
-            const vec *Vr = y->Vr + slot * M * PV, *hWr = y->hWr + slot * P * MV;
-            const T *zk = s.zs + (size_t)k * n * M, *ak = s.as + (size_t)k * n * P;
-            for (r = 0; r + RB <= n; r += RB)
-                gu_rows(RB, s.g + r * M, ak + r * P, s.gu + r * P, Vr, J->act);
-            for (; r < n; ++r) gu_rows(1, s.g + r * M, ak + r * P, s.gu + r * P, Vr, J->act);
-            /* dV_k uses g_{k+1}: before g moves on to g_k. */
-            outer_sum(J->gV + ck * M * P, NULL, s.g, M, MV, ak, P, PV, n, J->h, s.acc);
-            outer_sum(J->gW + ck * P * M, J->gb + ck * P, s.gu, P, PV, zk, M, MV, n, J->h, s.acc);
-            for (r = 0; r + RB <= n; r += RB) back_rows(RB, s.g + r * M, s.gu + r * P, P, hWr, 1);
-            for (; r < n; ++r) back_rows(1, s.g + r * M, s.gu + r * P, P, hWr, 1);
-        }
+        for (; r + RB <= n; r += RB) back_rows(RB, s.g + r * NV, e + r * K, K, K, s.lay.Rr, 0);
+        for (; r < n; ++r) back_rows(1, s.g + r * NV, e + r * K, K, K, s.lay.Rr, 0);
+        for (int k = J->L - 1; k >= 0; --k) backward_layer(J, &s, c, w, k);
         /* Embedding: dA = sum g_0 x^T, dc = sum g_0; dJ/dx = A^T g_0 when asked for. */
-        const T *x = J->x + (size_t)c * n * D;
-        outer_sum(J->gA + (size_t)c * M * D, J->gc + (size_t)c * M, s.g, M, MV, x, D, DV, n, 1,
-                  s.acc);
-        if (J->want_gx) {
-            for (r = 0; r < n; ++r) {
-                vec gx[DV];
-                memset(gx, 0, sizeof gx);
-                for (int i = 0; i < M; ++i) {
-                    const T gi = s.g[(size_t)r * M + i];
-                    for (int v = 0; v < DV; ++v) gx[v] += gi * y->Ar[i * DV + v];
-                }
-                memcpy(J->gx + ((size_t)c * n + r) * D, gx, sizeof(T) * D);
-            }
-        }
+        outer_sum(J->gA + (size_t)c * M * D, J->gc + (size_t)c * M, (const T *)s.g, ROW, M, NV,
+                  1, J->x + (size_t)c * n * D, D, D, J->DV, 0, n, 1, s.acc, s.buf);
+        if (J->want_gx) input_gradient(J, &s, c);
     }
     scratch_free(&s);
     return NULL;
@@ -513,78 +566,95 @@ static void reduce_by_model(T *dst, const T *src, size_t per, int E, const int *
     (void)threads;
 }
 
-static int owners_valid(const int64_t *owner, int B, int E) {
+/* 0 when the call can run: owners in [0, E) (else 2), M and P within this build's NV vectors
+ * and every width positive (else 3). */
+static int check_call(const int64_t *owner, int B, int E, int D, int M, int P, int K) {
     for (int c = 0; c < B; ++c)
-        if (owner[c] < 0 || owner[c] >= E) return 0;
-    return 1;
+        if (owner[c] < 0 || owner[c] >= E) return 2;
+    if (D < 1 || M < 1 || P < 1 || K < 1 || M > ROW || P > ROW) return 3;
+    return 0;
+}
+
+static Job make_job(int n, int L, int D, int M, int P, int K, double h, int act, double tau,
+                    const int64_t *owner, const T *x, const T *A, const T *c, const T *W,
+                    const T *b, const T *V, const T *R, const T *r) {
+    Job J = {0};
+    J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau, J.owner = owner;
+    J.D = D, J.M = M, J.P = P, J.K = K, J.DV = (D + VL - 1) / VL, J.KV = (K + VL - 1) / VL;
+    J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r;
+    return J;
 }
 
 /* out (B, n, K) from x (B, n, D), chunk c running network owner[c] of E: A (E, M, D), c (E, M),
  * W (E, L, P, M), b (E, L, P), V (E, L, M, P), R (E, K, M), r (E, K). Returns 0, 1 if memory
- * ran out, 2 if an owner is outside [0, E). */
-int rs_forward(int B, int E, int n, int L, double h, int act, double tau, const int64_t *owner,
-               const T *x, const T *A, const T *c, const T *W, const T *b, const T *V, const T *R,
-               const T *r, T *out, int threads) {
-    if (!owners_valid(owner, B, E)) return 2;
-    Job J = {0};
-    J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau, J.owner = owner;
-    J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r, J.out = out;
+ * ran out, 2 if an owner is outside [0, E), 3 if a width does not fit this build. */
+int rs_forward(int B, int E, int n, int L, int D, int M, int P, int K, double h, int act,
+               double tau, const int64_t *owner, const T *x, const T *A, const T *c, const T *W,
+               const T *b, const T *V, const T *R, const T *r, T *out, int threads) {
+    const int bad = check_call(owner, B, E, D, M, P, K);
+    if (bad) return bad;
+    Job J = make_job(n, L, D, M, P, K, h, act, tau, owner, x, A, c, W, b, V, R, r);
+    J.out = out;
     return run(forward_job, J, B, threads);
+}
+
+/* Chunks of each network in chunk order (a stable counting sort by owner), then every
+ * gradient of the 7 in part summed per network into dst. */
+static int reduce_all(T *dst[7], T *part[7], const size_t per[7], const int64_t *owner, int B,
+                      int E, int threads) {
+    int *order = malloc(sizeof(int) * (size_t)(B > 0 ? B : 1));
+    int *start = calloc((size_t)E + 1, sizeof(int));
+    int *fill = malloc(sizeof(int) * ((size_t)E + 1));
+    const int ok = order && start && fill;
+    if (ok) {
+        for (int q = 0; q < B; ++q) ++start[owner[q] + 1];
+        for (int m = 0; m < E; ++m) start[m + 1] += start[m];
+        memcpy(fill, start, sizeof(int) * (size_t)E);
+        for (int q = 0; q < B; ++q) order[fill[owner[q]]++] = q;
+        for (int i = 0; i < 7; ++i) reduce_by_model(dst[i], part[i], per[i], E, order, start, threads);
+    }
+    free(order), free(start), free(fill);
+    return ok ? 0 : 1;
 }
 
 /* From x and e = dJ/df (B, n, K): every network's weight gradients (each in its weights' shape,
  * E leading; a network without chunks gets zeros) and, when gx is not NULL, dJ/dx (B, n, D).
  * Each chunk's gradients are formed apart, then summed per network in chunk order. Returns as
  * rs_forward. */
-int rs_backward(int B, int E, int n, int L, double h, int act, double tau, const int64_t *owner,
-                const T *x, const T *A, const T *c, const T *W, const T *b, const T *V, const T *R,
-                const T *r, const T *e, T *gA, T *gc, T *gW, T *gb, T *gV, T *gR, T *gr, T *gx,
-                int threads) {
-    if (!owners_valid(owner, B, E)) return 2;
+int rs_backward(int B, int E, int n, int L, int D, int M, int P, int K, double h, int act,
+                double tau, const int64_t *owner, const T *x, const T *A, const T *c, const T *W,
+                const T *b, const T *V, const T *R, const T *r, const T *e, T *gA, T *gc, T *gW,
+                T *gb, T *gV, T *gR, T *gr, T *gx, int threads) {
+    const int bad = check_call(owner, B, E, D, M, P, K);
+    if (bad) return bad;
     const size_t per[7] = {(size_t)M * D, M, (size_t)L * P * M, (size_t)L * P, (size_t)L * M * P,
                            (size_t)K * M, K};
     T *dst[7] = {gA, gc, gW, gb, gV, gR, gr};
     size_t total = 0;
     for (int i = 0; i < 7; ++i) total += per[i];
     T *work = malloc(sizeof(T) * total * (size_t)(B > 0 ? B : 1));
-    int *order = malloc(sizeof(int) * (size_t)(B > 0 ? B : 1));
-    int *start = calloc((size_t)E + 1, sizeof(int));
-    if (!work || !order || !start) {
-        free(work), free(order), free(start);
-        return 1;
-    }
+    if (!work) return 1;
     T *part[7];
     part[0] = work;
     for (int i = 1; i < 7; ++i) part[i] = part[i - 1] + per[i - 1] * (size_t)B;
-    Job J = {0};
-    J.n = n, J.L = L, J.act = act, J.h = (T)h, J.tau = (T)tau, J.want_gx = gx != NULL;
-    J.owner = owner, J.x = x, J.A = A, J.c = c, J.W = W, J.b = b, J.V = V, J.R = R, J.r = r;
-    J.e = e, J.gx = gx;
+    Job J = make_job(n, L, D, M, P, K, h, act, tau, owner, x, A, c, W, b, V, R, r);
+    J.want_gx = gx != NULL, J.e = e, J.gx = gx;
     J.gA = part[0], J.gc = part[1], J.gW = part[2], J.gb = part[3], J.gV = part[4];
     J.gR = part[5], J.gr = part[6];
     int status = run(backward_job, J, B, threads);
-    if (!status) {
-        /* Chunks of each network in chunk order: a stable counting sort by owner. */
-        for (int q = 0; q < B; ++q) ++start[owner[q] + 1];
-        for (int m = 0; m < E; ++m) start[m + 1] += start[m];
-        int *fill = malloc(sizeof(int) * ((size_t)E + 1));
-        if (!fill) {
-            status = 1;
-        } else {
-            memcpy(fill, start, sizeof(int) * (size_t)E);
-            for (int q = 0; q < B; ++q) order[fill[owner[q]]++] = q;
-            free(fill);
-            for (int i = 0; i < 7; ++i) reduce_by_model(dst[i], part[i], per[i], E, order, start, threads);
-        }
-    }
-    free(work), free(order), free(start);
+    if (!status) status = reduce_all(dst, part, per, owner, B, E, threads);
+    free(work);
     return status;
 }
-/* The library's (sizeof T, D, M, P, K), checked by the loader against what it asked for. */
-void rs_shape(int *out) {
+
+/* What the loader checks against what it asked for: (sizeof T, NV, RS_ABI, built with OpenMP). */
+void rs_info(int *out) {
     out[0] = (int)sizeof(T);
-    out[1] = D;
-    out[2] = M;
-    out[3] = P;
-    out[4] = K;
+    out[1] = NV;
+    out[2] = RS_ABI;
+#ifdef _OPENMP
+    out[3] = 1;
+#else
+    out[3] = 0;
+#endif
 }
