@@ -43,9 +43,10 @@ def child(steps: int, threads: int) -> None:
     seeds = [s for _, s in cells]
     idx = [subsample(data, S, s) for S, s in cells]
     params = init_params(model, seeds)
-    train(model, params, data, idx, 1e-2, TrainConfig(steps=5), seeds, evaluate_test=False)
+    train(model, params, data, idx, lr=1e-2, config=TrainConfig(steps=5), seeds=seeds, evaluate_test=False)
     t0 = time.perf_counter()
-    train(model, params, data, idx, 1e-2, TrainConfig(steps=steps), seeds, evaluate_test=False)
+    train(model, params, data, idx, lr=1e-2, config=TrainConfig(steps=steps), seeds=seeds,
+          evaluate_test=False)
     ms = (time.perf_counter() - t0) / steps * 1e3
     print("RESULT " + json.dumps({"ms_per_step": ms, "source": str(Path(
         __import__("resdyn").__file__).parent)}), flush=True)

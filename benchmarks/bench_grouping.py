@@ -135,7 +135,8 @@ def scale_run(n_models: int, steps: int, max_rows: int) -> dict:
     idx = [subsample(data, SIZES[e % len(SIZES)], e) for e in seeds]
     params = init_params(model, seeds)
     t0 = time.perf_counter()
-    res = train(model, params, data, idx, 1e-2, TrainConfig(steps=steps), seeds, max_rows=max_rows)
+    res = train(model, params, data, idx, lr=1e-2, config=TrainConfig(steps=steps), seeds=seeds,
+                max_rows=max_rows)
     t = time.perf_counter() - t0
     return {"rows": sum(len(i) for i in idx), "seconds": t,
             "finite": bool(torch.isfinite(res.metrics["test_loss"]).all())}

@@ -2,10 +2,8 @@
 per test session (under pytest's base temporary directory) for the report, CLI and browser tests.
 
 A shipped spec keeps its name and its whole grid (so the report recognises it and analyses every
-cell the reproduction would have) with fewer training steps, so the stores build in seconds. The
-certificates reproduction (its own spec format) keeps its name, first data set and sample sizes,
-with depths 4, 16, 64, short training and one Monte-Carlo round, and stores its analysed
-outcome as ``resdyn reproduce`` does.
+cell the reproduction would have) with fewer training steps, so the stores build in seconds (a
+certificate spec also with 5 posterior steps and one Monte-Carlo round).
 """
 
 from __future__ import annotations
@@ -13,16 +11,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from resdyn.experiments import certificates
-from resdyn.reports.build import outcome_to_json
 from resdyn.sweeps.spec import load_spec, spec_path
-from resdyn.sweeps.store import Store
 from resdyn.sweeps.sweep import run_sweep
 
 # shipped quick spec -> training steps in the test store (trackers every steps // 2)
 SHIPPED = {"sample-size-quick": 8, "depth-quick": 6, "dead-zone-quick": 10,
-           "mean-field-quick": 10, "mean-field-diagnostics": 10, "dnl-convergence-quick": 20}
-CUSTOM = ("certificates-quick",)
+           "mean-field-quick": 10, "mean-field-diagnostics": 10, "dnl-convergence-quick": 20,
+           "certificates-quick": 20}
+CUSTOM: tuple[str, ...] = ()
 
 USER_SPEC = """
 name = "my-sweep"
@@ -71,17 +67,10 @@ def _shipped(name: str):
     train = {**spec.train, "steps": steps}
     if "control" in train:  # the second (L-BFGS) stage of an optimal-control objective, as short
         train["control"] = {**train["control"], "lbfgs_iters": steps}
-    return dataclasses.replace(spec, train=train, trackers=trackers)
-
-
-def _certificates(store: Path) -> None:
-    spec = certificates.load_certificate_spec(spec_path("certificates-quick"))
-    plan = dataclasses.replace(spec.data[0], prior_steps=20, posterior_steps=5)
-    spec = dataclasses.replace(spec, data=(plan,), depths=(4, 16, 64), prior_depths=(4, 16), rounds=1,
-                               test_rounds=1)
-    outcome = certificates.analyze(certificates.run_spec(spec, store), store.parent / "figs", spec.name)
-    with Store(store) as st:
-        st.save_outcome(spec.name, outcome_to_json(outcome))
+    certificate = spec.certificate
+    if certificate is not None:
+        certificate = {**certificate, "posterior_steps": 5, "rounds": 1, "test_rounds": 1}
+    return dataclasses.replace(spec, train=train, trackers=trackers, certificate=certificate)
 
 
 def build(base: Path, name: str) -> Path:
@@ -92,18 +81,14 @@ def build(base: Path, name: str) -> Path:
         return store
     store.parent.mkdir(parents=True, exist_ok=True)
     tmp = store.with_name(f".{store.name}")
-    if name in CUSTOM:
-        _certificates(tmp)
-        spec = None
-    elif name in SHIPPED:
+    if name in SHIPPED:
         spec = _shipped(name)
     else:
         text = {"my-sweep": USER_SPEC, "my-images": IMAGE_SPEC}[name]
         path = store.with_suffix(".toml")
         path.write_text(text)
         spec = load_spec(path)
-    if spec is not None:
-        run_sweep(spec, tmp)
+    run_sweep(spec, tmp)
     for suffix in (".d", ""):  # appear complete or not at all (a store without weights has no .d)
         if Path(str(tmp) + suffix).exists():
             Path(str(tmp) + suffix).rename(str(store) + suffix)

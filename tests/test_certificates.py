@@ -1,204 +1,285 @@
-"""The certificates reproduction: batch invariance of posterior training, the prior/bound split,
-a tiny end-to-end run into a store, the claims' verdicts, spec errors."""
+"""Certificates as an ordinary spec: the [certificate] table and its errors, typed cells and their
+stored form, a tiny spec through `resdyn run` and `resdyn certify`, a NaN failing its cell only,
+the shipped specs, `resdyn reproduce certificates`, and claims that can fail."""
+
+from __future__ import annotations
 
 import dataclasses
+import math
+import re
 
 import pytest
 import torch
+from click.testing import CliRunner
 
-from resdyn.data import load, subsample
-from resdyn.experiments.certificates import (
-    CertificateSpec,
-    DataPlan,
-    analyze,
-    knot_model,
-    load_certificate_spec,
-    run_spec,
-    split_sample,
-    train_posterior,
-)
-from resdyn.models.base import init_params
-from resdyn.models.stochastic import init_posterior
-from resdyn.sweeps.spec import spec_path
-from resdyn.sweeps.store import Store
-from resdyn.theory.pacbayes import make_combine
+from resdyn.cli.main import main
+from resdyn.experiments import certificates
+from resdyn.experiments.registry import get_reproduction
+from resdyn.sweeps import Store, expand, load_spec
+from resdyn.sweeps import runner as runner_mod
+from resdyn.sweeps.cells import decode_cell
+from resdyn.sweeps.records import CellRecord
+from resdyn.sweeps.runner import train_group
+from resdyn.sweeps.spec import SpecError, parse_spec, spec_path
+from resdyn.training.certify import CertificateConfig, make_prior, recertify
 
-
-@pytest.fixture(scope="module")
-def spirals():
-    return load("two_spirals", pool_size=600, test_size=200)
-
-
-@pytest.mark.slow
-def test_posterior_trained_in_a_group_of_6_is_bitwise_the_one_trained_alone(spirals):
-    plan = DataPlan("two_spirals", (64,), model={"width": 6, "knots": 2})
-    model = knot_model(plan, spirals, 4)
-    members = [(40, 0), (64, 1), (100, 2), (64, 3), (150, 4), (80, 5)]
-    seeds = [s for _, s in members]
-    idx = [subsample(spirals, S, s) for S, s in members]
-    prior = init_params(model, seeds, torch.float32)
-    lr = torch.tensor([1e-3, 3e-3, 1e-2, 2e-3, 5e-3, 1e-3])
-    n = torch.tensor([len(i) for i in idx], dtype=torch.float64)
-    post0 = init_posterior(prior, 0.03)
-    combine = make_combine("f-quad", prior, 0.03, n, 0.025)
-    group, hist = train_posterior(model, post0, spirals, idx, lr, 200, seeds, combine, 32, 1e-4)
-    e = 2
-    one = {k: v[e : e + 1] for k, v in prior.items()}
-    alone, hist1 = train_posterior(model, init_posterior(one, 0.03), spirals, [idx[e]], lr[e : e + 1], 200,
-                                   [seeds[e]], make_combine("f-quad", one, 0.03, n[e : e + 1], 0.025),
-                                   32, 1e-4)
-    assert all(torch.equal(group[k][e : e + 1], alone[k]) for k in group)
-    assert torch.equal(hist[:, e : e + 1], hist1)
-    # Training moved the posterior and lowered its objective.
-    assert not torch.equal(group["mu.W"], post0["mu.W"])
-    assert hist[-20:].mean(0)[e] < hist[:20].mean(0)[e]
-
-
-def test_prior_and_bound_parts_are_disjoint_and_n_is_the_rest(spirals):
-    idx = subsample(spirals, 101, 7)
-    prior, bound = split_sample(idx, 7, 0.5)
-    assert len(prior) + len(bound) == 101 and len(bound) == 101 - round(50.5)
-    assert not set(prior.tolist()) & set(bound.tolist())
-    assert sorted(prior.tolist() + bound.tolist()) == sorted(idx.tolist())
-
-
-def _tiny_spec() -> CertificateSpec:
-    plan = DataPlan("two_spirals", (60, 120), options={"pool_size": 300, "test_size": 100},
-                    model={"width": 6, "knots": 2, "horizon": 2.0}, prior_steps=150, posterior_steps=20,
-                    lr=2e-2, posterior_lr=1e-3, batch_size=32)
-    return CertificateSpec("certificates-test", (plan,), depths=(2, 16), seeds=(0,), rounds=3,
-                           test_rounds=1, prior_scales=(0.01, 0.03), train_prior_scale=0.01)
-
-
-def test_tiny_run_writes_cells_and_certificates_that_bound_the_test_error(tmp_path):
-    store = tmp_path / "c.sqlite"
-    said = []
-    rows = run_spec(_tiny_spec(), store, say=said.append)
-    assert len(rows) == 4 and {r["config"]["depth"] for r in rows} == {2, 16}
-    for r in rows:
-        m = r["metrics"]
-        assert m["n"] == r["config"]["sample_size"] // 2
-        assert 0 < m["certificate_01"] <= 1 and m["certificate_01"] > m["c01.sample_risk_bound"] >= m[
-            "c01.mc_mean"]
-        assert m["kl"] >= 0 and m["c01.grid_size"] == 2 and m["c01.m"] == 3 * m["n"]
-        assert r["provenance"]["torch"] == torch.__version__
-    assert any("PAC-Bayes-kl: KL(Q||P)" in s for s in said)
-    # A second run finds every cell in the store and trains nothing.
-    again = run_spec(_tiny_spec(), store, say=said.append)
-    assert [r["finished_at"] for r in again] == [r["finished_at"] for r in rows]
-    with Store(store, create=False) as st:
-        assert len(st.series()) > 0
-
-
-def _row(data, S, L, cert, err, seed=0):
-    return {"status": "done", "config": {"data": {"name": data}, "sample_size": S, "depth": L, "seed": seed},
-            "metrics": {"certificate_01": cert, "certificate_ce": cert, "test_error": err, "kl": 1.0,
-                        "n": S // 2, "c01.prior_scale": 0.01}}
-
-
-def test_claims_can_fail():
-    # Five seeds, each a little different (a test across seeds needs spread): certificates
-    # 0.5 -> 0.3 over S (slopes about -0.37), at most 3% higher at L = 256 than at L = 16.
-    pairs = [(0.50, 0.30), (0.52, 0.30), (0.48, 0.30), (0.51, 0.31), (0.49, 0.29)]
-    tilt = [0.02, 0.01, 0.03, 0.015, 0.025]
-    good = [_row("d", S, L, c * (1 + tilt[seed] * L / 256), e, seed)
-            for seed, (c100, c400) in enumerate(pairs)
-            for S, c, e in ((100, c100, 0.2), (400, c400, 0.1)) for L in (16, 256)]
-    out = analyze(good)
-    held = {c.text: c.verdict for c in out.claims}
-    assert held == dict.fromkeys(held, "held") and len(held) == 5
-    assert all("p = " in c.measured for c in out.claims)
-    decay = out.claims[4].values["fits"]
-    assert [f["L"] for f in decay] == [16, 256] and all(f["slope"] < -0.3 for f in decay)
-    # Five seeds whose certificate at L = 256 is about twice the one at L = 16, and vacuous at
-    # the largest S: every depth and vacuity claim is rejected.
-    bad = [_row("d", S, L, c, e, k) for k in range(5) for S, L, c, e in (
-        (100, 16, 0.5 + 0.01 * k, 0.2), (100, 256, (0.5 + 0.01 * k) * 1.2 * (1 + 0.01 * k), 0.2),
-        (400, 16, 0.55 + 0.01 * k, 0.1), (400, 256, 1.2 + 0.01 * k, 0.1))]
-    verdict = {c.text: c.verdict for c in analyze(bad).claims}
-    assert verdict["depth-uniform at the largest S of each data set"] == "not held"
-    assert verdict["depth-uniform at every S"] == verdict["non-vacuous at every depth"] == "not held"
-    # One seed: nothing can be tested across seeds, so every claim is inconclusive, never held.
-    one = analyze([r for r in bad if r["config"]["seed"] == 0])
-    assert {c.verdict for c in one.claims} == {"inconclusive"}
-    assert "at least 2" in one.claims[4].measured
-    # Uniform at the largest S but 1.3 x at a smaller one: only the every-S claim fails.
-    small = [_row("d", S, L, c, e, k) for k in range(5) for S, L, c, e in (
-        (100, 16, 0.5 + 0.01 * k, 0.2), (100, 256, 0.65 + 0.012 * k, 0.2),
-        (400, 16, 0.3 + 0.01 * k, 0.1), (400, 256, 0.31 + 0.011 * k, 0.1))]
-    verdict = {c.text: c.verdict for c in analyze(small).claims}
-    assert verdict["depth-uniform at the largest S of each data set"] == "held"
-    assert verdict["depth-uniform at every S"] == "not held"
-    # Certificates that grow with S in every seed: the reverse one-sided test rejects.
-    grow = [_row("d", S, 16, c, 0.05, seed) for seed, k in enumerate((1.0, 1.1, 0.9))
-            for S, c in ((100, 0.2), (400, 0.2 * (1.5 + 0.1 * k)))]
-    grown = {c.text: c for c in analyze(grow).claims}["certificate decays with S"]
-    assert grown.verdict == "not held" and grown.values["fits"][0]["slope"] > 0.3
-    below = analyze([_row("d", 100, 16, 0.1, 0.2)])
-    assert not below.claims[0].held and "-0.1000" in below.claims[0].measured
-    assert not analyze(good, thresholds={"d": 0.3}).claims[1].held
-
-
-def test_shipped_specs_load_and_errors_name_the_key(tmp_path):
-    for name in ("certificates", "certificates-quick"):
-        spec = load_certificate_spec(spec_path(name))
-        assert spec.depths == (4, 16, 64, 256)
-        assert {d.name for d in spec.data} == {"two_spirals", "digits", "mnist-5k"}
-    p = tmp_path / "bad.toml"
-    p.write_text('name = "x"\n[run]\ndepth = [4]\n[[data]]\nname = "digits"\nsample_sizes = [10]\n')
-    with pytest.raises(ValueError, match="run: unknown key 'depth'"):
-        load_certificate_spec(p)
-    p.write_text('name = "x"\n[run]\ntrain_prior_scale = 0.5\n[[data]]\nname = "digits"\n'
-                 'sample_sizes = [10]\n')
-    with pytest.raises(ValueError, match="must be one of the grid"):
-        load_certificate_spec(p)
-    p.write_text('name = "x"\n[run]\nprior_depths = []\n[[data]]\nname = "digits"\n'
-                 'sample_sizes = [10]\n')
-    with pytest.raises(ValueError, match=r"run\.prior_depths must name at least one depth"):
-        load_certificate_spec(p)
-    assert dataclasses.fields(CertificateSpec)
-
-
-def test_data_independent_prior_certifies_on_all_of_S(tmp_path):
-    spec = dataclasses.replace(_tiny_spec(), prior="init", depths=(4,), name="certificates-init")
-    rows = run_spec(spec, tmp_path / "i.sqlite")
-    assert sorted(r["metrics"]["n"] for r in rows) == [60, 120]
-    assert all(r["config"]["prior_fraction"] == 0.0 for r in rows)
-
-
-TINY_TOML = """
-name = "certificates-quick"
-[run]
-depths = [2, 16]
-rounds = 2
-test_rounds = 1
-prior_scales = [0.01, 0.03]
-train_prior_scale = 0.01
-[[data]]
+TINY = """
+name = "{name}"
+[data]
 name = "two_spirals"
-sample_sizes = [60, 120]
-options = { pool_size = 300, test_size = 100 }
-model = { width = 6, knots = 2 }
-prior_steps = 100
-posterior_steps = 10
-batch_size = 32
+[model]
+family = "resnet"
+width = 6
+activation = "tanh"
+[train]
+steps = 40
+lr = 2e-2
+batch_size = 64
+[certificate]
+posterior_steps = 20
+rounds = 4
+test_rounds = 1
+scales = [0.1, 0.03]
+[sweep]
+sample_size = [200]
+"model.depth" = {depths}
+seed = {seeds}
+"certificate.prior" = {priors}
 """
 
 
-def test_reproduce_certificates_writes_cells_into_the_given_store(tmp_path, monkeypatch):
-    from click.testing import CliRunner
+def _tiny(name="cert-tiny", depths="[2, 4]", seeds="[0]", priors='["brownian", "iid"]') -> str:
+    return TINY.format(name=name, depths=depths, seeds=seeds, priors=priors)
 
-    import resdyn.cli.reproduce  # noqa: F401  bound to the real spec_path before it is patched
-    from resdyn.cli.main import main
-    from resdyn.experiments import certificates
 
-    spec_file = tmp_path / "certificates-quick.toml"
-    spec_file.write_text(TINY_TOML)
-    monkeypatch.setattr(certificates, "spec_path", lambda name: spec_file)
-    store = tmp_path / "r.sqlite"
-    res = CliRunner().invoke(main, ["reproduce", "certificates", "--quick", "--store", str(store)])
+def _raw(**certificate) -> dict:
+    return {"name": "c", "data": {"name": "two_spirals"},
+            "model": {"family": "resnet", "width": 4, "depth": 2}, "train": {"steps": 5},
+            "certificate": certificate, "sweep": {"sample_size": [64]}}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"certificate": {"rounds": 0}}, r"spec key certificate\.rounds: must be an integer"),
+    ({"certificate": {"prior": "flat"}}, r"spec key certificate\.prior: must be one of"),
+    ({"certificate": {"bogus": 1}}, r"spec key certificate\.bogus: unknown key; allowed: prior"),
+    ({"certificate": {"scales": [0.1, -1.0]}}, r"spec key certificate\.scales\[1\]: must be"),
+    ({"certificate": {"delta": 0.5, "delta_mc": 0.5}}, r"spec key certificate: delta \+ delta_mc"),
+    ({"sweep": {"sample_size": [64], "certificate.prior": ["brownian", "x"]}},
+     r"spec key sweep\.certificate\.prior\[1\]: must be one of"),
+    ({"sweep": {"sample_size": [64], "certificate.nope": [1]}},
+     r"spec key sweep\.certificate\.nope\[0\]: unknown key"),
+    ({"model": {"family": "resnet", "width": 4, "tied": True}}, r"spec key model\.tied: a certificate "
+     r"needs a per-layer resnet"),
+    ({"model": {"family": "ode_resnet", "width": 4}}, r"spec key model\.family: a certificate"),
+    ({"sweep": {"sample_size": [64], "model.block": ["two_layer", "one_layer"]}},
+     r"spec key sweep\.model\.block\[1\]: a certificate needs .* model\.block is 'one_layer'"),
+    ({"measures": {"test_error_bound": {}}}, r"spec key certificate: certificate cells record no"),
+])
+def test_the_certificate_table_is_checked_by_its_declarations_naming_the_key(change, message):
+    raw = _raw()
+    raw.update(change)
+    with pytest.raises(SpecError, match=message):
+        parse_spec(raw)
+
+
+def test_sweeping_a_certificate_key_needs_the_table_and_specs_without_it_are_unchanged():
+    raw = _raw()
+    del raw["certificate"]
+    assert parse_spec(raw).certificate is None
+    raw["sweep"] = {"sample_size": [64], "certificate.prior": ["iid"]}
+    with pytest.raises(SpecError, match=r"sweep\.certificate\.prior: sweeps a certificate setting, "
+                       "but the spec has no \\[certificate\\] table"):
+        parse_spec(raw)
+
+
+def test_cells_carry_their_certificate_and_decode_to_the_same_id(tmp_path):
+    path = tmp_path / "t.toml"
+    path.write_text(_tiny())
+    cells = expand(load_spec(path))
+    assert len(cells) == 4 and {c.certificate.prior for c in cells} == {"brownian", "iid"}
+    assert all(c.certificate.posterior_steps == 20 and c.certificate.scales == (0.1, 0.03) for c in cells)
+    for c in cells:
+        assert c.config["certificate"]["scales"] == [0.1, 0.03]
+        back = decode_cell(c.config)
+        assert back.certificate == c.certificate and back.cell_id == c.cell_id
+    # The two priors are two cells and two groups; without [certificate] the config has no such
+    # table at all (so every existing cell id is unchanged) and its id differs.
+    assert len({c.cell_id for c in cells}) == 4 and len({c.group_key for c in cells}) == 4
+    plain = dataclasses.replace(cells[0], certificate=None)
+    assert "certificate" not in plain.config and plain.cell_id != cells[0].cell_id
+
+
+def _metric_lines(output: str) -> dict[str, tuple[str, str]]:
+    out = {}
+    for line in output.splitlines():
+        m = re.match(r"^(\S.*?)\s{2,}(\S*)\s+(\S+)$", line)
+        if m:
+            out[m.group(1).strip()] = (m.group(2), m.group(3))
+    return out
+
+
+def test_run_a_tiny_certificate_spec_then_certify_a_cell_with_fresh_draws(tmp_path):
+    spec, store = tmp_path / "t.toml", tmp_path / "s.sqlite"
+    spec.write_text(_tiny())
+    res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet"])
     assert res.exit_code == 0, res.output
-    assert "certificate above" in res.output or "certificate is above" in res.output
-    assert any(line.split()[:3] == ["two_spirals", "120", "16"] for line in res.output.splitlines())
     with Store(store, create=False) as st:
-        assert len(st.rows()) == 4 and "certificates-quick" in st.outcomes()
+        records = st.records()
+        assert len(records) == 4 and all(r.status == "done" for r in records)
+        assert all(state == "ok" for _, state in st.verify())  # one sha256 covers m, u and weights
+        rec = next(r for r in records if r.cell.model.depth == 4 and r.cell.certificate.prior == "brownian")
+        mean = {k: v[None] for k, v in st.load_extras(rec, "prior_mean").items()}
+        u = {k: v[None] for k, v in st.load_extras(rec, "posterior_u").items()}
+    m = rec.metrics
+    assert m["n"] == 100 and m["draws"] == 400 and m["diverged"] == 0.0
+    assert 0 < m["gibbs_bound"] < m["sample_risk_bound"] < m["certificate"] < 1
+    # The cell's weights are the posterior mean m + A u (not the prior mean).
+    loaded = __import__("resdyn").load_cell(store, rec.cell_id)
+    post = make_prior("brownian", mean, m["scale"], rec.cell.model.horizon).params(u)
+    assert all(torch.equal(loaded.params[k], post[k]) for k in post)
+    assert not torch.equal(loaded.params["W"], mean["W"]) and float(u["W"].abs().max()) > 0
+    # The stored draws' stream gives the stored numbers back exactly: the reload is right.
+    cell, data = rec.cell, rec.cell.data.load()
+    sample = cell.data.indices(data, cell.sample_size, cell.seed)
+    same = recertify(cell.model, mean, u, m["scale"], data, sample, cell.seed, cell.certificate,
+                     stream="certificate/bound")
+    assert (same.gibbs_bound, same.kl, same.certificate) == (m["gibbs_bound"], m["kl"], m["certificate"])
+    # `resdyn certify`: fresh draws; split, scale and KL identical; within 4 printed errors.
+    out = CliRunner().invoke(main, ["certify", str(store), rec.cell_id[:8]])
+    assert out.exit_code == 0, out.output
+    terms = _metric_lines(out.output)
+    for term in ("bound examples n", "prior examples |S_p|", "prior scale s", "KL(Q || P)", "draws m",
+                 "PAC-Bayes term"):
+        assert terms[term][0] == terms[term][1], (term, terms[term])
+    stored, new = (float(x) for x in terms["certificate"])
+    se = float(terms["certificate standard error"][1])
+    assert stored == pytest.approx(m["certificate"], rel=1e-5)
+    assert 0 < se < 0.05 and abs(new - stored) <= 4 * se, out.output
+    fresh = recertify(cell.model, mean, u, m["scale"], data, sample, cell.seed, cell.certificate,
+                      stream="certificate/recheck")
+    assert new == pytest.approx(fresh.certificate, rel=1e-5)
+    assert float(terms["Gibbs error on S_b"][1]) == pytest.approx(fresh.gibbs_bound, rel=1e-5)
+    assert se == pytest.approx(fresh.certificate_se, rel=1e-5) and fresh.stream != "certificate/bound"
+    # More rounds: the Gibbs estimate is compared, the certificate is not (it tightens with m).
+    more = CliRunner().invoke(main, ["certify", str(store), rec.cell_id, "--rounds", "8"])
+    assert more.exit_code == 0 and "compare the Gibbs error" in more.output
+    assert _metric_lines(more.output)["draws m"] == ("400", "800")
+    # An unknown id, and a cell that is not a certificate cell, are refused.
+    bad = CliRunner().invoke(main, ["certify", str(store), "zzzzzzzz"])
+    assert bad.exit_code != 0 and "no cell" in bad.output
+    plain = tmp_path / "plain.toml"
+    plain.write_text(_tiny(name="plain", depths="[2]", priors='["iid"]').split("[certificate]")[0]
+                     + '[sweep]\nsample_size = [64]\n')
+    assert CliRunner().invoke(main, ["run", str(plain), "--store", str(store), "--quiet"]).exit_code == 0
+    with Store(store, create=False) as st:
+        (other,) = [r for r in st.records() if r.cell.certificate is None]
+    bad = CliRunner().invoke(main, ["certify", str(store), other.cell_id])
+    assert bad.exit_code == 1 and "is not a certificate cell" in bad.output
+
+
+def test_a_nan_fails_its_cell_not_its_group(tmp_path, monkeypatch):
+    path = tmp_path / "t.toml"
+    path.write_text(_tiny(depths="[2]", seeds="[0, 1, 2]", priors='["brownian"]'))
+    cells = expand(load_spec(path))
+    assert len({c.group_key for c in cells}) == 1
+    real = runner_mod.certify_sample
+
+    def flaky(model, params0, data, sample, seed, *args):
+        out = real(model, params0, data, sample, seed, *args)
+        if seed == 1:  # the posterior's objective went non-finite
+            hist = out.posterior_history.clone()
+            hist[-1] = float("nan")
+            return dataclasses.replace(out, posterior_history=hist)
+        if seed == 2:
+            raise ValueError("kl_inv: q must lie in [0, 1]")
+        return out
+
+    monkeypatch.setattr(runner_mod, "certify_sample", flaky)
+    results = train_group(cells)
+    assert [r.diverged for r in results] == [False, True, True]
+    assert math.isfinite(results[1].metrics["certificate"]) and results[1].weights
+    assert not results[2].weights and "kl_inv" in results[2].provenance["certificate_error"]
+    with Store(tmp_path / "s.sqlite") as st:
+        for r in results:
+            st.write("t", r)
+        assert sorted(r.status for r in st.records()) == ["diverged", "diverged", "done"]
+
+
+def test_the_shipped_specs_are_ordinary_specs_with_the_study_settings():
+    full = expand(load_spec(spec_path("certificates")))
+    quick = expand(load_spec(spec_path("certificates-quick")))
+    assert len(full) == 3 * 4 * 3 * 2 and len(quick) == 2 * 2 * 2 * 2
+    plans = {(c.data.name, c.sample_size, c.model.width, c.training.config.steps,
+              c.training.config.batch_size, c.lr) for c in full}
+    assert plans == {("two_spirals", 4000, 16, 2000, 128, 1e-2), ("digits", 1200, 32, 1500, 128, 1e-2),
+                     ("mnist-5k", 4000, 32, 1500, 128, 1e-2)}
+    assert {c.model.depth for c in full} == {4, 16, 64, 256} and {c.seed for c in full} == {0, 1, 2}
+    assert {c.model.depth for c in quick} == {4, 16} and {c.seed for c in quick} == {0, 1}
+    want = CertificateConfig(scales=(0.1, 0.03, 0.01), posterior_steps=1000, p_min=1e-2)
+    assert {dataclasses.replace(c.certificate, prior="brownian") for c in full} == {want}
+    assert {c.certificate.prior for c in full} == {"brownian", "iid"}
+    assert all(c.model.family == "resnet" and c.model.block == "two_layer" and not c.model.tied
+               and c.model.activation == "tanh" for c in full + quick)
+    repro = get_reproduction("certificates")
+    assert repro.specs == ("certificates",) and repro.analyze is certificates.analyze and repro.run is None
+
+
+def test_reproduce_certificates_runs_the_spec_into_the_store_and_analyses_it(tmp_path, monkeypatch):
+    import resdyn.cli.reproduce as reproduce
+
+    tiny = tmp_path / "certificates-quick.toml"
+    tiny.write_text(_tiny(name="certificates-quick", depths="[2, 16]", seeds="[0, 1]"))
+    monkeypatch.setattr(reproduce, "spec_path", lambda name: tiny)
+    store = tmp_path / "r.sqlite"
+    res = CliRunner().invoke(main, ["reproduce", "certificates", "--quick", "--store", str(store),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "two_spirals: Brownian certificate at the largest depth <= 1.1 x" in res.output
+    assert "every certificate lies above its Gibbs test error" in res.output
+    with Store(store, create=False) as st:
+        assert len(st.records()) == 8
+
+
+def _records(tmp_path, metrics) -> list[CellRecord]:
+    """Records of a tiny certificate grid (depths 4, 16, 64; seeds 0-3; both priors) whose metrics
+    are ``metrics(L, seed, prior)``."""
+    path = tmp_path / "g.toml"
+    path.write_text(_tiny(depths="[4, 16, 64]", seeds="[0, 1, 2, 3]"))
+    return [CellRecord(c.cell_id, "g", "done", c, {"test_draws": 2000, **metrics(c.model.depth, c.seed,
+                                                                                 c.certificate.prior)})
+            for c in expand(load_spec(path))]
+
+
+def _good(L, seed, prior):
+    wobble = (0.01, -0.01, 0.02, 0.0)[seed]
+    cert = 0.20 * (1 + 0.02 * (L / 64) + wobble)
+    return {"certificate": cert, "holdout": cert + 0.05 + wobble, "gibbs_test": 0.08 + 0.005 * seed,
+            "gibbs_bound": 0.07, "kl": 10.0 * (1 + 0.1 * (L / 64) + wobble), "scale": 0.03,
+            "layer_kl_under_iid": 5.0, "seconds": 1.0}
+
+
+def test_the_claims_hold_on_good_numbers_and_fail_on_bad_ones(tmp_path):
+    out = certificates.analyze(_records(tmp_path, _good), tmp_path / "figs")
+    verdicts = {c.text: c.verdict for c in out.claims}
+    assert len(verdicts) == 6 and set(verdicts.values()) == {"held"}, verdicts
+    assert len(out.tables["certificates"]) == 24 and len(out.figures) == 2
+    assert all(p.is_file() for p in out.figures.values())
+    margin = out.claims[-1].values["smallest_margin"]
+    assert margin == pytest.approx(min(certificates.margin(r) for r in out.tables["certificates"]))
+
+    def bad(L, seed, prior):
+        r = _good(L, seed, prior)
+        r["certificate"] *= 2.0 if L == 64 else 1.0  # twice as large at the largest depth
+        r["kl"] *= 3.0 if L == 64 else 1.0
+        r["holdout"] = r["certificate"] - 0.03 - 0.01 * seed  # the hold-out bound is tighter
+        r["gibbs_test"] = r["certificate"] + 0.02 + 0.005 * seed if L == 4 else r["gibbs_test"]
+        return r
+
+    got = {c.text: c.verdict for c in certificates.analyze(_records(tmp_path, bad)).claims}
+    assert set(got.values()) == {"not held"}, got
+    # One seed: nothing is tested across seeds. Depths up to 16 only: no depth claim can be made.
+    one = [r for r in _records(tmp_path, _good) if r.cell.seed == 0]
+    assert {c.verdict for c in certificates.analyze(one).claims} == {"inconclusive"}
+    short = [r for r in _records(tmp_path, _good) if r.cell.model.depth <= 16]
+    first = certificates.analyze(short).claims[0]
+    assert first.verdict == "inconclusive" and "needs L = 16 and a larger depth" in first.measured

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from cell_records import make_cell, make_record
 from resdyn.experiments.base import Claim
 from resdyn.experiments.checks import bound_claims
 from resdyn.reports.build import outcomes_from_store
@@ -26,13 +27,12 @@ def _store(path, bound, slope=-0.5, seeds=5, gap_noise=0.03):
             gap = float(S ** slope * np.exp(gap_noise * rng.standard_normal()))
             err = gap + 0.05
             b = bound(S, err)
-            config = {"data": {"name": "two_spirals"}, "model": {"family": "resnet", "depth": 4},
-                      "sample_size": S, "seed": seed, "train": {}}
+            cell = make_cell(model={"depth": 4}, sample_size=S, seed=seed)
             measures = {"test_error_bound": b, "test_error_bound.margin_loss": 0.01,
                         "test_error_bound.complexity": b - 0.3, "test_error_bound.confidence": 0.29,
                         "path_norm_bound": 10.0 * S ** -0.5 * (1 + 0.1 * seed)}
             st.write("sample-size-quick", CellResult(
-                f"c{seed}-{S}", config, {"error_gap": gap, "loss_gap": 2 * gap, "test_acc": 1 - err,
+                f"c{seed}-{S}", cell, {"error_gap": gap, "loss_gap": 2 * gap, "test_acc": 1 - err,
                                           "train_acc": 1 - err + gap}, measures))
 
 
@@ -62,11 +62,11 @@ def test_bound_claim_on_a_store_with_every_bound_vacuous_is_not_held(tmp_path):
 
 def _bound_rows(bounds, errs):
     """Rows of 3 configurations x len(bounds[0]) seeds: bounds[c][s], errs[c][s]."""
-    return [{"status": "done", "config": {"seed": s, "sample_size": 32 * (c + 1)},
-             "metrics": {"test_acc": 1 - errs[c][s]},
-             "measures": {"test_error_bound": bounds[c][s],
-                          "test_error_bound.margin_loss": 0.5 * bounds[c][s],
-                          "test_error_bound.complexity": 0.1, "test_error_bound.confidence": 0.2}}
+    return [make_record(seed=s, sample_size=32 * (c + 1), metrics={"test_acc": 1 - errs[c][s]},
+                        measures={"test_error_bound": bounds[c][s],
+                                  "test_error_bound.margin_loss": 0.5 * bounds[c][s],
+                                  "test_error_bound.complexity": 0.1,
+                                  "test_error_bound.confidence": 0.2})
             for c in range(len(bounds)) for s in range(len(bounds[c]))]
 
 
@@ -87,8 +87,7 @@ def test_bound_claims_test_across_seeds_and_catch_violations():
     # two seeds: too few for a decision either way
     few = bound_claims(_bound_rows([[0.5, 1.2]], [[0.1, 0.2]]))[0]
     assert few.verdict == "inconclusive" and "p = " in few.test
-    assert bound_claims([{"status": "done", "config": {"seed": 0}, "metrics": {"test_acc": 0.9},
-                          "measures": {}}]) == []
+    assert bound_claims([make_record(metrics={"test_acc": 0.9})]) == []
 
 
 def test_rate_claim_not_held_when_the_slope_is_far_and_report_shows_three_verdicts(tmp_path):
@@ -150,10 +149,10 @@ def test_dead_zone_term_is_positive_under_weight_decay_and_zero_without(tmp_path
     res = CliRunner().invoke(main, ["run", str(spec), "--store", str(store), "--quiet", "--threads", "1"])
     assert res.exit_code == 0, res.output
     with Store(store, create=False) as st:
-        rows = st.rows()
-    dz = [r for r in rows if r["config"]["model"]["activation"] == "soft_threshold"]
+        rows = st.records()
+    dz = [r for r in rows if r.cell.model.activation == "soft_threshold"]
     for r in dz:
-        m, wd = r["measures"], r["config"]["train"]["weight_decay"]
+        m, wd = r.measures, r.cell.training.config.weight_decay
         if wd > 0:
             # every unit's level is inside the band for the largest ||x~|| of the two-spirals pool
             # (standardised inputs: ||x~|| < 10), so every sample is certified dead
@@ -164,8 +163,8 @@ def test_dead_zone_term_is_positive_under_weight_decay_and_zero_without(tmp_path
     out = analyze(rows, None, "dead-zone-quick")
     # wherever relu does not reach 0.9 test accuracy the regime is labelled collapsed and makes no claim
     for wd, label in out.data["regimes"].items():
-        relu = [r["metrics"]["test_acc"] for r in rows if r["config"]["model"]["activation"] == "relu"
-                and r["config"]["train"]["weight_decay"] == wd]
+        relu = [r.metrics["test_acc"] for r in rows if r.cell.model.activation == "relu"
+                and r.cell.training.config.weight_decay == wd]
         assert (label == "trains") == (np.mean(relu) >= 0.9)
         if label != "trains":
             assert not any(f"weight decay {wd:g})" in c.text for c in out.claims)
@@ -180,16 +179,16 @@ def _dz_rows():
     for wd, seed, (act, tau) in itertools.product(
             (0.0, 0.003, 0.03), range(5), [("relu", None), ("tanh", None), ("soft_threshold", 0.1),
                                            ("soft_threshold", 0.5)]):
-        model = {"family": "resnet", "width": 16, "activation": act, **({"tau": tau} if tau else {})}
+        model = {"width": 16, "activation": act, **({"tau": tau} if tau else {})}
         collapsed = wd == 0.03
         acc = 0.67 if collapsed else 0.95 - 0.002 * (act != "relu")
         gap = 0.1 * seed + 0.05 - 0.01 * (act == "soft_threshold") + 0.001 * (tau or 0)
         term = 0.1 if collapsed and tau else 0.0
-        rows.append({"status": "done", "spec": "dead-zone",
-                     "config": {"seed": seed, "sample_size": 256, "data": {"name": "two_spirals"},
-                                "model": model, "train": {"weight_decay": wd}},
-                     "metrics": {"test_acc": acc, "error_gap": gap, "loss_gap": gap, "train_acc": acc + gap},
-                     "measures": {"dead_zone": term} if tau else {}})
+        rows.append(make_record(spec="dead-zone", seed=seed, sample_size=256, model=model,
+                                train={"weight_decay": wd},
+                                metrics={"test_acc": acc, "error_gap": gap, "loss_gap": gap,
+                                         "train_acc": acc + gap},
+                                measures={"dead_zone": term} if tau else {}))
     return rows
 
 

@@ -35,11 +35,11 @@ def test_model_in_a_group_matches_the_model_alone_to_1e6(spirals, opt):
     lr = torch.tensor([1e-2, 3e-3, 1e-2, 2e-2]) if opt is None else torch.ones(4)
     obj = Objective(penalty=lambda p: 1e-3 * sum(v.flatten(1).square().sum(1) for v in p.values()))
     cfg = TrainConfig(steps=200 if opt is None else 20)
-    group = train(model, _on(init_params(model, SEEDS)), spirals, idx, lr.to(CUDA), cfg, SEEDS,
-                  objective=obj, optimizer=opt)
+    group = train(model, _on(init_params(model, SEEDS)), spirals, idx, lr=lr.to(CUDA), config=cfg,
+                  seeds=SEEDS, objective=obj, optimizer=opt)
     for e in (0, 3):
         alone = train(model, _on(init_params(model, [SEEDS[e]])), spirals, [idx[e]],
-                      lr[e:e + 1].to(CUDA), cfg, [SEEDS[e]], objective=obj, optimizer=opt)
+                      lr=lr[e:e + 1].to(CUDA), config=cfg, seeds=[SEEDS[e]], objective=obj, optimizer=opt)
         for k in alone.params:
             assert torch.allclose(alone.params[k][0], group.params[k][e], atol=1e-6, rtol=0), k
     assert torch.all(group.state.loss_history[-1] < group.state.loss_history[0])
@@ -51,8 +51,8 @@ def test_a_nan_model_on_the_gpu_leaves_the_others_bitwise_alone(spirals):
     clean = _on(init_params(model, SEEDS))
     poisoned = {k: v.clone() for k, v in clean.items()}
     poisoned["W"][2, 1, 0, 0] = float("nan")
-    a = train(model, clean, spirals, idx, 1e-2, TrainConfig(steps=50), SEEDS)
-    b = train(model, poisoned, spirals, idx, 1e-2, TrainConfig(steps=50), SEEDS)
+    a = train(model, clean, spirals, idx, lr=1e-2, config=TrainConfig(steps=50), seeds=SEEDS)
+    b = train(model, poisoned, spirals, idx, lr=1e-2, config=TrainConfig(steps=50), seeds=SEEDS)
     for e in (0, 1, 3):
         for k in a.params:
             assert torch.equal(a.params[k][e], b.params[k][e]), k
@@ -69,8 +69,8 @@ def test_no_training_step_synchronises_with_the_host(spirals):
         torch.cuda.set_sync_debug_mode("error" if step < steps else "default")
 
     try:
-        res = train(model, _on(init_params(model, SEEDS)), spirals, idx, 1e-2,
-                    TrainConfig(steps=steps), SEEDS, hooks=[(1, guard)])
+        res = train(model, _on(init_params(model, SEEDS)), spirals, idx, lr=1e-2,
+                    config=TrainConfig(steps=steps), seeds=SEEDS, hooks=[(1, guard)])
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(res.state.loss_history).all()

@@ -123,8 +123,8 @@ def test_the_generated_conv_path_runs(tmp_path):
     m = fake.write_mnist(tmp_path, n_train=100, n_test=40, size=8)
     d = load("mnist", tmp_path, manifest=m)
     model = ConvResNet(in_channels=1, out_dim=10, channels=4, depth=2)
-    res = train(model, init_params(model, [0]), d, [subsample(d, 50, 0)], 1e-2,
-                TrainConfig(steps=30), [0])
+    res = train(model, init_params(model, [0]), d, [subsample(d, 50, 0)], lr=1e-2,
+                config=TrainConfig(steps=30), seeds=[0])
     assert res.state.loss_history[-1, 0] < 0.5 * res.state.loss_history[0, 0]
 
 

@@ -192,6 +192,7 @@ def test_digits_trains_a_discrete_resnet_to_090_test_accuracy_at_s_1000(digits):
     seeds = [0, 1]
     model = ResNet(in_dim=64, out_dim=10, width=32, depth=4)
     idx = [subsample(digits, 1000, s) for s in seeds]
-    res = train(model, init_params(model, seeds), digits, idx, 1e-2, TrainConfig(steps=200), seeds)
+    res = train(model, init_params(model, seeds), digits, idx, lr=1e-2, config=TrainConfig(steps=200),
+                seeds=seeds)
     assert torch.all(res.metrics["test_acc"] >= 0.9), res.metrics["test_acc"]
     assert torch.all(res.metrics["train_acc"] >= 0.99)

@@ -10,6 +10,7 @@ from resdyn.models import ResNet, init_params
 from resdyn.models.dnl import DNLNet
 from resdyn.models.dnl_ops import Operator
 from resdyn.models.registry import build_model
+from resdyn.models.volterra import pair_index
 
 F64 = torch.float64
 
@@ -21,7 +22,7 @@ def _densenet_states(model: DNLNet, params, x):
     z0 = x @ params["A"].transpose(1, 2) + params["c"].unsqueeze(1)
     zs = [z0]
     for k in range(1, model.depth + 1):
-        rows = [DNLNet.pair_index(k, j) for j in range(k)]
+        rows = [pair_index(k, j) for j in range(k)]
         Wk = torch.cat([params["K"][:, i] for i in rows], dim=2)  # (B, m, k m)
         beta = params["b"][:, rows].sum(1)
         hist = torch.cat([torch.tanh(z) for z in zs], dim=2)  # (B, n, k m)
@@ -54,7 +55,7 @@ def test_conv_densenet_layer_equals_the_dnl_sum():
     z0 = zs[0][0]
     err = 0.0
     for k in range(1, model.depth + 1):
-        rows = [DNLNet.pair_index(k, j) for j in range(k)]
+        rows = [pair_index(k, j) for j in range(k)]
         w = torch.cat([params["K"][0, i].view(C, C, s) for i in rows], dim=1)  # (C, k C, s)
         hist = torch.cat([torch.tanh(z[0]).view(3, M, C).transpose(1, 2) for z in zs[:k]], dim=1)
         conv = F.conv1d(hist, w, padding=s // 2).transpose(1, 2).reshape(3, M * C)
@@ -77,7 +78,7 @@ def test_k_independent_dnl_equals_the_one_layer_resnet():
     assert err < 1e-12 and out_err < 1e-12
     # and a k-dependent perturbation is not a ResNet any more
     dp["K"] = dp["K"].clone()
-    dp["K"][:, DNLNet.pair_index(7, 2)] += 0.5
+    dp["K"][:, pair_index(7, 2)] += 0.5
     assert (resnet.forward(rp, x) - model.forward(dp, x)).abs().max().item() > 1e-4
 
 
@@ -166,7 +167,7 @@ def test_form_b_is_the_activation_outside_the_sum():
     x = torch.randn(1, 4, 2, dtype=F64)
     zs = model.states(p, x)
     h = model.step
-    i = DNLNet.pair_index
+    i = pair_index
     z0 = zs[0][0]
 
     def term(k, j):
@@ -209,10 +210,10 @@ def test_prolong_keeps_the_network_and_equals_the_p1_extension_at_the_new_pairs(
     # Pairs (k, j) of grid 4 at nodes of grid 2 (both even) keep the old value; the pair (3, 0)
     # sits halfway between the grid-2 pairs (1, 0) and (2, 0) in t: the mean of the two.
     K2, K4 = p["K"], q["K"]
-    assert torch.equal(K4[:, DNLNet.pair_index(2, 0)], K2[:, DNLNet.pair_index(1, 0)])
-    assert torch.equal(K4[:, DNLNet.pair_index(4, 2)], K2[:, DNLNet.pair_index(2, 1)])
-    assert torch.allclose(K4[:, DNLNet.pair_index(3, 0)],
-                          0.5 * (K2[:, DNLNet.pair_index(1, 0)] + K2[:, DNLNet.pair_index(2, 0)]))
+    assert torch.equal(K4[:, pair_index(2, 0)], K2[:, pair_index(1, 0)])
+    assert torch.equal(K4[:, pair_index(4, 2)], K2[:, pair_index(2, 1)])
+    assert torch.allclose(K4[:, pair_index(3, 0)],
+                          0.5 * (K2[:, pair_index(1, 0)] + K2[:, pair_index(2, 0)]))
     with pytest.raises(ValueError, match="multiple of 2"):
         net.prolong(p, DNLNet(in_dim=2, out_dim=2, width=3, depth=3, weight_init="iid"))
     with pytest.raises(ValueError, match="equal this one"):

@@ -159,7 +159,7 @@ def test_tiny_spec_runs_through_resdyn_run_and_analyze_to_the_direct_computation
     res = CliRunner().invoke(main, ["run", str(spec_file), "--store", str(store), "--quiet"])
     assert res.exit_code == 0, res.output
     with Store(store, create=False) as st:
-        rows = st.rows_with_series()
+        rows = st.records(series=True)
     assert len(rows) == 2 * 3
     out = analyze(rows, tmp_path / "out", "dnl-convergence-quick")
     sweeps = out.data["sweeps"]
@@ -208,8 +208,8 @@ def test_a_run_resumed_level_by_level_ends_with_the_rows_of_one_run(tmp_path):
         with Store(store, create=False) as st:
             rows.append({r["cell_id"]: r["metrics"] for r in st.rows()})
     assert rows[0] == rows[1]
-    assert levels([{"config": r["config"], "metrics": r["metrics"], "timing": {}}
-                   for r in Store(one, create=False).rows()])["dnl"][0]["D_next"] > 0
+    with Store(one, create=False) as st:
+        assert levels(st.records())["dnl"][0]["D_next"] > 0
 
 
 @pytest.mark.parametrize(("change", "match"), [
@@ -250,7 +250,7 @@ def test_quick_scaled_dnl_reaches_its_accuracy_and_changes_little_per_doubling(t
     spec = replace(spec, sweep={**spec.sweep, "variant": [{}]})
     run_sweep(spec, tmp_path / "q.sqlite")
     with Store(tmp_path / "q.sqlite", create=False) as st:
-        out = analyze(st.rows_with_series(), tmp_path, "dnl-convergence-quick")
+        out = analyze(st.records(series=True), tmp_path, "dnl-convergence-quick")
     rows = out.tables["convergence"]
     assert [r["N"] for r in rows] == [2, 4, 8, 16]
     assert all(r["acc_min"] >= 0.9 for r in rows)

@@ -1,15 +1,14 @@
 """The depth and dead-zone analyses on a sweep over several image data sets: claims per set."""
 
+from cell_records import make_record
 from resdyn.experiments import dead_zone, depth
 
 
 def _row(data, family, seed, acc, gap, **model):
-    return {"status": "done", "spec": "x",
-            "config": {"data": {"name": data}, "model": {"family": family, **model}, "seed": seed,
-                       "sample_size": 1000, "train": {}},
-            "metrics": {"test_acc": acc, "train_acc": acc + gap, "error_gap": gap, "loss_gap": gap,
-                        "test_loss": 1 - acc, "train_loss": 1 - acc - gap},
-            "measures": {}}
+    return make_record(spec="x", data=data, model={"family": family, **model}, seed=seed,
+                       sample_size=1000,
+                       metrics={"test_acc": acc, "train_acc": acc + gap, "error_gap": gap,
+                                "loss_gap": gap, "test_loss": 1 - acc, "train_loss": 1 - acc - gap})
 
 
 def test_depth_claims_are_made_per_data_set_for_image_families():

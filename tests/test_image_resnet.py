@@ -112,7 +112,7 @@ def test_families_are_registered_and_validated():
 def test_image_resnet_trains_on_8x8_digits_far_above_chance(digits):
     model = ImageResNet(stem_channels=8, channels=16, downsample=1, depth=4)
     cfg = TrainConfig(steps=300, batch_size=64, chunk_size=64, lr_schedule="cosine", warmup_steps=20)
-    res = train(model, init_params(model, [0]), digits, [torch.arange(1000)], 3e-3, cfg, [0])
+    res = train(model, init_params(model, [0]), digits, [torch.arange(1000)], lr=3e-3, config=cfg, seeds=[0])
     assert res.metrics["test_acc"][0] > 0.8  # chance is 0.1
 
 
@@ -122,10 +122,11 @@ def test_minibatch_training_in_a_group_is_bitwise_each_model_alone(digits):
     idx = [torch.randperm(1200, generator=torch.Generator().manual_seed(s))[:S]
            for s, S in zip(seeds, sizes, strict=True)]
     cfg = TrainConfig(steps=15, batch_size=64, chunk_size=32, lr_schedule="cosine", warmup_steps=3)
-    batch = train(model, init_params(model, seeds), digits, idx, [1e-3, 3e-3, 2e-3], cfg, seeds)
+    batch = train(model, init_params(model, seeds), digits, idx, lr=[1e-3, 3e-3, 2e-3], config=cfg,
+                  seeds=seeds)
     for e in (0, 2):
-        alone = train(model, init_params(model, [seeds[e]]), digits, [idx[e]], [1e-3, 3e-3, 2e-3][e],
-                      cfg, [seeds[e]])
+        alone = train(model, init_params(model, [seeds[e]]), digits, [idx[e]], lr=[1e-3, 3e-3, 2e-3][e],
+                      config=cfg, seeds=[seeds[e]])
         for k, v in alone.params.items():
             assert torch.equal(batch.params[k][e], v[0]), k
         assert torch.equal(batch.metrics["test_acc"][e], alone.metrics["test_acc"][0])
@@ -155,7 +156,7 @@ def test_schedule_scales_every_update():
     model = ResNet(width=4, depth=2)
     p = init_params(model, [0], dtype=torch.float64)
     base = dict(steps=1, optimizer="sgd", loss="cross_entropy")
-    const = train(model, p, data, [torch.arange(40)], 0.1, TrainConfig(**base), [0])
+    const = train(model, p, data, [torch.arange(40)], lr=0.1, config=TrainConfig(**base), seeds=[0])
     first: dict = {}
 
     def after_one(step, state):
@@ -163,7 +164,7 @@ def test_schedule_scales_every_update():
             first.update({k: v.clone() for k, v in state.params.items()})
 
     half = TrainConfig(**{**base, "steps": 2}, lr_schedule="cosine", warmup_steps=2)
-    sched = train(model, p, data, [torch.arange(40)], 0.1, half, [0], hooks=[(1, after_one)])
+    sched = train(model, p, data, [torch.arange(40)], lr=0.1, config=half, seeds=[0], hooks=[(1, after_one)])
     for k in p:
         torch.testing.assert_close(first[k] - p[k], 0.5 * (const.params[k] - p[k]), rtol=1e-12,
                                    atol=1e-15)

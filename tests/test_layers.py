@@ -318,3 +318,31 @@ def test_cycle_check_catches_a_cycle_through_a_function_level_import(tmp_path):
     assert _cycles(root) == []
     (root / "models" / "c.py").write_text("from . import d\n\n\ndef h():\n    from .a import f\n")
     assert _cycles(root) == [["resdyn.models.a", "resdyn.models.b", "resdyn.models.c"]]
+
+
+# --------------------------------------------------------------------------- complexity
+def test_every_function_in_src_has_complexity_at_most_15():
+    """ruff's McCabe check (C901) with the project's threshold, on the whole package."""
+    import subprocess
+    import sys
+
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed beside this Python (install the test extras)")
+    res = subprocess.run([str(ruff), "check", "--no-cache", "--select", "C901", "--config",
+                          "lint.mccabe.max-complexity=15", str(SRC)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_complexity_check_can_fail(tmp_path):
+    import subprocess
+    import sys
+
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip("ruff is not installed beside this Python (install the test extras)")
+    branches = "\n".join(f"    if x == {i}:\n        return {i}" for i in range(16))
+    (tmp_path / "busy.py").write_text(f"def busy(x):\n{branches}\n    return -1\n")
+    res = subprocess.run([str(ruff), "check", "--no-cache", "--select", "C901", "--config",
+                          "lint.mccabe.max-complexity=15", str(tmp_path)], capture_output=True, text=True)
+    assert res.returncode == 1 and "busy" in res.stdout and "17 > 15" in res.stdout

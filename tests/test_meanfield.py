@@ -120,8 +120,8 @@ def test_mean_field_model_trains_through_the_engine_batch_invariantly():
     m = MeanFieldResNet(depth=3, width=16, predictor_width=16, beta=4.0)
     idx = [torch.arange(32), torch.arange(8, 48)]
     cfg = TrainConfig(steps=30, loss="squared", optimizer="sgd")
-    both = train(m, init_params(m, [1, 2], torch.float64), data, idx, 0.01, cfg, [1, 2])
-    alone = train(m, init_params(m, [2], torch.float64), data, idx[1:], 0.01, cfg, [2])
+    both = train(m, init_params(m, [1, 2], torch.float64), data, idx, lr=0.01, config=cfg, seeds=[1, 2])
+    alone = train(m, init_params(m, [2], torch.float64), data, idx[1:], lr=0.01, config=cfg, seeds=[2])
     for k in both.params:
         assert torch.equal(both.params[k][1], alone.params[k][0]), k
     assert torch.all(both.state.loss_history[-1] < both.state.loss_history[0])
@@ -149,7 +149,8 @@ def test_trackers_and_measures_through_the_sweep_interface():
     m = MeanFieldResNet(depth=2, width=64, predictor_width=64, beta=2.0)
     p0 = init_params(m, [4, 9], torch.float64)
     idx = [torch.arange(24), torch.arange(40)]
-    res = train(m, p0, data, idx, 0.05, TrainConfig(steps=40, loss="squared", optimizer="sgd"), [4, 9])
+    res = train(m, p0, data, idx, lr=0.05, config=TrainConfig(steps=40, loss="squared", optimizer="sgd"),
+                seeds=[4, 9])
     ctx = TrackContext(m, res.params, p0, data, idx, 40, res.state.loss_history, [4, 9], {"max_points": 16})
     for name in tracker_names():
         vals = get_tracker(name)(ctx)
@@ -167,13 +168,13 @@ def test_trackers_and_measures_through_the_sweep_interface():
     mctx = MeasureContext(m, res.params, data, idx, TrainConfig(), res.metrics, [4, 9], {})
     # The measure regenerates the initial parameters from the seeds: same displacement.
     assert torch.allclose(get_measure("displacement")(mctx)["w2_pred"], mv["w2_pred"])
-    b = get_measure("meanfield_kl_bound")(mctx)
+    b = get_measure("meanfield_kl_plugin")(mctx)
     # The confidence term is 3 sqrt(log(2/delta) / (2n)) at each model's own n (24 and 40).
     conf = torch.tensor([3 * math.sqrt(math.log(2 / 0.05) / (2 * n)) for n in (24, 40)], dtype=torch.float64)
-    assert b["bound"].shape == (2,) and torch.allclose(b["bound.confidence"], conf)
+    assert b["plugin"].shape == (2,) and torch.allclose(b["plugin.confidence"], conf)
     # r1 is the encoder KL estimate of the trained particles, clipped at 0.
     kl = get_tracker("kl")(ctx)
-    assert torch.allclose(b["bound.r1"], kl["kl_enc_knn"].clamp_min(0.0))
+    assert torch.allclose(b["plugin.r1"], kl["kl_enc_knn"].clamp_min(0.0))
 
 
 def test_displacement_and_linear_rate_on_known_values():
@@ -226,7 +227,7 @@ def test_quick_reproduction_writes_figures_and_a_falling_error(tmp_path):
 
     run_sweep(load_spec(spec_path("mean-field-quick")), tmp_path / "mf.sqlite")
     with Store(tmp_path / "mf.sqlite", create=False) as st:
-        out = analyze(st.rows_with_series(), tmp_path, "mean-field-quick")
+        out = analyze(st.records(series=True), tmp_path, "mean-field-quick")
     assert set(out.figures) == {"test_error_vs_n", "training_curves"}
     assert all(p.exists() and p.stat().st_size > 1000 for p in out.figures.values())
     json.dumps(out.data)

@@ -79,9 +79,8 @@ def _small_reproduction_spec(path):
 
 def _everything(store):
     with Store(store, create=False) as st:
-        rows = st.rows_with_series()
-    cells = {r["cell_id"]: (r["config"], r["metrics"], r["measures"], r["status"], r["series"])
-             for r in rows}
+        rows = st.records(series=True)
+    cells = {r.cell_id: (r.cell.config, r.metrics, r.measures, r.status, r.series) for r in rows}
     out = analyze(rows, None, "mean-field-quick")
     return cells, out.tables, [(c.text, c.measured, c.held) for c in out.claims], out.data["trajectories"]
 
@@ -125,7 +124,7 @@ def test_gradient_descent_check_as_a_spec_gives_the_numbers_of_the_direct_run(tm
     store = tmp_path / "gd.sqlite"
     assert run_sweep(parse_spec(raw), store).trained == 1
     with Store(store, create=False) as st:
-        (row,) = st.rows_with_series()
+        (row,) = st.records(series=True)
     got = gd_check_from_row(row)
     ref = gradient_descent_check(width=16, steps=200, records=2)
     assert got.steps == ref.steps == [0, 100, 200]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from cell_records import make_record
 from resdyn.analysis.ranking import cell_table, granulated_tau, kendall_tau, rank_measures
 
 
@@ -25,18 +26,18 @@ def test_kendall_tau_b_matches_scipy_with_ties_and_batches():
     assert np.isnan(kendall_tau(np.ones(5), np.arange(5.0)))
 
 
-def _rows():
+def _rows(in_dim_follows_width: bool = False):
     """A synthetic sweep: axes width (3) x sample_size (4), 3 seeds. 'good' follows the gap,
     'anti' reverses it, 'width_only' orders only by width."""
     rng = np.random.default_rng(3)
     rows = []
     for w, S, seed in itertools.product([8, 16, 32], [32, 64, 128, 256], [0, 1, 2]):
         gap = 0.02 * w ** 0.5 / S ** 0.5 + 0.002 * rng.standard_normal()
-        config = {"seed": seed, "sample_size": S, "model": {"width": w, "depth": 4}}
-        rows.append({"status": "done", "config": config,
-                     "metrics": {"error_gap": gap},
-                     "measures": {"good": gap + 0.001 * rng.standard_normal(), "anti": -gap,
-                                  "width_only": float(w), "test_error_bound.measured_gap": gap}})
+        model = {"width": w, "depth": 4, **({"in_dim": w // 8} if in_dim_follows_width else {})}
+        rows.append(make_record(seed=seed, sample_size=S, model=model, metrics={"error_gap": gap},
+                                measures={"good": gap + 0.001 * rng.standard_normal(), "anti": -gap,
+                                          "width_only": float(w),
+                                          "test_error_bound.measured_gap": gap}))
     return rows
 
 
@@ -79,8 +80,6 @@ def test_rank_measures_values_and_per_seed_t_intervals():
 
 
 def test_keys_that_split_cells_alike_are_one_axis():
-    rows = _rows()
-    for r in rows:  # in_dim follows width exactly: the same partition, so not a second axis
-        r["config"]["model"]["in_dim"] = r["config"]["model"]["width"] // 8
-    t = cell_table(rows)
+    # in_dim follows width exactly: the same partition, so not a second axis
+    t = cell_table(_rows(in_dim_follows_width=True))
     assert t.axis_names == ["model.in_dim (+1)", "sample_size"] and t.axes.shape == (12, 2)

@@ -88,9 +88,9 @@ def test_malformed_specs_name_the_key_path(over, match):
          r"^spec key trackers.gram: does not apply to the model: needs a scalar-output model"),
         # A swept variant is checked too, and named.
         ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
-          "measures": {"meanfield_kl_bound": {}},
+          "measures": {"meanfield_kl_plugin": {}},
           "sweep": {"sample_size": [32], "activation": ["tanh", "relu"]}},
-         r"^spec key measures.meanfield_kl_bound: does not apply to the model of "
+         r"^spec key measures.meanfield_kl_plugin: does not apply to the model of "
          r"sweep.activation\[1\]: needs activation 'tanh', got 'relu'$"),
         ({"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
           "measures": {"test_error_bound": {}}},
@@ -106,7 +106,7 @@ def test_a_measure_that_does_not_apply_fails_at_parse_time(over, match):
 def test_measures_that_apply_pass_and_an_inapplicable_one_creates_no_store(tmp_path):
     ok = {"model": {"family": "meanfield", "depth": 2, "width": 4, "predictor_width": 4},
           "trackers": {"gram": {"every": 10}, "kl": {"every": 10}},
-          "measures": {"meanfield_kl_bound": {}, "displacement": {}}}
+          "measures": {"meanfield_kl_plugin": {}, "displacement": {}}}
     assert set(spec_of(**ok).trackers) == {"gram", "kl"}
     assert set(spec_of(**{**ok, "model": {"family": "resnet", "width": 4, "depth": 2, "out_dim": 1},
                           "trackers": {"gram": {"every": 10}}, "measures": {}}).trackers) == {"gram"}

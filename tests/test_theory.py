@@ -286,7 +286,7 @@ def test_cli_bound_prints_every_bound(tmp_path):
     data = load("two_spirals")
     m = ResNet(in_dim=2, out_dim=2, width=4, depth=2, activation="soft_threshold", tau=0.1)
     idx = subsample(data, 64, 3)
-    res = train(m, init_params(m, [3]), data, [idx], 0.01, TrainConfig(steps=20))
+    res = train(m, init_params(m, [3]), data, [idx], lr=0.01, config=TrainConfig(steps=20))
     ck = tmp_path / "m.safetensors"
     save_params(ck, m, res.params)
     out = CliRunner().invoke(main, ["bound", str(ck), "--data", "two_spirals", "-S", "64", "--seed", "3"])

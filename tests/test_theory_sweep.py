@@ -20,7 +20,7 @@ def _sweep(data, model, sizes, seeds, steps, lr):
     cell_seeds = [1000 * S + s for S, s in cells]
     params = init_params(model, cell_seeds)
     cfg = TrainConfig(steps=steps)
-    res = train(model, params, data, idx, lr, cfg, cell_seeds)
+    res = train(model, params, data, idx, lr=lr, config=cfg, seeds=cell_seeds)
     ctx = MeasureContext(model, res.params, data, idx, cfg, res.metrics, cell_seeds, {"delta": 0.05})
     return cells, res.metrics, MEASURES["test_error_bound"](ctx), MEASURES["path_norm_bound"](ctx)
 

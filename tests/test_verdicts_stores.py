@@ -2,7 +2,7 @@
 its verdict names a test and its p-value, or says 'inconclusive' and why.
 
 The quick stores are those of tests/report_stores.py: each shipped quick spec with its whole grid
-and fewer training steps (and the certificates reproduction shortened), so every claim the
+and fewer training steps (a certificate spec also fewer posterior steps and draws), so every claim the
 reproduction makes is made here, from real training runs, in about a minute. Two reproductions'
 claims that no quick store reaches (the mean-field gradient-descent claim, a full-spec only, and
 the certificate claims with more than one seed) are checked on built rows below.
@@ -72,30 +72,53 @@ def test_check_claim_rejects_a_claim_decided_without_the_rule():
         check_claim(Claim("x", "m", "inconclusive", "t; p = 0.3", {"verdict": fake}))
 
 
-def _cert_rows(seeds: int, ratio: float) -> list[dict]:
-    rows = []
-    for s in range(seeds):
-        for S in (500, 1000, 2000, 4000):
-            for L in (4, 16, 64):
-                cert = 0.5 * (S / 500) ** -0.3 * (1 + 0.01 * s) * (ratio if L == 64 else 1.0)
-                rows.append({"status": "done", "config": {"data": {"name": "two_spirals"}, "sample_size": S,
-                                                          "depth": L, "seed": s},
-                             "metrics": {"n": S // 2, "certificate_01": cert, "certificate_ce": cert,
-                                         "test_error": 0.2 * cert, "kl": 1.0, "c01.prior_scale": 0.01}})
-    return rows
+def _cert_records(tmp_path, seeds: int, ratio: float) -> list:
+    """Certificate records of depths 4, 16, 64 and both priors, the certificate at L = 64
+    ``ratio`` times the one at L = 16."""
+    from resdyn.sweeps import expand, load_spec
+    from resdyn.sweeps.records import CellRecord
+
+    spec = tmp_path / "c.toml"
+    spec.write_text(f"""name = "c"
+[data]
+name = "two_spirals"
+[model]
+family = "resnet"
+width = 4
+[train]
+steps = 1
+[certificate]
+[sweep]
+sample_size = [200]
+"model.depth" = [4, 16, 64]
+seed = {list(range(seeds))}
+"certificate.prior" = ["brownian", "iid"]
+""")
+    out = []
+    for c in expand(load_spec(spec)):
+        L, s = c.model.depth, c.seed
+        cert = 0.3 * (1 + 0.01 * s) * (ratio if L == 64 else 1.0)
+        out.append(CellRecord(c.cell_id, "c", "done", c, {
+            "certificate": cert, "holdout": cert + 0.05 + 0.01 * s, "gibbs_test": 0.1 + 0.01 * s,
+            "test_draws": 2000, "kl": 5.0 * (1 + 0.02 * s), "gibbs_bound": 0.1, "scale": 0.03,
+            "layer_kl_under_iid": 1.0, "seconds": 1.0}))
+    return out
 
 
-def test_certificate_claims_with_five_seeds_are_decided_by_tests():
+def test_certificate_claims_with_five_seeds_are_decided_by_tests(tmp_path):
     from resdyn.experiments.certificates import analyze
 
-    good = {c.text: c for c in analyze(_cert_rows(5, 1.02)).claims}
+    good = {c.text: c for c in analyze(_cert_records(tmp_path, 5, 1.02)).claims}
     for c in good.values():
         check_claim(c)
-    assert good["depth-uniform at the largest S of each data set"].verdict == "held"
-    assert good["certificate decays with S"].verdict == "held"
-    assert good["non-vacuous at every depth"].verdict == "held"
-    bad = {c.text: c for c in analyze(_cert_rows(5, 1.3)).claims}
-    assert bad["depth-uniform at every S"].verdict == "not held"
+    assert good["two_spirals: Brownian certificate at the largest depth <= 1.1 x its value at "
+                "L = 16"].verdict == "held"
+    assert good["every certificate lies above its Gibbs test error"].verdict == "held"
+    bad = {c.text: c for c in analyze(_cert_records(tmp_path, 5, 1.3)).claims}
+    for c in bad.values():
+        check_claim(c)
+    assert bad["two_spirals: Brownian certificate at the largest depth <= 1.1 x its value at "
+               "L = 16"].verdict == "not held"
 
 
 def test_mean_field_gd_claim_tests_across_seeds():
@@ -122,6 +145,6 @@ def test_every_registered_reproduction_analyses_with_a_walked_module():
     from resdyn.experiments.registry import REPRODUCTIONS
 
     walked = {sample_size.analyze, depth.analyze, dead_zone.analyze, meanfield.analyze,
-              dnl_convergence.analyze, certificates.run}
+              dnl_convergence.analyze, certificates.analyze}
     for r in REPRODUCTIONS.values():
         assert (r.analyze or r.run) in walked, f"{r.name}: its claims are not walked by this test"

@@ -11,9 +11,11 @@ from resdyn.models.activations import get_activation
 from resdyn.models.dnl import DNLNet, VolterraDNL
 from resdyn.models.volterra import (
     SmoothKernel,
+    march,
     p1_at_grid,
     p1_norms,
     pair_count,
+    pair_index,
     pair_nodes,
     solve_volterra,
 )
@@ -132,11 +134,57 @@ def test_form_b_converges_to_the_ode_when_the_kernel_does_not_depend_on_t():
     assert 1.8 <= orders["trapezoid"] <= 2.2
 
 
+def test_march_takes_its_options_by_keyword_and_reports_the_iterations():
+    kernel, bias, z0, _ = _separable()
+    act, N = get_activation("tanh"), 4
+    h = T / N
+    k, j = pair_nodes(N, diagonal=True)
+    W, b = kernel(k.double() * h, j.double() * h), bias(k.double() * h, j.double() * h)
+    with pytest.raises(TypeError):
+        march(z0, W, b, N, h, act, "A")  # form (and every later option) is keyword-only
+    fp, its = march(z0, W, b, N, h, act, rule="trapezoid")
+    assert its >= 2  # K(t, t) != 0: every step is implicit and needs iterating
+    # The fixed point is the limit of many corrector steps from the same predictor.
+    pc, n_pc = march(z0, W, b, N, h, act, rule="trapezoid", implicit="pc", corrections=80)
+    assert n_pc == 80 and torch.allclose(fp[-1], pc[-1], atol=1e-12, rtol=0)
+    one, _ = march(z0, W, b, N, h, act, rule="trapezoid", implicit="pc", corrections=1)
+    assert (one[-1] - fp[-1]).abs().max() > 1e-8  # one correction is not yet the fixed point
+    # With the diagonal weights zero every step is explicit: no iterations.
+    diag = pair_index(torch.arange(N + 1), torch.arange(N + 1), diagonal=True)
+    W0, b0 = W.clone(), b.clone()
+    W0[:, diag], b0[:, diag] = 0.0, 0.0
+    assert march(z0, W0, b0, N, h, act, rule="trapezoid")[1] == 0
+
+
 def test_fixed_point_failure_names_the_step_and_the_remedy():
     z0 = torch.ones(1, 1, 1, dtype=F64)
     kernel = lambda t, s: 50.0 * torch.ones(1, len(t), 1, 1, dtype=F64)  # noqa: E731
     with pytest.raises(RuntimeError, match="did not converge at step 1"):
         solve_volterra(kernel, z0, 1.0, 2, rule="trapezoid", activation="relu", max_iter=5)
+
+
+# ----------------------------------------------------------------------------- the packed index
+
+
+@pytest.mark.parametrize("diagonal", [False, True])
+def test_pair_index_counts_the_pairs_before_it_and_inverts_pair_nodes(diagonal):
+    for N in range(1, 8):
+        # brute force: the position of (k, j) in the row-major enumeration of the layout
+        pairs = [(k, j) for k in range(N + 1) for j in range(k + 1 if diagonal else k)]
+        assert [pair_index(k, j, diagonal) for k, j in pairs] == list(range(len(pairs)))
+        assert pair_count(N, diagonal) == len(pairs)
+        k, j = pair_nodes(N, diagonal)
+        assert torch.equal(pair_index(k, j, diagonal), torch.arange(len(pairs)))
+    assert pair_index(5, 2) == 12 and pair_index(5, 2, diagonal=True) == 17
+
+
+def test_pair_index_refuses_pairs_outside_the_layout():
+    for k, j, diagonal in [(3, 3, False), (3, -1, False), (0, 0, False), (3, 4, True), (2, -1, True)]:
+        with pytest.raises(ValueError, match="a packed pair needs 0 <= j"):
+            pair_index(k, j, diagonal)
+    with pytest.raises(ValueError, match=r"0 <= j < k \(diagonal=False\)"):
+        pair_index(torch.tensor([2, 3]), torch.tensor([1, 3]))
+    assert pair_index(0, 0, diagonal=True) == 0
 
 
 # ----------------------------------------------------------------------------- P1 on the triangle
@@ -190,7 +238,7 @@ def test_smooth_kernel_is_one_function_for_every_grid():
     a = DNLNet(depth=4, width=3).init(torch.Generator().manual_seed(1), F64, torch.device("cpu"))
     b = DNLNet(depth=8, width=3).init(torch.Generator().manual_seed(1), F64, torch.device("cpu"))
     k, j = pair_nodes(4)
-    sub = [DNLNet.pair_index(2 * kk, 2 * jj) for kk, jj in zip(k.tolist(), j.tolist(), strict=True)]
+    sub = [pair_index(2 * kk, 2 * jj) for kk, jj in zip(k.tolist(), j.tolist(), strict=True)]
     assert torch.allclose(a["K"], b["K"][sub], atol=1e-14)
 
 

@@ -21,9 +21,8 @@ from torch import Tensor, nn
 from .data.base import Dataset
 from .models.base import Model, Params
 from .models.registry import check_model_fits
-from .sweeps.cells import load_dataset
-from .sweeps.grid import data_config
-from .sweeps.store import Store, StoreError
+from .sweeps.cells import Cell
+from .sweeps.store import CellRecord, Store, StoreError
 
 __all__ = ["CellNotFoundError", "LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
 
@@ -35,7 +34,8 @@ class CellNotFoundError(StoreError):
 @dataclass(frozen=True)
 class LoadedCell:
     """A finished cell: ``model``; ``params`` with a leading model axis of size 1; ``config``,
-    the cell's resolved configuration; ``row``, its store row (metrics, measures, timing).
+    the cell's resolved configuration (its stored form); ``record``, its typed store record
+    (``record.cell``: the decoded :class:`~resdyn.sweeps.cells.Cell`; metrics, measures, timing).
 
     Unpacks as ``model, params, config``.
     """
@@ -44,64 +44,64 @@ class LoadedCell:
     model: Model
     params: Params
     config: dict[str, Any]
-    row: dict[str, Any]
+    record: CellRecord
 
     def __iter__(self):
         return iter((self.model, self.params, self.config))
 
+    @property
+    def cell(self) -> Cell:
+        """The typed cell (model, data, training, sample size, seed, ...)."""
+        return self.record.cell
+
     def data(self) -> Dataset:
-        """The cell's data set, as the sweep loaded it (its ``data_root`` included)."""
-        cfg = dict(self.config["data"])
-        if "data_root" in self.config:
-            cfg["root"] = self.config["data_root"]
-        return load_dataset(cfg)
+        """The cell's data set, as the sweep loaded it (its data root included)."""
+        return self.cell.data.load()
 
     def train_indices(self) -> Tensor:
         """The cell's training sample: rows of the data set's pool, drawn from its own seed."""
-        data_table = dict(self.config["data"])
-        if "data_root" in self.config:
-            data_table["root"] = self.config["data_root"]
-        rule = data_config(data_table, f"cell {self.row['cell_id']}")
-        return rule.indices(self.data(), self.config["sample_size"], self.config["seed"])
+        return self.cell.data.indices(self.data(), self.cell.sample_size, self.cell.seed)
 
     def module(self) -> ResdynModule:
         return as_module(self.model, self.params)
 
 
-def find_cell(st: Store, cell_id: str) -> dict[str, Any]:
-    """The store row whose id is ``cell_id`` or starts with it (a unique prefix of >= 4 chars)."""
-    rows = st.rows()
-    exact = [r for r in rows if r["cell_id"] == cell_id]
-    if exact:
-        return exact[0]
-    if len(cell_id) < 4:
-        raise CellNotFoundError(f"cell id {cell_id!r} is too short: give the id or a prefix of at least 4 "
-                         "characters (see `resdyn results STORE --columns cell_id`)")
-    hits = [r for r in rows if r["cell_id"].startswith(cell_id)]
-    if len(hits) == 1:
-        return hits[0]
-    if not hits:
-        raise CellNotFoundError(f"no cell {cell_id!r} in store {st.path} ({len(rows)} cells; list them with "
-                         f"`resdyn results {st.path} --columns cell_id,spec`)")
-    raise CellNotFoundError(f"cell id prefix {cell_id!r} matches {len(hits)} cells in {st.path}: "
-                     + ", ".join(r["cell_id"] for r in hits[:5]))
+def find_cell(st: Store, cell_id: str) -> CellRecord:
+    """The record of the cell whose id is ``cell_id`` or starts with it (a unique prefix of >= 4
+    characters); every row is checked (:meth:`Store.rows`), only that row's config is decoded."""
+    ids = [r["cell_id"] for r in st.rows()]
+    exact = [i for i in ids if i == cell_id]
+    if not exact:
+        if len(cell_id) < 4:
+            raise CellNotFoundError(f"cell id {cell_id!r} is too short: give the id or a prefix of at "
+                                    "least 4 characters (see `resdyn results STORE --columns cell_id`)")
+        exact = [i for i in ids if i.startswith(cell_id)]
+        if not exact:
+            raise CellNotFoundError(f"no cell {cell_id!r} in store {st.path} ({len(ids)} cells; list "
+                                    f"them with `resdyn results {st.path} --columns cell_id,spec`)")
+        if len(exact) > 1:
+            raise CellNotFoundError(f"cell id prefix {cell_id!r} matches {len(exact)} cells in "
+                                    f"{st.path}: " + ", ".join(exact[:5]))
+    (record,) = st.records(ids=exact)
+    return record
 
 
 def load_cell(store: str | Path, cell_id: str, device: str | torch.device = "cpu") -> LoadedCell:
     """The model, parameters (leading axis 1) and configuration of a finished cell of ``store``.
 
-    The weights are read through :meth:`~resdyn.sweeps.store.Store.load_weights` (inside the
-    store's folder, sha256 checked, shapes of the row's model). Raises
+    The row's config is decoded by the one codec (:func:`resdyn.sweeps.cells.decode_cell`); the
+    weights are read through :meth:`~resdyn.sweeps.store.Store.load_weights` (inside the store's
+    folder, sha256 checked, the model and shapes of the decoded cell). Raises
     :class:`~resdyn.sweeps.store.StoreError` when the store, the cell or its weights file is
     missing or damaged.
     """
     with Store(store, create=False) as st:
-        row = find_cell(st, cell_id)
-        model, params = st.load_weights(row, device)
+        record = find_cell(st, cell_id)
+        model, params = st.load_weights(record, device)
     # The sweep writes one model's tensors (no model axis); give them the axis every function
     # of resdyn takes.
     params = {k: v.unsqueeze(0) for k, v in params.items()}
-    return LoadedCell(row["cell_id"], model, params, row["config"], row)
+    return LoadedCell(record.cell_id, model, params, record.stored_config, record)
 
 
 class ResdynModule(nn.Module):

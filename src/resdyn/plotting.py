@@ -65,8 +65,6 @@ LABELS: dict[str, str] = {
     "seconds_per_model": "seconds per model (wall clock)",
 }
 
-_ACCURACY = ("test_acc", "train_acc", "accuracy", "test error", "acc")
-
 
 def axis_label(key: str) -> str:
     """Words and units for a store key (``test_acc`` -> "test accuracy (fraction of test set)");

@@ -87,16 +87,6 @@ def granulated_tau(x: np.ndarray, y: np.ndarray, axes: np.ndarray) -> tuple[np.n
     return Psi, psi
 
 
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 @dataclass(frozen=True)
 class CellTable:
     """The rows of a sweep laid out for ranking: values[s, c] is a quantity of the run of seed
@@ -116,31 +106,33 @@ def _is_measure(name: str) -> bool:
     return not (name.endswith((".measured_gap", ".measured_test_error", ".family", ".factor")))
 
 
-def cell_table(rows: Iterable[dict], gap_key: str = "error_gap") -> CellTable:
-    """Finished store rows as a :class:`CellTable`; every numeric entry of ``row['measures']`` is
-    a measure (except the measured gap and test error themselves and the bound's family code)."""
-    rows = [r for r in rows if r.get("status") == "done" and gap_key in r.get("metrics", {})]
+def cell_table(rows: Iterable[Any], gap_key: str = "error_gap") -> CellTable:
+    """Finished store records (``resdyn.sweeps.records.CellRecord``: ``status``, ``metrics``,
+    ``measures`` and ``settings``, the flat view of the cell's settings) as a
+    :class:`CellTable`; every numeric entry of ``measures`` is a measure (except the measured gap
+    and test error themselves and the bound's family code)."""
+    rows = [r for r in rows if r.status == "done" and gap_key in r.metrics]
     flats = []
     for r in rows:
-        f = _flat(r["config"])
+        f = dict(r.settings)
         f.pop("seed", None)
         flats.append(f)
     keys = sorted({k for f in flats for k in f})
     varying = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
     cell_ids = [json.dumps({k: f.get(k) for k in keys}, sort_keys=True, default=str) for f in flats]
     cells = list(dict.fromkeys(cell_ids))
-    seeds = sorted({r["config"]["seed"] for r in rows}, key=str)
+    seeds = sorted({r.settings["seed"] for r in rows}, key=str)
     si = {s: i for i, s in enumerate(seeds)}
     ci = {c: i for i, c in enumerate(cells)}
-    names = sorted({k for r in rows for k, v in r["measures"].items()
+    names = sorted({k for r in rows for k, v in r.measures.items()
                     if isinstance(v, int | float) and _is_measure(k)})
     gap = np.full((len(seeds), len(cells)), np.nan)
     meas = {n: np.full((len(seeds), len(cells)), np.nan) for n in names}
     for r, cid in zip(rows, cell_ids, strict=True):
-        s, c = si[r["config"]["seed"]], ci[cid]
-        gap[s, c] = r["metrics"][gap_key]
+        s, c = si[r.settings["seed"]], ci[cid]
+        gap[s, c] = r.metrics[gap_key]
         for n in names:
-            v = r["measures"].get(n)
+            v = r.measures.get(n)
             if isinstance(v, int | float) and math.isfinite(v):
                 meas[n][s, c] = v
     first = {c: flats[cell_ids.index(c)] for c in cells}

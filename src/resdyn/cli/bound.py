@@ -41,12 +41,11 @@ def _cell_inputs(store: Path, cell_id: str, options: dict):
         raise click.UsageError(str(err)) from None
     except StoreError as err:  # the store or the cell's weights are damaged
         _fail(str(err))
-    cfg = cell.config
+    typed = cell.cell
     try:
         # The options the sweep's bound measures ran with (they share one set), then the command
         # line's only where the spec was silent.
-        stored = next((dict(cfg["measures"][m]) for m in BOUND_MEASURES
-                       if m in cfg.get("measures", {})), {})
+        stored = next((dict(typed.measures[m]) for m in BOUND_MEASURES if m in typed.measures), {})
         opts = {**options, **stored}
         data = cell.data()
         idx = cell.train_indices()
@@ -56,9 +55,8 @@ def _cell_inputs(store: Path, cell_id: str, options: dict):
         _fail(f"store {store}: row {cell.cell_id!r}: its configuration does not give a data set "
               f"for the bound ({type(err).__name__}: {str(err)[:300]}); see `resdyn status "
               f"--verify {store}`")
-    desc = (f"{store} cell {cell.cell_id}: data {cfg['data']['name']}, S={cfg['sample_size']}, "
-            f"seed={cfg['seed']}")
-    return cell.model, cell.params, x, data.y[idx], opts, desc, cell.row
+    desc = f"{store} cell {cell.cell_id}: data {typed.data.name}, S={typed.sample_size}, seed={typed.seed}"
+    return cell.model, cell.params, x, data.y[idx], opts, desc, cell.record
 
 
 @click.command()
@@ -90,12 +88,12 @@ def bound(source, cell_id, data_name, sample_size, seed, root, model_index, delt
     """
     setup_compute(device, dtype, threads)
     options = {"delta": delta, "kappa": kappa}
-    row = None
+    record = None
     if cell_id is not None:
         if data_name or sample_size or seed is not None or root:
             raise click.UsageError("with STORE CELL_ID the data set, S and seed come from the store; "
                                    "drop --data, -S, --seed and --root")
-        model, params, x, y, options, desc, row = _cell_inputs(Path(source), cell_id, options)
+        model, params, x, y, options, desc, record = _cell_inputs(Path(source), cell_id, options)
     else:
         model, params, x, y, desc = _checkpoint_inputs(source, data_name, sample_size, seed or 0,
                                                        root, model_index)
@@ -114,8 +112,8 @@ def bound(source, cell_id, data_name, sample_size, seed, root, model_index, delt
                 shown = (FAMILIES[int(val)] if k == "test_error_bound.family" and not math.isnan(val)
                          else f"{val:.6g}")
                 click.echo(f"    {k[len(g) + 1:]:22s} {shown}")
-    if row is not None and "test_error_bound" in row["measures"]:
-        stored = row["measures"]["test_error_bound"]
+    if record is not None and "test_error_bound" in record.measures:
+        stored = record.measures["test_error_bound"]
         click.echo(f"test_error_bound stored in the row {stored!r}, recomputed now "
                    f"{terms['test_error_bound']!r}")
 

@@ -68,7 +68,7 @@ def demo(sample_size, test_size, depth, width, steps, lr, seed, quiet, device, d
         t0 = time.perf_counter()
         params = init_params(model, [seed], dt, dev)
         with _bar(name, steps, quiet) as hook:
-            res = train(model, params, data, [torch.arange(sample_size)], lr, cfg, [seed],
+            res = train(model, params, data, [torch.arange(sample_size)], lr=lr, config=cfg, seeds=[seed],
                         hooks=[(max(1, steps // 100), hook)])
         m = {k: float(v[0]) for k, v in res.metrics.items()}
         click.echo(f"{name:34s} train acc {m['train_acc']:.4f}  test acc {m['test_acc']:.4f}  "

@@ -17,6 +17,7 @@ COMMANDS: dict[str, str] = {
     "results": "resdyn.cli.sweep:results",
     "status": "resdyn.cli.sweep:status",
     "bound": "resdyn.cli.bound:bound",
+    "certify": "resdyn.cli.certify:certify",
     "reproduce": "resdyn.cli.reproduce:reproduce",
     "report": "resdyn.cli.report:report",
 }

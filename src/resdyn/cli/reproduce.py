@@ -84,7 +84,7 @@ def run_reproduction(name: str, quick: bool, store: Path, executor: str, device:
             execute_spec(spec, store, executor, device, threads, quiet=quiet)
             done.add(spec.name)
         with Store(store, create=False) as st:
-            rows = [r for r in st.rows_with_series() if r["spec"] in done]
+            rows = [r for r in st.records(series=True) if r.spec in done]
         return repro.load("analyze")(rows, None, label)
 
 

@@ -60,7 +60,7 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
     if resumed and Path(store).is_file():
         with Store(store, create=False) as st:
             ckpt_steps = st.checkpoint_steps(c.cell_id for c in todo)
-    total = sum(max(c.config["train"]["steps"] - ckpt_steps.get(c.cell_id, 0), 1) for c in todo)
+    total = sum(max(c.training.config.steps - ckpt_steps.get(c.cell_id, 0), 1) for c in todo)
     opts = {"address": ray_address} if executor == "ray" else {}
     ex = make_executor(executor, device, threads, **opts)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
@@ -97,7 +97,7 @@ def execute_spec(spec, store, executor, device, threads, ray_address=None, quiet
 
         def on_group(results):
             finished["cells"] += len(results)
-            finished["work"] += sum(max(r.config["train"]["steps"]
+            finished["work"] += sum(max(r.cell.training.config.steps
                                         - ckpt_steps.get(r.cell_id, 0), 1) for r in results)
             bar.update(task, completed=finished["work"], cells=f"{finished['cells']}/{len(todo)}",
                        rate=rate())
@@ -131,9 +131,9 @@ def dry_run_spec(spec, store: Path, device: str, threads: int | None) -> None:
     click.echo("  swept: " + "; ".join(f"{k} ({len(v)} values)" for k, v in spec.sweep.items())
                if keys else "  swept: nothing (one cell)")
     for i, g in enumerate(groups[:10]):
-        c = g[0].config
-        click.echo(f"  group {i + 1}: {len(g)} cells, data {c['data']['name']}, "
-                   f"{c['model']['family']}, {c['train']['steps']} steps")
+        c = g[0]
+        click.echo(f"  group {i + 1}: {len(g)} cells, data {c.data.name}, "
+                   f"{c.model.family}, {c.training.config.steps} steps")
     if len(groups) > 10:
         click.echo(f"  ... and {len(groups) - 10} more groups")
     if not todo:
@@ -142,7 +142,7 @@ def dry_run_spec(spec, store: Path, device: str, threads: int | None) -> None:
     # Time the first group at two step counts: the difference is the cost of steps alone, the
     # rest a per-group overhead (data, first calls). A rough estimate: measures come on top.
     g = groups[0]
-    steps0 = g[0].config["train"]["steps"]
+    steps0 = g[0].training.config.steps
     if threads is not None:
         import torch
 
@@ -160,7 +160,7 @@ def dry_run_spec(spec, store: Path, device: str, threads: int | None) -> None:
     t1, t2 = timed(k1), timed(k2)
     per_model_step = max(t2 - t1, 0.0) / ((k2 - k1) * len(g))
     overhead = max(t1 - k1 * per_model_step * len(g), 0.0)
-    work = sum(c.config["train"]["steps"] for c in todo)
+    work = sum(c.training.config.steps for c in todo)
     est = per_model_step * work + overhead * len(groups)
     click.echo(f"estimated time: about {_duration(est)} for training ({per_model_step * 1e3:.3g} ms "
                f"per model-step and {overhead:.2g} s per group, timed on {k1} and {k2} steps of "
@@ -217,13 +217,6 @@ def run(spec_path, store, executor, ray_address, device, threads, dtype, dry_run
                    "run again once it has finished")
 
 
-def flatten_row(row: dict) -> dict:
-    """A store row as one flat record (see :func:`resdyn.reports.tables.flatten_row`)."""
-    from ..reports.tables import flatten_row as flat
-
-    return flat(row)
-
-
 def _read(store: Path, read):
     """``read(store)`` on the opened store; any StoreError is one line on stderr and exit 1."""
     try:
@@ -247,7 +240,7 @@ def results(store, fmt, where, columns) -> None:
     resdyn.load_cell(STORE, cell_id)). A value not measured reads empty in CSV (null in JSON)."""
     from ..reports.tables import apply_where, choose_columns, flatten_row, strict_dumps
 
-    stored, files = _read(store, lambda st: (st.rows(), st.files))
+    stored, files = _read(store, lambda st: (st.records(), st.files))
     try:
         rows = [flatten_row(r, files) for r in stored]
     except (KeyError, TypeError, AttributeError) as err:
@@ -304,7 +297,7 @@ def status(store, spec_path, verify) -> None:
                    f"{len(missing)} missing")
         for c in missing[:20]:
             click.echo(f"  missing {c.cell_id}: S={c.sample_size} seed={c.seed} "
-                       f"model={c.config['model']['family']}")
+                       f"model={c.model.family}")
         if len(missing) > 20:
             click.echo(f"  ... and {len(missing) - 20} more")
     if verify:

@@ -41,6 +41,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,84 @@ def _one_line(text: str, limit: int = 300) -> str:
     return " ".join(str(text).split())[:limit]
 
 
+_SIGNALS = (_TooLarge, _Deadline, _TooSlow, urllib.error.URLError, http.client.HTTPException, OSError)
+
+
+@dataclass
+class _Fetch:
+    """One :func:`fetch` call: the checksum, the ``.part`` file, the limits, and the problems met."""
+
+    kind: str
+    digest: str
+    part: Path
+    retries: int
+    timeout: float
+    max_bytes: int
+    deadline: float
+    pace: _Pace
+    log: Log
+    problems: list[str] = field(default_factory=list)
+
+    def mirror(self, url: str) -> bool:
+        """Up to ``retries`` resumed attempts at ``url``: True when ``part`` holds the file with
+        the expected checksum; False (the problem recorded) otherwise. A refused transfer keeps its
+        ``.part``; only a complete one is checked."""
+        src = _source(self.part)
+        if self.part.exists() and src.exists() and src.read_text(errors="replace") != url:
+            _discard(self.part)  # written by another mirror, which may serve other bytes
+        resumed = self.part.exists() and self.part.stat().st_size > 0
+        attempt = 0
+        while attempt <= self.retries:
+            attempt += 1
+            try:
+                _attempt(url, self.part, self.timeout, self.max_bytes, self.pace)
+            except _SIGNALS as err:
+                if self._again(url, err, attempt):
+                    continue
+                return False
+            got = digest_file(self.part, self.kind)
+            if got == self.digest:
+                return True
+            _discard(self.part)
+            self.problems.append(f"{url}: {self.kind} {got}, expected {self.digest}; discarded")
+            if not resumed:
+                return False
+            resumed = False  # the resumed prefix may have been the fault: once more, afresh
+        return False
+
+    def _have(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def _again(self, url: str, err: Exception, attempt: int) -> bool:
+        """Record why attempt ``attempt`` at ``url`` failed with ``err``; True to try again."""
+        if isinstance(err, urllib.error.HTTPError):
+            if err.code == 416 and self.part.exists():  # our .part is not a prefix of this file
+                _discard(self.part)
+                return True
+            self.problems.append(f"{url}: HTTP {err.code} {_one_line(err.reason, 80)}")
+            return False
+        if isinstance(err, _TooLarge):
+            _discard(self.part)
+            self.problems.append(f"{url}: sends more than {self.max_bytes} bytes ({err.args[0]} so "
+                                 "far), the most this file may have; discarded")
+            return False
+        if isinstance(err, _Deadline):
+            self.problems.append(f"{url}: gave up after the overall deadline of {self.deadline:g} s "
+                                 f"(have {self._have()} bytes; --deadline sets it)")
+            return False
+        if isinstance(err, _TooSlow):
+            self.problems.append(f"{url}: gave up at {err.args[0]:.0f} bytes/s, below the floor of "
+                                 f"{self.pace.min_rate:g} bytes/s over {self.pace.window:g} s (have "
+                                 f"{self._have()} bytes; --min-rate sets it)")
+            return False
+        have = self._have()
+        self.problems.append(f"{url}: {type(err).__name__}: {_one_line(err, 160)} (have {have} bytes)")
+        if attempt <= self.retries and time.monotonic() < self.pace.end:
+            self.log(f"  connection lost after {have} bytes; resuming")
+            return True
+        return False
+
+
 def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: float = 30.0,
           log: Log = _quiet, max_bytes: int = DEFAULT_MAX_BYTES,
           deadline: float = DEFAULT_DEADLINE, min_rate: float = DEFAULT_MIN_RATE,
@@ -201,70 +280,20 @@ def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: 
     md5 = md5.lower()
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    problems: list[str] = []
-    pace = _Pace(deadline, min_rate, rate_window)
+    job = _Fetch(kind, md5, part, retries, timeout, max_bytes, deadline,
+                 _Pace(deadline, min_rate, rate_window), log)
     for url in urls:
-        src = _source(part)
-        if part.exists() and src.exists() and src.read_text(errors="replace") != url:
-            _discard(part)  # written by another mirror, which may serve other bytes
-        resumed = part.exists() and part.stat().st_size > 0
-        done = False  # only a complete transfer is checked; a refused one keeps its .part
-        attempt = 0
-        while attempt <= retries:
-            attempt += 1
-            try:
-                _attempt(url, part, timeout, max_bytes, pace)
-                done = True
-            except urllib.error.HTTPError as err:
-                if err.code == 416 and part.exists():  # our .part is not a prefix of this file
-                    _discard(part)
-                    continue
-                problems.append(f"{url}: HTTP {err.code} {_one_line(err.reason, 80)}")
-                break
-            except _TooLarge as err:
-                _discard(part)
-                problems.append(f"{url}: sends more than {max_bytes} bytes ({err.args[0]} so far), "
-                                "the most this file may have; discarded")
-                break
-            except _Deadline:
-                problems.append(f"{url}: gave up after the overall deadline of {deadline:g} s "
-                                f"(have {part.stat().st_size if part.exists() else 0} bytes; "
-                                "--deadline sets it)")
-                break
-            except _TooSlow as err:
-                problems.append(f"{url}: gave up at {err.args[0]:.0f} bytes/s, below the floor of "
-                                f"{min_rate:g} bytes/s over {rate_window:g} s (have "
-                                f"{part.stat().st_size if part.exists() else 0} bytes; --min-rate "
-                                "sets it)")
-                break
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
-                have = part.stat().st_size if part.exists() else 0
-                problems.append(f"{url}: {type(err).__name__}: {_one_line(err, 160)} "
-                                f"(have {have} bytes)")
-                if attempt <= retries and time.monotonic() < pace.end:
-                    log(f"  connection lost after {have} bytes; resuming")
-                    continue
-                break
-            if done and digest_file(part, kind) != md5:
-                got = digest_file(part, kind)
-                _discard(part)
-                problems.append(f"{url}: {kind} {got}, expected {md5}; discarded")
-                done = False
-                if resumed:  # the resumed prefix may have been the fault: once more, afresh
-                    resumed = False
-                    continue
-            break
-        if time.monotonic() > pace.end and not done:
-            break
-        if done:
+        if job.mirror(url):
             os.replace(part, dest)
             _source(part).unlink(missing_ok=True)
             return dest
+        if time.monotonic() > job.pace.end:
+            break
     kept = f"; the partial file {str(part)!r} is kept for the next attempt" if part.exists() else ""
     if not part.exists():
         _source(part).unlink(missing_ok=True)
     raise DownloadError(f"could not fetch {dest.name} ({kind} {md5}) into {str(dest.parent)!r}: "
-                        + "; ".join(problems or ["no mirror given"]) + kept)
+                        + "; ".join(job.problems or ["no mirror given"]) + kept)
 
 
 def extract_cifar(root: Path, name: str, manifest: Manifest | None = None) -> Path:

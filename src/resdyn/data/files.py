@@ -62,7 +62,6 @@ def idx_files(name: str) -> dict[str, str]:
     }
 
 
-MNIST_FILES = idx_files("mnist")
 #: The most bytes of a gzip-compressed IDX file read before its checksum is computed.
 MAX_GZ_BYTES = MAX_IDX_BYTES + (1 << 20)
 

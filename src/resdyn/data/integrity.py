@@ -46,11 +46,9 @@ __all__ = [
     "digest_file",
     "digest_kind",
     "expected_digest",
-    "expected_md5",
     "fix_command",
     "manifest_entry",
     "md5_bytes",
-    "md5_file",
     "read_verified",
     "use_manifest",
 ]
@@ -153,10 +151,6 @@ def digest_file(path: str | Path, kind: str, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-#: The file sets ``resdyn data fetch`` fills from its own sources (not only official mirrors).
-FETCHED = ("mnist", "fashion-mnist")
-
-
 def fix_command(name: str, root: str | Path | None = None) -> str:
     """The command that fetches data set ``name`` into ``root`` (``--root`` omitted for the
     default root), quoted with backticks for an error message."""
@@ -189,19 +183,8 @@ def expected_digest(relpath: str, manifest: Manifest | None = None) -> str:
     return want
 
 
-expected_md5 = expected_digest  # the name of the md5-only days
-
-
 def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
-
-
-def md5_file(path: str | Path, block: int = 1 << 20) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(block), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def check_root(root: str | Path | None, name: str) -> Path:
@@ -326,44 +309,55 @@ def truncation(relpath: str, data: bytes) -> str | None:
     is given), tar archives listed as a stream, IDX headers compared with the length, and
     pickles walked with ``pickletools.genops``.
     """
-    cap = max(EXPLAIN_MIN_BYTES, 8 * len(data))
     try:
-        if relpath.endswith(".tar.gz"):
-            with tarfile.open(fileobj=io.BufferedReader(BoundedGunzip(data, cap)), mode="r|") as tar:
-                for _ in tar:
-                    pass
-            return None
-        if relpath.endswith(".gz"):
-            stream = io.BufferedReader(BoundedGunzip(data, cap))
-            head = stream.read(64)
-            total = len(head)
-            while chunk := stream.read(1 << 20):
-                total += len(chunk)
-            if "idx" in Path(relpath).name:
-                declared = idx_declared_size(head)
-                if declared is None:
-                    return "no IDX header" if total < 8 else None
-                return None if total >= declared else f"the IDX header declares {declared} bytes"
-            return None
-        if "idx" in Path(relpath).name:
-            declared = idx_declared_size(data[:64])
-            if declared is None:
-                return "no IDX header" if len(data) < 8 else None
-            return None if len(data) >= declared else f"the IDX header declares {declared} bytes"
-        for _ in pickletools.genops(io.BytesIO(data)):
-            pass
+        return _read_to_end(relpath, data, max(EXPLAIN_MIN_BYTES, 8 * len(data)))
+    except Exception as err:  # any failure to parse is either a reason or no opinion
+        return _ends_early(err)
+
+
+def _read_to_end(relpath: str, data: bytes, cap: int) -> str | None:
+    """Parse ``data`` as the file ``relpath`` names, to its end (at most ``cap`` bytes
+    decompressed): the reason an IDX file looks short, else None; parse errors propagate."""
+    is_idx = "idx" in Path(relpath).name
+    if relpath.endswith(".tar.gz"):
+        with tarfile.open(fileobj=io.BufferedReader(BoundedGunzip(data, cap)), mode="r|") as tar:
+            for _ in tar:
+                pass
         return None
-    except TooBigError:
+    if relpath.endswith(".gz"):
+        stream = io.BufferedReader(BoundedGunzip(data, cap))
+        head = stream.read(64)
+        total = len(head)
+        while chunk := stream.read(1 << 20):
+            total += len(chunk)
+        return _idx_short(head, total) if is_idx else None
+    if is_idx:
+        return _idx_short(data[:64], len(data))
+    for _ in pickletools.genops(io.BytesIO(data)):
+        pass
+    return None
+
+
+def _idx_short(head: bytes, total: int) -> str | None:
+    """Why an IDX file of ``total`` bytes that begins with ``head`` looks cut short, or None."""
+    declared = idx_declared_size(head)
+    if declared is None:
+        return "no IDX header" if total < 8 else None
+    return None if total >= declared else f"the IDX header declares {declared} bytes"
+
+
+def _ends_early(err: Exception) -> str | None:
+    """The reason a parse error ``err`` of :func:`_read_to_end` gives, or None (no opinion)."""
+    if isinstance(err, TooBigError):  # beyond the decompression cap: no reason given
         return None
-    except EOFError:
+    if isinstance(err, EOFError):
         return "the compressed stream ends early"
-    except tarfile.ReadError as err:
+    if isinstance(err, tarfile.ReadError):
         if "unexpected end" in str(err) or "truncated" in str(err):
             return "the compressed stream ends early"
         return f"the archive cannot be read to its end ({err})"
-    except ValueError as err:
+    if isinstance(err, ValueError):
         # pickletools: "pickle exhausted before seeing STOP", "expected N bytes ... only M remain"
         ends = any(s in str(err) for s in ("exhausted", "truncated", "remain"))
         return "the pickle ends early" if ends else None
-    except Exception:
-        return None
+    return None

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.verdicts import VERDICTS, Claim
+from ..sweeps.records import CellRecord
 
 __all__ = ["VERDICTS", "Claim", "ExperimentOutcome", "outcome_per_data_set"]
 
@@ -28,19 +29,19 @@ class ExperimentOutcome:
     data: dict[str, Any] = field(default_factory=dict)
 
 
-SetAnalysis = Callable[[list[dict], "ExperimentOutcome", "Path | None", str, str], None]
+SetAnalysis = Callable[[list[CellRecord], "ExperimentOutcome", "Path | None", str, str], None]
 
 
-def outcome_per_data_set(rows: list[dict], out_dir: Path | None, name: str,
+def outcome_per_data_set(rows: list[CellRecord], out_dir: Path | None, name: str,
                          analyze_set: SetAnalysis) -> ExperimentOutcome:
     """An outcome with ``analyze_set(rows, outcome, out_dir, name, label)`` applied to the
     finished rows of each data set in turn; ``label`` is 'DATA: ' when the sweep has several data
     sets (its tables, claims and figures are then named by it), '' otherwise."""
     outcome = ExperimentOutcome(name)
-    by_data: dict[str, list[dict]] = {}
+    by_data: dict[str, list[CellRecord]] = {}
     for r in rows:
-        if r["status"] == "done":
-            by_data.setdefault(r["config"]["data"]["name"], []).append(r)
+        if r.status == "done":
+            by_data.setdefault(r.cell.data.name, []).append(r)
     for data, rs in sorted(by_data.items()):
         analyze_set(rs, outcome, out_dir, name, f"{data}: " if len(by_data) > 1 else "")
     return outcome

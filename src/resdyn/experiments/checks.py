@@ -24,6 +24,7 @@ import numpy as np
 
 from ..analysis.ranking import cell_table, rank_measures
 from ..analysis.verdicts import mean_test, no_test
+from ..sweeps.records import CellRecord
 from .base import Claim, ExperimentOutcome
 
 __all__ = ["BOUND_TERMS", "bound_claims", "rank_against_gap"]
@@ -31,25 +32,25 @@ __all__ = ["BOUND_TERMS", "bound_claims", "rank_against_gap"]
 BOUND_TERMS = ("margin_loss", "complexity", "confidence")
 
 
-def _cells(rows: list[dict], key: str) -> list[tuple[object, float, float, dict]]:
+def _cells(rows: list[CellRecord], key: str) -> list[tuple[object, float, float, dict]]:
     """(seed, B, test error, terms) of every finished cell with a finite bound."""
     out = []
     for r in rows:
-        if r["status"] != "done":
+        if r.status != "done":
             continue
-        b = r["measures"].get(key)
+        b = r.measures.get(key)
         if b is not None and math.isfinite(b):
-            terms = {t: r["measures"].get(f"{key}.{t}", math.nan) for t in BOUND_TERMS}
-            out.append((r["config"]["seed"], b, 1.0 - r["metrics"]["test_acc"], terms))
+            terms = {t: r.measures.get(f"{key}.{t}", math.nan) for t in BOUND_TERMS}
+            out.append((r.cell.seed, b, 1.0 - r.metrics["test_acc"], terms))
     return out
 
 
-def bound_claims(rows: list[dict], key: str = "test_error_bound") -> list[Claim]:
+def bound_claims(rows: list[CellRecord], key: str = "test_error_bound") -> list[Claim]:
     """The two bound claims of the module docstring ([] when no cell recorded ``key``)."""
     cells = _cells(rows, key)
     if not cells:
         return []
-    done = sum(r["status"] == "done" for r in rows)
+    done = sum(r.status == "done" for r in rows)
     n = len(cells)
     seeds = sorted({c[0] for c in cells}, key=str)
     vacuous = sum(b >= 1.0 for _, b, _, _ in cells)
@@ -86,7 +87,8 @@ def bound_claims(rows: list[dict], key: str = "test_error_bound") -> list[Claim]
     return [c1, c2]
 
 
-def rank_against_gap(rows: list[dict], outcome: ExperimentOutcome, out_dir: Path | None, name: str) -> None:
+def rank_against_gap(rows: list[CellRecord], outcome: ExperimentOutcome, out_dir: Path | None,
+                     name: str) -> None:
     """Add the table 'measures against the gap' (Kendall tau and granulated tau of the seed means,
     the per-seed values with t intervals over seeds, every recorded measure) and its figure."""
     table = cell_table(rows)

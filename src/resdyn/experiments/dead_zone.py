@@ -30,6 +30,7 @@ import numpy as np
 
 from ..analysis.summary import group_rows, mean_ci
 from ..analysis.verdicts import mean_test, no_test
+from ..sweeps.records import CellRecord
 from .base import Claim, ExperimentOutcome, outcome_per_data_set
 from .checks import bound_claims, rank_against_gap
 
@@ -40,39 +41,38 @@ TRAINS = 0.9
 ACC_MARGIN = 0.02
 
 
-def _key(r: dict) -> tuple[float, str, float]:
-    m = r["config"]["model"]
-    tau = m.get("tau", 0.0) if m["activation"] in DEAD_ZONE else 0.0
-    return float(r["config"].get("train", {}).get("weight_decay", 0.0) or 0.0), m["activation"], tau
+def _key(r: CellRecord) -> tuple[float, str, float]:
+    m = r.cell.model
+    tau = getattr(m, "tau", 0.0) if m.activation in DEAD_ZONE else 0.0
+    return float(r.cell.training.config.weight_decay or 0.0), m.activation, tau
 
 
-def _pair_key(r: dict) -> str:
+def _pair_key(r: CellRecord) -> str:
     """Every setting of the cell except the activation and its tau (seed and weight decay included)."""
     import json
 
-    cfg = {k: v for k, v in r["config"].items() if k != "model"}
-    model = {k: v for k, v in r["config"]["model"].items() if k not in ("activation", "tau")}
-    return json.dumps({**cfg, "model": model}, sort_keys=True, default=str)
+    settings = {k: v for k, v in r.settings.items() if k not in ("model.activation", "model.tau")}
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
-def _term(r: dict) -> float | None:
-    v = r["measures"].get("dead_zone")
-    if v is None and r["config"]["model"]["activation"] not in DEAD_ZONE:
+def _term(r: CellRecord) -> float | None:
+    v = r.measures.get("dead_zone")
+    if v is None and r.cell.model.activation not in DEAD_ZONE:
         return 0.0  # no dead zone, no term
     return v if v is not None and math.isfinite(v) else None
 
 
-def _gap(r: dict) -> float | None:
-    v = r["metrics"].get("error_gap")
+def _gap(r: CellRecord) -> float | None:
+    v = r.metrics.get("error_gap")
     return v if v is not None and math.isfinite(v) else None
 
 
-def _acc(r: dict) -> float | None:
-    v = r["metrics"].get("test_acc")
+def _acc(r: CellRecord) -> float | None:
+    v = r.metrics.get("test_acc")
     return v if v is not None and math.isfinite(v) else None
 
 
-def _paired(ok: list[dict], act: str, get) -> dict:
+def _paired(ok: list[CellRecord], act: str, get) -> dict:
     """seed -> mean over the dead-zone widths of get(a cell) - get(its relu match)."""
     relu = {_pair_key(r): r for r in ok if _key(r)[1] == "relu"}
     per_seed: dict = {}
@@ -82,16 +82,16 @@ def _paired(ok: list[dict], act: str, get) -> dict:
         base = relu.get(_pair_key(r))
         a, b = get(r), (get(base) if base is not None else None)
         if a is not None and b is not None:
-            per_seed.setdefault(r["config"]["seed"], []).append(a - b)
+            per_seed.setdefault(r.cell.seed, []).append(a - b)
     return {s: float(np.mean(v)) for s, v in sorted(per_seed.items(), key=lambda kv: str(kv[0]))}
 
 
-def _relu_acc(ok: list[dict], wd: float) -> float | None:
+def _relu_acc(ok: list[CellRecord], wd: float) -> float | None:
     accs = [a for a in (_acc(r) for r in ok if _key(r)[:2] == (wd, "relu")) if a is not None]
     return float(np.mean(accs)) if accs else None
 
 
-def _accuracy_beside(ok: list[dict], act: str) -> str:
+def _accuracy_beside(ok: list[CellRecord], act: str) -> str:
     """Mean test accuracy of every activation, and act's paired difference to the best one."""
     means = {}
     for a in dict.fromkeys(_key(r)[1] for r in ok):
@@ -110,7 +110,7 @@ def _accuracy_beside(ok: list[dict], act: str) -> str:
         by_seed: dict = {}
         for r in ok:
             if _key(r)[1] in (act, best) and _acc(r) is not None:
-                by_seed.setdefault(r["config"]["seed"], {}).setdefault(_key(r)[1], []).append(_acc(r))
+                by_seed.setdefault(r.cell.seed, {}).setdefault(_key(r)[1], []).append(_acc(r))
         d = [float(np.mean(v[act]) - np.mean(v[best])) for v in by_seed.values() if act in v and best in v]
     if len(d) >= 2:
         ci = mean_ci(d, 0.90)
@@ -120,7 +120,7 @@ def _accuracy_beside(ok: list[dict], act: str) -> str:
     return words
 
 
-def _term_claim(ok: list[dict], wd: float, act: str) -> Claim | None:
+def _term_claim(ok: list[CellRecord], wd: float, act: str) -> Claim | None:
     d = _paired(ok, act, _term)
     if not any(_key(r)[1] == act for r in ok):
         return None
@@ -139,7 +139,7 @@ def _term_claim(ok: list[dict], wd: float, act: str) -> Claim | None:
                    {"paired": d, "weight_decay": wd, "term_is_zero": zero})
 
 
-def _gap_claim(ok: list[dict], wd: float, act: str) -> Claim | None:
+def _gap_claim(ok: list[CellRecord], wd: float, act: str) -> Claim | None:
     if not any(_key(r)[1] == act for r in ok):
         return None
     d = _paired(ok, act, _gap)
@@ -154,7 +154,7 @@ def _gap_claim(ok: list[dict], wd: float, act: str) -> Claim | None:
                    {"paired": d, "weight_decay": wd})
 
 
-def _regimes(ok: list[dict]) -> dict[float, str]:
+def _regimes(ok: list[CellRecord]) -> dict[float, str]:
     """weight decay -> 'trains' or the words of why it is collapsed (relu below TRAINS)."""
     out = {}
     for wd in sorted({_key(r)[0] for r in ok}):
@@ -168,7 +168,8 @@ def _regimes(ok: list[dict]) -> dict[float, str]:
     return out
 
 
-def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zone") -> ExperimentOutcome:
+def analyze(rows: list[CellRecord], out_dir: Path | None = None,
+            name: str = "dead-zone") -> ExperimentOutcome:
     """Tables, claims and figures per data set (named by it when the sweep has several, as the
     image reproduction on MNIST and Fashion-MNIST does); bound claims and ranks over all rows."""
     outcome = outcome_per_data_set(rows, out_dir, name, _analyze_set)
@@ -177,18 +178,18 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "dead-zon
     return outcome
 
 
-def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
+def _analyze_set(ok: list[CellRecord], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
                  label: str) -> None:
     groups = dict(sorted(group_rows(ok, _key).items()))
     table = []
     for (wd, act, tau), rs in groups.items():
         row = {"weight_decay": wd, "activation": act, "tau": tau, "seeds": len(rs)}
-        for m, get in (("error_gap", lambda r: r["metrics"]["error_gap"]),
-                       ("loss_gap", lambda r: r["metrics"]["loss_gap"]),
-                       ("test_error", lambda r: 1 - r["metrics"]["test_acc"]),
-                       ("dead_zone_term", lambda r: r["measures"].get("dead_zone")),
-                       ("dead_fraction", lambda r: r["measures"].get("dead_zone.dead_fraction")),
-                       ("mu_star", lambda r: r["measures"].get("dead_zone.mu"))):
+        for m, get in (("error_gap", lambda r: r.metrics["error_gap"]),
+                       ("loss_gap", lambda r: r.metrics["loss_gap"]),
+                       ("test_error", lambda r: 1 - r.metrics["test_acc"]),
+                       ("dead_zone_term", lambda r: r.measures.get("dead_zone")),
+                       ("dead_fraction", lambda r: r.measures.get("dead_zone.dead_fraction")),
+                       ("mu_star", lambda r: r.measures.get("dead_zone.mu"))):
             vals = [v for v in (get(r) for r in rs) if v is not None and math.isfinite(v)]
             if vals:
                 ci = mean_ci(vals)

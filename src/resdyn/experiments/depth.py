@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..analysis.summary import group_rows, mean_ci, welch_tost
 from ..analysis.verdicts import decide, equivalence_test, joint, no_test
+from ..sweeps.records import CellRecord
 from .base import ExperimentOutcome, outcome_per_data_set
 from .checks import bound_claims, rank_against_gap
 
@@ -30,24 +31,24 @@ DISCRETE = ("resnet", "image_resnet", "conv_resnet")
 CONTINUOUS = ("ode_resnet", "image_ode_resnet")
 
 
-def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "depth") -> ExperimentOutcome:
+def analyze(rows: list[CellRecord], out_dir: Path | None = None, name: str = "depth") -> ExperimentOutcome:
     outcome = outcome_per_data_set(rows, out_dir, name, _analyze_set)
     outcome.claims += bound_claims(rows)
     rank_against_gap(rows, outcome, out_dir, name)
     return outcome
 
 
-def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
+def _analyze_set(ok: list[CellRecord], outcome: ExperimentOutcome, out_dir: Path | None, name: str,
                  label: str) -> None:
     """Table, figures and the two claims of one data set's rows, each named with ``label``."""
-    disc = [r for r in ok if r["config"]["model"]["family"] in DISCRETE]
-    cont = [r for r in ok if r["config"]["model"]["family"] in CONTINUOUS]
-    by_L = dict(sorted(group_rows(disc, lambda r: r["config"]["model"]["depth"]).items()))
+    disc = [r for r in ok if r.cell.model.family in DISCRETE]
+    cont = [r for r in ok if r.cell.model.family in CONTINUOUS]
+    by_L = dict(sorted(group_rows(disc, lambda r: r.cell.model.depth).items()))
     table, stats = [], {m: [] for m in METRICS}
     for L, rs in by_L.items():
         row = {"model": "discrete", "L": L, "seeds": len(rs)}
         for m in METRICS:
-            ci = mean_ci([r["metrics"][m] for r in rs])
+            ci = mean_ci([r.metrics[m] for r in rs])
             stats[m].append(ci)
             row[m], row[f"{m}_ci"] = ci.mean, [ci.lo, ci.hi]
         table.append(row)
@@ -55,7 +56,7 @@ def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | Non
     if cont:
         row = {"model": "continuous", "L": "ODE", "seeds": len(cont)}
         for m in METRICS:
-            ci = mean_ci([r["metrics"][m] for r in cont])
+            ci = mean_ci([r.metrics[m] for r in cont])
             cont_ci[m] = ci
             row[m], row[f"{m}_ci"] = ci.mean, [ci.lo, ci.hi]
         table.append(row)
@@ -68,8 +69,8 @@ def _analyze_set(ok: list[dict], outcome: ExperimentOutcome, out_dir: Path | Non
     else:
         outcome.data["figures"] = figures
     if len(Ls) >= 3 and cont_ci and len(cont) >= 2:
-        acc_cont = [r["metrics"]["test_acc"] for r in cont]
-        tests = {L: welch_tost([r["metrics"]["test_acc"] for r in by_L[L]], acc_cont, MARGIN)
+        acc_cont = [r.metrics["test_acc"] for r in cont]
+        tests = {L: welch_tost([r.metrics["test_acc"] for r in by_L[L]], acc_cont, MARGIN)
                  for L in Ls[-3:] if len(by_L[L]) >= 2}
         parts = [(f"L={L}", decide(f"Welch TOST, H1: |acc(L={L}) - acc(ODE)| < {MARGIN}", t.pvalue,
                                    t.p_outside, "seed", len(by_L[L]) + len(acc_cont)))

@@ -37,6 +37,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..sweeps.cells import Cell
+from ..sweeps.records import CellRecord
 from .base import Claim, ExperimentOutcome
 
 __all__ = ["VARIANTS", "analyze", "levels", "variant_of"]
@@ -46,30 +48,34 @@ TABLE_KEYS = ("variant", "N", "J_star", "dJ_next", "spread", "acc_min", "grad_no
               "D_next", "h1_seminorm", "loss_star", "init_grad_norm", "best_is_warm", "seconds")
 
 
-def variant_of(config: dict[str, Any]) -> str:
-    """The variant a cell's configuration describes (see the module docstring)."""
-    model, control = config["model"], config["train"].get("control", {})
-    if model["family"] == "resnet":
+def variant_of(cell: Cell) -> str:
+    """The variant a cell describes (see the module docstring)."""
+    model, control = cell.model, cell.training.control
+    if model.family == "resnet":
         return "resnet"
-    if not model.get("scaled", True):
+    if not getattr(model, "scaled", True):
         return "densenet_unscaled"
-    return "dnl_no_h1" if control.get("beta", 0.0) == 0.0 else "dnl"
+    return "dnl_no_h1" if control is None or control.beta == 0.0 else "dnl"
 
 
-def _is_warm(row: dict[str, Any]) -> bool:
-    ws = row["config"].get("warm_start")
-    return ws is not None and ws.get("init", True)
+def _is_warm(row: CellRecord) -> bool:
+    """Whether the cell starts from the best of the level below (not only measures against it)."""
+    return bool(row.cell.warm_from) and row.cell.warm_init
 
 
-def _level(variant: str, N: int, cells: list[dict[str, Any]]) -> dict[str, Any]:
+def _is_control(row: CellRecord) -> bool:
+    return row.cell.training.control is not None
+
+
+def _level(variant: str, N: int, cells: list[CellRecord]) -> dict[str, Any]:
     """The numbers of one (variant, N) from its cells: restarts by seed, then the warm start."""
-    cells = sorted(cells, key=lambda r: (_is_warm(r), r["config"]["seed"]))
-    m = [r["metrics"] for r in cells]
+    cells = sorted(cells, key=lambda r: (_is_warm(r), r.cell.seed))
+    m = [r.metrics for r in cells]
     J = [x["J"] for x in m]
     finite = [(j, e) for e, j in enumerate(J) if math.isfinite(j)]
     e_best = min(finite)[1] if finite else 0  # the first of equal minima, as torch.argmin
     best, first = m[e_best], m[0]
-    curve = cells[0].get("series", {}).get("train_objective", {})
+    curve = cells[0].series.get("train_objective", {})
     row: dict[str, Any] = {
         "variant": variant, "N": N,
         "J_star": J[e_best],
@@ -92,20 +98,20 @@ def _level(variant: str, N: int, cells: list[dict[str, Any]]) -> dict[str, Any]:
         row["J_cont"], row["loss_cont"] = best["J_cont"], best["loss_cont"]
     if "source_distance" in best:
         row["D_prev"] = best["source_distance"]
-    row["seconds"] = sum(r["timing"].get("seconds_per_model", 0.0) for r in cells)
+    row["seconds"] = sum(r.timing.get("seconds_per_model", 0.0) for r in cells)
     return row
 
 
-def levels(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+def levels(rows: list[CellRecord]) -> dict[str, list[dict[str, Any]]]:
     """Per variant (in :data:`VARIANTS` order), one dict per N (ascending) from the finished rows
     of trained control cells: J*, spread, accuracies, ..., and the differences to the next level
     ``dJ_next`` = |J*_2N - J*_N| and ``D_next`` = D_N. A level counts the cells the rows hold (a
     store read while its run goes on gives the levels as far as they are stored)."""
     by: dict[str, dict[int, list]] = {}
     for r in rows:
-        if r.get("status", "done") not in ("done", "diverged") or "control" not in r["config"]["train"]:
+        if r.status not in ("done", "diverged") or not _is_control(r):
             continue
-        by.setdefault(variant_of(r["config"]), {}).setdefault(r["config"]["model"]["depth"], []).append(r)
+        by.setdefault(variant_of(r.cell), {}).setdefault(r.cell.model.depth, []).append(r)
     out = {}
     for v in (v for v in VARIANTS if v in by):
         out[v] = [_level(v, N, by[v][N]) for N in sorted(by[v])]
@@ -179,15 +185,14 @@ def _plot(out_dir: Path, sweeps: dict[str, list[dict]]) -> dict[str, Path]:
     return figs
 
 
-def _restarts(rows: list[dict[str, Any]]) -> dict[str, dict[int, dict[Any, dict[str, float]]]]:
+def _restarts(rows: list[CellRecord]) -> dict[str, dict[int, dict[Any, dict[str, float]]]]:
     """variant -> N -> restart seed -> metrics of the finished random-restart cells (the warm start
     is not a replication: it depends on the level below)."""
     out: dict[str, dict[int, dict[Any, dict[str, float]]]] = {}
     for r in rows:
-        if r.get("status", "done") != "done" or "control" not in r["config"]["train"] or _is_warm(r):
+        if r.status != "done" or not _is_control(r) or _is_warm(r):
             continue
-        out.setdefault(variant_of(r["config"]), {}).setdefault(r["config"]["model"]["depth"], {})[
-            r["config"]["seed"]] = r["metrics"]
+        out.setdefault(variant_of(r.cell), {}).setdefault(r.cell.model.depth, {})[r.cell.seed] = r.metrics
     return out
 
 
@@ -225,7 +230,7 @@ def _decay(text: str, x: list, g: list, y: list) -> Claim:
     return d.claim(text, shown, {**v.values, "values": list(zip(x, g, y, strict=True))})
 
 
-def _claims(rows: list[dict[str, Any]], sweeps: dict[str, list[dict]]) -> list[Claim]:
+def _claims(rows: list[CellRecord], sweeps: dict[str, list[dict]]) -> list[Claim]:
     """The claims of the reproduction, each a test across random restarts (the replication unit:
     restart r is the same initial kernel function at every N) by the one rule
     (:mod:`resdyn.analysis.verdicts`); the optimal values J*_N (best over starts) are reported."""
@@ -298,7 +303,7 @@ def _claims(rows: list[dict[str, Any]], sweeps: dict[str, list[dict]]) -> list[C
     return claims
 
 
-def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
+def analyze(rows: list[CellRecord], out_dir: Path | None = None,
             name: str = "dnl-convergence") -> ExperimentOutcome:
     """Tables, claims and figures of the reproduction from its per-cell store rows (see the
     module docstring); ``rows`` may carry ``series`` (the Adam curve of seed 0). Figures and
@@ -311,20 +316,19 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
         outcome.claims = _claims(rows, sweeps)
     outcome.tables = {"convergence": [{k: r.get(k) for k in TABLE_KEYS}
                                       for v_rows in sweeps.values() for r in v_rows]}
-    cfg0 = next(r["config"] for r in rows if "control" in r["config"]["train"])
-    ctl, data = cfg0["train"]["control"], cfg0["data"]
-    restarts = sorted({r["config"]["seed"] for r in rows if "control" in r["config"]["train"]
-                       and not _is_warm(r)})
-    warm_lr = [r["config"]["train"]["lr"] for r in rows if _is_warm(r)]
+    cell0 = next(r.cell for r in rows if _is_control(r))
+    ctl, data = cell0.training.control, dict(cell0.data.options)
+    restarts = sorted({r.cell.seed for r in rows if _is_control(r) and not _is_warm(r)})
+    warm_lr = [r.cell.training.lr for r in rows if _is_warm(r)]
     outcome.data = {
         "config": {"Ns": [r["N"] for r in next(iter(sweeps.values()))], "restarts": len(restarts),
-                   "adam_steps": cfg0["train"]["steps"], "lbfgs_iters": ctl["lbfgs_iters"],
-                   "fine_steps": ctl["fine_steps"], "alpha": ctl["alpha"], "beta": ctl["beta"],
-                   "gamma": ctl["gamma"], "width": cfg0["model"]["width"],
-                   "n_train": cfg0["sample_size"], "turns": data.get("turns"),
-                   "noise": data.get("noise"), "horizon": cfg0["model"]["horizon"],
-                   "lr": cfg0["train"]["lr"], "warm_lr": warm_lr[0] if warm_lr else None,
-                   "quick": name.endswith("-quick"), "dtype": cfg0["dtype"]},
+                   "adam_steps": cell0.training.config.steps, "lbfgs_iters": ctl.lbfgs_iters,
+                   "fine_steps": ctl.fine_steps, "alpha": ctl.alpha, "beta": ctl.beta,
+                   "gamma": ctl.gamma, "width": cell0.model.width,
+                   "n_train": cell0.sample_size, "turns": data.get("turns"),
+                   "noise": data.get("noise"), "horizon": cell0.model.horizon,
+                   "lr": cell0.training.lr, "warm_lr": warm_lr[0] if warm_lr else None,
+                   "quick": name.endswith("-quick"), "dtype": cell0.dtype},
         "sweeps": sweeps,
         "seconds": sum(r["seconds"] for v_rows in sweeps.values() for r in v_rows),
     }

@@ -37,6 +37,7 @@ from ..data.base import Dataset
 from ..data.synthetic import two_spirals
 from ..models.base import init_params
 from ..models.meanfield import PREDICTOR_PARAMS, MeanFieldResNet
+from ..sweeps.records import CellRecord
 from ..training import TrainConfig, train
 from .base import Claim, ExperimentOutcome
 
@@ -129,9 +130,9 @@ def gradient_descent_check(
             rec[key].append(float(mv[key][0]))
 
     t0 = time.perf_counter()
-    res = train(model, params, data, [torch.arange(n)], eta,
-                TrainConfig(steps=steps, loss="squared", optimizer="sgd"), [seed], hooks=[(every, hook)],
-                evaluate_test=False)
+    res = train(model, params, data, [torch.arange(n)], lr=eta,
+                config=TrainConfig(steps=steps, loss="squared", optimizer="sgd"), seeds=[seed],
+                hooks=[(every, hook)], evaluate_test=False)
     seconds = time.perf_counter() - t0
     kl = np.add(rec["kl_enc_knn"], rec["kl_pred_knn"])
     q = int(np.searchsorted(rec["steps"], 0.75 * steps))
@@ -193,17 +194,17 @@ def _plot(out_dir: Path, name: str, draw: Any) -> Path:
     return save_figure(fig, out_dir / f"{name}.png")
 
 
-def _main_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r["spec"] in ("mean-field", "mean-field-quick") and r["status"] == "done"]
+def _main_rows(rows: list[CellRecord]) -> list[CellRecord]:
+    return [r for r in rows if r.spec in ("mean-field", "mean-field-quick") and r.status == "done"]
 
 
-def trajectories(rows: list[dict[str, Any]]) -> dict[str, list]:
+def trajectories(rows: list[CellRecord]) -> dict[str, list]:
     """Loss, lambda_min(G1), lambda_min(G2) and k-NN KL of every cell at the tracked steps, from the
     rows' ``series`` (step -> value per series name; the loss at step t is the objective before
     update t + 1, so the loss shown at a tracked step t > 0 is that of step t - 1, NaN at 0)."""
     names = {"lambda_min_G1": "gram.lambda_min_G1", "lambda_min_G2": "gram.lambda_min_G2",
              "kl_enc_knn": "kl.kl_enc_knn", "kl_pred_knn": "kl.kl_pred_knn"}
-    series = [r.get("series", {}) for r in rows]
+    series = [r.series for r in rows]
     steps = sorted(series[0].get(names["lambda_min_G1"], {})) if series else []
     out: dict[str, list] = {"step": steps, "loss": []}
     for key in names:
@@ -216,28 +217,28 @@ def trajectories(rows: list[dict[str, Any]]) -> dict[str, list]:
     return out
 
 
-def gd_check_from_row(row: dict[str, Any]) -> GDCheck:
-    """The :class:`GDCheck` of one cell of ``mean-field-gd.toml``, from its row and series."""
-    ser = row["series"]
+def gd_check_from_row(row: CellRecord) -> GDCheck:
+    """The :class:`GDCheck` of one cell of ``mean-field-gd.toml``, from its record and series."""
+    ser = row.series
     steps = sorted(ser["gram.lambda_min_G2"])
 
     def at(name: str) -> list[float]:
         return [ser[name][t] for t in steps]
 
-    eta, n, T = row["config"]["train"]["lr"], row["config"]["sample_size"], row["config"]["train"]["steps"]
+    eta, n, T = row.cell.training.lr, row.cell.sample_size, row.cell.training.config.steps
     loss, g2 = at("train_loss.loss"), at("gram.lambda_min_G2")
     kl = np.add(at("kl.kl_enc_knn"), at("kl.kl_pred_knn"))
     q = int(np.searchsorted(steps, 0.75 * T))
     total = kl[-1] - kl[0]
     return GDCheck(
-        width=row["config"]["model"]["width"], steps=steps, loss=loss, lambda_min_g1=at("gram.lambda_min_G1"),
+        width=row.cell.model.width, steps=steps, loss=loss, lambda_min_g1=at("gram.lambda_min_G1"),
         lambda_min_g2=g2, kl_enc_knn=at("kl.kl_enc_knn"), kl_pred_knn=at("kl.kl_pred_knn"),
         kl_enc_gauss=at("kl.kl_enc_gauss"), kl_pred_gauss=at("kl.kl_pred_gauss"),
         w2_enc=at("displacement.w2_enc"), w2_pred=at("displacement.w2_pred"),
         linear_rate=ser["linear_rate"][T] / eta, rate_bound=2 * ser["gram.lambda_min_total"][0] / n,
         loss_ratio=loss[0] / loss[-1], lambda_ratio=min(g2) / g2[0],
         kl_last_quarter_fraction=float((kl[-1] - kl[q]) / total) if total > 0 else float("nan"),
-        seconds=row["timing"]["train_seconds"],
+        seconds=row.timing["train_seconds"],
     )
 
 
@@ -304,7 +305,7 @@ def _rate_claims(n_arr: np.ndarray, err_grid: np.ndarray, seeds: list[Any]) -> t
     return fit, claims
 
 
-def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
+def analyze(rows: list[CellRecord], out_dir: Path | None = None,
             name: str = "mean-field") -> ExperimentOutcome:
     """The reproduction's tables, claims and figures from its per-cell store rows (see the module
     docstring). Rows may carry ``series`` ({name: {step: value}}) for the training curves."""
@@ -312,15 +313,15 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
     outcome = ExperimentOutcome(name)
     if not main:
         return outcome
-    n_values = sorted({r["config"]["sample_size"] for r in main})
-    seeds = sorted({r["config"]["seed"] for r in main})
-    by_cell = {(r["config"]["sample_size"], r["config"]["seed"]): r for r in main}
+    n_values = sorted({r.cell.sample_size for r in main})
+    seeds = sorted({r.cell.seed for r in main})
+    by_cell = {(r.cell.sample_size, r.cell.seed): r for r in main}
     cells = [(n, s) for s in seeds for n in n_values if (n, s) in by_cell]
     if len(cells) != len(n_values) * len(seeds):
         return outcome  # an incomplete grid: nothing to fit yet
     ordered = [by_cell[c] for c in cells]
-    n_test = int(ordered[0]["config"]["data"]["test_size"])
-    err = np.array([1.0 - r["metrics"]["test_acc"] for r in ordered])
+    n_test = int(dict(ordered[0].cell.data.options)["test_size"])
+    err = np.array([1.0 - r.metrics["test_acc"] for r in ordered])
     floor = 1.0 / n_test
     n_arr = np.array(n_values, dtype=float)
     err_grid = err.reshape(len(seeds), len(n_values))
@@ -328,10 +329,10 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
     fit, claims = _rate_claims(n_arr, err_grid, seeds)
     table = []
     for (n, s), r in zip(cells, ordered, strict=True):
-        m = r["measures"]
-        table.append({"n": n, "seed": s, "test_error": 1.0 - r["metrics"]["test_acc"],
-                      "train_error": 1.0 - r["metrics"]["train_acc"],
-                      "train_loss": r["metrics"]["train_loss"],
+        m = r.measures
+        table.append({"n": n, "seed": s, "test_error": 1.0 - r.metrics["test_acc"],
+                      "train_error": 1.0 - r.metrics["train_acc"],
+                      "train_loss": r.metrics["train_loss"],
                       "kl_enc_knn": m["meanfield_kl_plugin.plugin.r1"],
                       "kl_pred_knn": m["meanfield_kl_plugin.plugin.r2"],
                       "kl_plugin_estimate": m["meanfield_kl_plugin.plugin"],
@@ -344,17 +345,17 @@ def analyze(rows: list[dict[str, Any]], out_dir: Path | None = None,
                "nonpositive": fit.nonpositive, "intercept": fit.intercept, "n_points": fit.n,
                "floor_shown_in_figure": floor}
     outcome.claims = claims
-    gd_rows = [r for r in rows if r["spec"] == "mean-field-gd" and r["status"] == "done" and r.get("series")]
+    gd_rows = [r for r in rows if r.spec == "mean-field-gd" and r.status == "done" and r.series]
     gd: dict[str, list[GDCheck]] = {}
-    for r in sorted(gd_rows, key=lambda r: r["config"]["seed"]):
-        gd.setdefault(str(r["config"]["model"]["width"]), []).append(gd_check_from_row(r))
+    for r in sorted(gd_rows, key=lambda r: r.cell.seed):
+        gd.setdefault(str(r.cell.model.width), []).append(gd_check_from_row(r))
     if {"1024", "16"} <= set(gd):
         outcome.claims.append(_gd_claim(gd))
     traj = trajectories(ordered)
     outcome.tables = {"cells": table, "error_by_n": summary, "fit": [fit_row]}
     outcome.data = {"cells": [{"n": n, "seed": s} for n, s in cells], "test_error": err.tolist(),
                     "mean_test_error": mean_err.tolist(), "fit": fit_row, "trajectories": traj,
-                    "train_seconds": max(r["timing"]["train_seconds"] for r in ordered)}
+                    "train_seconds": max(r.timing["train_seconds"] for r in ordered)}
     if gd:
         outcome.data["gradient_descent"] = {k: [asdict(r) for r in v] for k, v in gd.items()}
     if out_dir is not None:

@@ -71,8 +71,8 @@ REPRODUCTIONS: dict[str, Reproduction] = {
                      ("dead-zone",), dead_zone.analyze),
         Reproduction("mean-field", "mean-field ResNet on two spirals: Gram, KL, error vs n",
                      ("mean-field",), meanfield.analyze, full_specs=("mean-field-gd",)),
-        Reproduction("certificates", "PAC-Bayes risk certificates against S and depth L (knot paths)",
-                     run=certificates.run),
+        Reproduction("certificates", "PAC-Bayes certificates of per-layer ResNets against depth L, "
+                     "Brownian and i.i.d. priors", ("certificates",), certificates.analyze),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
                      ("dnl-convergence",), dnl_convergence.analyze),
     )

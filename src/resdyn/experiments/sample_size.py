@@ -25,14 +25,15 @@ import numpy as np
 from ..analysis.rates import MARGIN, fit_rate, rate_claim, straight_range
 from ..analysis.summary import group_rows, mean_ci
 from ..analysis.verdicts import no_test
+from ..sweeps.records import CellRecord
 from .base import Claim, ExperimentOutcome
 from .checks import bound_claims, rank_against_gap
 
 __all__ = ["analyze", "fit_series"]
 
 
-def _series_key(row: dict) -> tuple[str, str]:
-    return row["config"]["data"]["name"], row["config"]["model"]["family"]
+def _series_key(row: CellRecord) -> tuple[str, str]:
+    return row.cell.data.name, row.cell.model.family
 
 
 def _label(key: tuple[str, str]) -> str:
@@ -40,24 +41,24 @@ def _label(key: tuple[str, str]) -> str:
     return f"{data} / {family}"
 
 
-def _bound_value(row: dict) -> float | None:
-    return row["measures"].get("test_error_bound")
+def _bound_value(row: CellRecord) -> float | None:
+    return row.measures.get("test_error_bound")
 
 
-def certificate(row: dict) -> str:
+def certificate(row: CellRecord) -> str:
     """Which path-norm certificate covers the cell's model, or why none does (docs/theory.md, 10)."""
-    model = row["config"]["model"]
-    family = model.get("family")
+    model = row.cell.model
+    family = model.family
     if family == "resnet":
         return "path norm (discrete)"
     if family == "ode_resnet":
-        method = model.get("method", "rk4")
+        method = getattr(model, "method", "rk4")
         return "flow (Euler)" if method == "euler" else f"not covered: solver {method}"
     return f"not applicable: family {family}"
 
 
-def _log_path_norm(row: dict) -> float | None:
-    m = row["measures"]
+def _log_path_norm(row: CellRecord) -> float | None:
+    m = row.measures
     v = m.get("path_norm_bound.log_path_norm")
     if v is None or not math.isfinite(v):
         v = m.get("flow_bound.log_path_norm")
@@ -111,22 +112,23 @@ def _fit_line(S: list[int], fit: dict[str, Any]) -> dict[str, list[float]]:
             "label": f"fit slope {fit['slope']:.2f} [{fit['ci95'][0]:.2f}, {fit['ci95'][1]:.2f}]"}
 
 
-def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-size") -> ExperimentOutcome:
+def analyze(rows: list[CellRecord], out_dir: Path | None = None,
+            name: str = "sample-size") -> ExperimentOutcome:
     """Tables, claims and figures from the store rows of a sample-size sweep."""
     outcome = ExperimentOutcome(name)
     table: list[dict] = []
     gap_series, bound_series = [], []
     for key, rs in sorted(group_rows(rows, _series_key).items()):
-        by_S = dict(sorted(group_rows(rs, lambda r: r["config"]["sample_size"]).items()))
+        by_S = dict(sorted(group_rows(rs, lambda r: r.cell.sample_size).items()))
         S = list(by_S)
         stats: dict[str, list] = {"error_gap": [], "loss_gap": [], "test_error": [], "bound": []}
         for s, cell in by_S.items():
-            ok = [r for r in cell if r["status"] == "done"]
+            ok = [r for r in cell if r.status == "done"]
             row = {"data": key[0], "family": key[1], "S": s, "seeds": len(ok),
                    "diverged": len(cell) - len(ok)}
-            for name_, get in (("error_gap", lambda r: r["metrics"]["error_gap"]),
-                               ("loss_gap", lambda r: r["metrics"]["loss_gap"]),
-                               ("test_error", lambda r: 1.0 - r["metrics"]["test_acc"]),
+            for name_, get in (("error_gap", lambda r: r.metrics["error_gap"]),
+                               ("loss_gap", lambda r: r.metrics["loss_gap"]),
+                               ("test_error", lambda r: 1.0 - r.metrics["test_acc"]),
                                ("bound", _bound_value)):
                 vals = [v for v in (get(r) for r in ok) if v is not None and math.isfinite(v)]
                 ci = mean_ci(vals) if vals else None
@@ -142,14 +144,14 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
                 logs = [v for v in (_log_path_norm(r) for r in ok) if v is not None]
                 row["log_path_norm"] = mean_ci(logs).mean if logs else "not applicable"
             table.append(row)
-        getters = {"error_gap": lambda r: r["metrics"]["error_gap"],
-                   "loss_gap": lambda r: r["metrics"]["loss_gap"],
-                   "test_error": lambda r: 1.0 - r["metrics"]["test_acc"], "bound": _bound_value}
-        done = [r for r in rs if r["status"] == "done"]
+        getters = {"error_gap": lambda r: r.metrics["error_gap"],
+                   "loss_gap": lambda r: r.metrics["loss_gap"],
+                   "test_error": lambda r: 1.0 - r.metrics["test_acc"], "bound": _bound_value}
+        done = [r for r in rs if r.status == "done"]
         fits: dict[str, Any] = {}
         rate = None
         for name_, get in getters.items():
-            pts = [(r["config"]["sample_size"], r["config"]["seed"], get(r)) for r in done]
+            pts = [(r.cell.sample_size, r.cell.seed, get(r)) for r in done]
             if all(p[2] is None for p in pts):
                 continue
             fs = fit_series(pts)
@@ -164,7 +166,7 @@ def analyze(rows: list[dict], out_dir: Path | None = None, name: str = "sample-s
             "S": S, **{k: [c.as_dict() if c else None for c in v] for k, v in stats.items()}}
         eg = fits["error_gap"]
         text = f"{label}: the generalization gap decays like S^-1/2"
-        gap_pts = [(r["config"]["sample_size"], r["config"]["seed"], r["metrics"]["error_gap"]) for r in done]
+        gap_pts = [(r.cell.sample_size, r.cell.seed, r.metrics["error_gap"]) for r in done]
         outcome.claims.append(_rate_claim(text, gap_pts, eg, rate))
         pos = [(s, c) for s, c in zip(S, stats["error_gap"], strict=True) if c and c.mean > 0]
         if pos:

@@ -10,7 +10,7 @@ resdyn's formulation (a reconstruction, not the paper's equations), with h = T /
 K_{k,j} is a within-layer operator (``resdyn.models.dnl_ops``: dense matrix, convolution,
 Gaussian integral kernel, attention-like kernel) with one weight W_{k,j} per pair; ``scaled=False``
 replaces h by 1 (the unscaled DenseNet). Parameters of one model (packed pairs, P = N (N + 1) / 2,
-index of (k, j) = k (k - 1) / 2 + j):
+index of (k, j) = k (k - 1) / 2 + j, ``resdyn.models.volterra.pair_index``):
 
     A (m, d), c (m)            embedding (the names and shapes of resdyn.models.ResNet)
     K (P, C, F), b (P, m)      pair weights and biases
@@ -135,13 +135,6 @@ class DNLNet:
         return {k: (p1_at_grid(v, self.depth, deeper.depth) if k in ("K", "b") else v)
                 for k, v in params.items()}
 
-    @staticmethod
-    def pair_index(k: int, j: int) -> int:
-        """Packed index of the pair (k, j), 0 <= j < k."""
-        if not 0 <= j < k:
-            raise ValueError(f"a pair needs 0 <= j < k, got k={k}, j={j}")
-        return k * (k - 1) // 2 + j
-
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         d, m, k = self.in_dim, self.width, self.out_dim
         op = self.op
@@ -172,8 +165,8 @@ class DNLNet:
     def states(self, params: Params, x: Tensor) -> list[Tensor]:
         """[z_0, z_1, ..., z_N], each of shape (B, n, m)."""
         z0 = embed(params, x.flatten(2))
-        out, _ = march(z0, params["K"], params["b"], self.depth, self.scale, self.act, self.form,
-                       self.op, self._op_params(params))
+        out, _ = march(z0, params["K"], params["b"], self.depth, self.scale, self.act, form=self.form,
+                       op=self.op, op_params=self._op_params(params))
         return out
 
     def forward(self, params: Params, x: Tensor) -> Tensor:
@@ -236,6 +229,7 @@ class VolterraDNL(DNLNet):
         z0 = embed(params, x.flatten(2))
         W = p1_at_grid(params["K"], self.depth, S, diag)
         b = p1_at_grid(params["b"], self.depth, S, diag)
-        out, _ = march(z0, W, b, S, self.horizon / S, self.act, self.form, self.op,
-                       self._op_params(params), self.rule, self.implicit, self.tol, self.max_iter)
+        out, _ = march(z0, W, b, S, self.horizon / S, self.act, form=self.form, op=self.op,
+                       op_params=self._op_params(params), rule=self.rule, implicit=self.implicit,
+                       tol=self.tol, max_iter=self.max_iter)
         return out

@@ -12,7 +12,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save_file
 
 from .base import Model, Params
-from .registry import build_model, model_to_dict
+from .registry import model_from_dict, model_to_dict
 
 __all__ = ["CheckpointError", "load_params", "params_from_bytes", "save_params"]
 
@@ -70,9 +70,9 @@ def params_from_bytes(data: bytes, where: str,
     try:
         described = json.loads(meta["model"])
         extra = json.loads(meta.get("extra", "{}"))
-        if not isinstance(described, dict) or not isinstance(extra, dict):
-            raise TypeError("'model' and 'extra' must be JSON objects")
-        model = build_model(**described)
+        if not isinstance(extra, dict):
+            raise TypeError("'extra' must be a JSON object")
+        model = model_from_dict(described)  # the model codec: the inverse of model_to_dict
         tensors = load_bytes(data)
     except Exception as err:  # an untrusted file: any fault is one error naming it
         raise CheckpointError(f"{where} is not a readable resdyn checkpoint ({type(err).__name__}: "

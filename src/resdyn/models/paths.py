@@ -65,13 +65,6 @@ class SmoothPath:
         """theta(t) for each time in ``t``: shape ``(len(t), *shape)``."""
         return torch.tensordot(self.basis(t), self.coef, dims=([1], [0]))
 
-    def derivative(self, t: Tensor) -> Tensor:
-        """d theta / dt at each time in ``t``."""
-        j = torch.arange(self.coef.shape[0], dtype=self.coef.dtype, device=self.coef.device)
-        w = math.pi * j / self.horizon
-        dphi = -math.sqrt(2.0) * w * torch.sin(t.to(self.coef)[:, None] * w)
-        return torch.tensordot(dphi, self.coef, dims=([1], [0]))
-
 
 def layer_times(depth: int, horizon: float, tied: bool = False) -> Tensor:
     """t_k = k h, h = T / L, for k = 0..L-1 (a single time, 0, when the layers are tied)."""

@@ -9,7 +9,7 @@ from typing import Any
 from .base import Model
 
 __all__ = ["FAMILIES", "build_model", "build_model_for", "check_model_fits", "family_class", "fill_shapes",
-           "model_to_dict"]
+           "model_from_dict", "model_to_dict"]
 
 # family name -> "module:class"; families whose module is absent are not offered.
 FAMILIES: dict[str, str] = {
@@ -58,6 +58,20 @@ def model_to_dict(model: Model) -> dict[str, Any]:
         v = getattr(model, f.name)
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
+
+
+def model_from_dict(described: Any) -> Model:
+    """The inverse of :func:`model_to_dict`: the model a stored ``{'family': ..., **fields}``
+    describes. ``ValueError`` naming the fault for anything else (not an object, no string
+    family, an unknown family or field, a bad value)."""
+    if not isinstance(described, dict) or not isinstance(described.get("family"), str):
+        raise ValueError(f"a model description is an object with a string 'family', got "
+                         f"{str(described)[:100]}")
+    options = {k: v for k, v in described.items() if k != "family"}
+    try:
+        return build_model(described["family"], **options)
+    except TypeError as err:  # a field the dataclass refuses
+        raise ValueError(f"model family {described['family']!r}: {err}") from None
 
 
 def fill_shapes(family: str, options: dict[str, Any], input_shape: tuple[int, ...],

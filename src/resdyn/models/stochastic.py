@@ -20,7 +20,7 @@ import torch
 from .._seeds import generator_for
 from .base import Params
 
-__all__ = ["evaluation_draw", "init_posterior", "mean_params", "posterior_parts", "sample", "sample_draw",
+__all__ = ["evaluation_draw", "init_posterior", "noise_like", "posterior_parts", "sample", "sample_draw",
            "softplus_inv"]
 
 
@@ -56,12 +56,10 @@ def posterior_parts(post: Params) -> tuple[Params, Params]:
     return mu, sigma
 
 
-def mean_params(post: Params) -> Params:
-    """The posterior mean mu as model parameters (the deterministic 'mean network')."""
-    return posterior_parts(post)[0]
-
-
-def _noise(mu: Params, seeds: Sequence[int], stream: str) -> Params:
+def noise_like(mu: Params, seeds: Sequence[int], stream: str) -> Params:
+    """Standard normal draws shaped like ``mu`` (leading model axis E): model e's from the
+    ``(seeds[e], stream)`` stream, in float64 and sorted-name order, then cast to ``mu``'s dtype and
+    device, so its numbers depend on its seed and stream alone."""
     E = next(iter(mu.values())).shape[0]
     if len(seeds) != E:
         raise ValueError(f"sample: {len(seeds)} seeds for {E} models")
@@ -78,7 +76,7 @@ def _noise(mu: Params, seeds: Sequence[int], stream: str) -> Params:
 def sample_draw(post: Params, seeds: Sequence[int], stream: str) -> Params:
     """theta = mu + softplus(rho) * eps with eps of model e from the ``(seeds[e], stream)`` stream."""
     mu, sigma = posterior_parts(post)
-    eps = _noise(mu, seeds, stream)
+    eps = noise_like(mu, seeds, stream)
     return {n: mu[n] + sigma[n] * eps[n] for n in mu}
 
 

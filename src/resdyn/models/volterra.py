@@ -20,7 +20,8 @@ quadrature rule with weights w_{k,j} gives
 
 Packed layouts of the pairs (k, j) of the grid, rows k in increasing order, j increasing within a
 row: without the diagonal (0 <= j < k <= N; index k (k - 1) / 2 + j; N (N + 1) / 2 pairs) and with
-it (0 <= j <= k <= N; index k (k + 1) / 2 + j; (N + 1)(N + 2) / 2 pairs).
+it (0 <= j <= k <= N; index k (k + 1) / 2 + j; (N + 1)(N + 2) / 2 pairs). :func:`pair_index` is
+the one place this index is computed; :func:`pair_nodes` is its inverse.
 
 The piecewise-linear (P1) extension of values on the pairs j < k of grid N to the whole triangle:
 the diagonal nodes are filled by the first sub-diagonal, theta_{k,k} = theta_{k,k-1}, and
@@ -36,6 +37,7 @@ import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -55,6 +57,7 @@ __all__ = [
     "p1_at_grid",
     "p1_norms",
     "pair_count",
+    "pair_index",
     "pair_nodes",
     "solve_volterra",
 ]
@@ -64,6 +67,7 @@ RULES = ("rectangle", "trapezoid")
 IMPLICIT = ("fixed_point", "pc")
 
 KernelFn = Callable[[Tensor, Tensor], Tensor]
+Index = TypeVar("Index", int, Tensor)
 
 
 # ----------------------------------------------------------------------------- the triangle grid
@@ -71,7 +75,7 @@ KernelFn = Callable[[Tensor, Tensor], Tensor]
 
 def pair_count(N: int, diagonal: bool = False) -> int:
     """Number of pairs of grid N: N (N + 1) / 2 without the diagonal, (N + 1)(N + 2) / 2 with it."""
-    return (N + 1) * (N + 2) // 2 if diagonal else N * (N + 1) // 2
+    return pair_index(N + 1, 0, diagonal)  # where row N + 1 would start
 
 
 @functools.lru_cache(maxsize=64)
@@ -92,13 +96,19 @@ def pair_nodes(N: int, diagonal: bool = False) -> tuple[Tensor, Tensor]:
     return k.clone(), j.clone()
 
 
-def _row(k: int, diagonal: bool) -> slice:
-    start = k * (k + 1) // 2 if diagonal else k * (k - 1) // 2
-    return slice(start, start + k + (1 if diagonal else 0))
+def pair_index(k: Index, j: Index, diagonal: bool = False) -> Index:
+    """Packed index of the pair (k, j): k (k - 1) / 2 + j for 0 <= j < k (no diagonal), and
+    k (k + 1) / 2 + j for 0 <= j <= k (with it); the inverse of :func:`pair_nodes`.
 
-
-def _full_index(k: Tensor, j: Tensor) -> Tensor:
-    return k * (k + 1) // 2 + j
+    ``k`` and ``j`` are ints or integer tensors of one shape (elementwise). A pair outside the
+    layout (j < 0, or j >= k without the diagonal, j > k with it) is a ValueError.
+    """
+    top = k if diagonal else k - 1
+    bad = (j < 0) | (j > top)
+    if bool(bad.any()) if isinstance(bad, Tensor) else bad:
+        rule = "0 <= j <= k" if diagonal else "0 <= j < k"
+        raise ValueError(f"a packed pair needs {rule} (diagonal={bool(diagonal)}), got k={k}, j={j}")
+    return (k * (k + 1) if diagonal else k * (k - 1)) // 2 + j
 
 
 @functools.lru_cache(maxsize=64)
@@ -129,7 +139,7 @@ def _p1_stencil(N: int, Nf: int, diagonal: bool) -> tuple[Tensor, Tensor]:
     # ghost map: full node (k, j), j <= k -> packed no-diagonal index of its value
     kg = torch.clamp(ks, min=1)
     jg = torch.where(js >= kg, kg - 1, js)
-    src = kg * (kg - 1) // 2 + jg
+    src = pair_index(kg, jg)
     return src, torch.stack([w1, w2, w3])
 
 
@@ -159,20 +169,18 @@ def p1_at_grid(theta: Tensor, N: int, Nf: int, diagonal: bool = False) -> Tensor
 def _triangles(N: int) -> tuple[Tensor, Tensor]:
     """Vertex indices (into the full packed layout of grid N) of every triangle: lower triangles
     (v00, v10, v11) and upper triangles (v00, v01, v11), each of shape (3, count)."""
+    def at(k: int, j: int) -> int:
+        return pair_index(k, j, diagonal=True)
+
     lo, up = [], []
     for k in range(1, N + 1):
         for j in range(k):
-            lo.append((_full_index_int(k - 1, j), _full_index_int(k, j), _full_index_int(k, j + 1)))
+            lo.append((at(k - 1, j), at(k, j), at(k, j + 1)))
             if j <= k - 2:
-                up.append((_full_index_int(k - 1, j), _full_index_int(k - 1, j + 1),
-                           _full_index_int(k, j + 1)))
+                up.append((at(k - 1, j), at(k - 1, j + 1), at(k, j + 1)))
     lo_t = torch.tensor(lo, dtype=torch.long).T
     up_t = torch.tensor(up, dtype=torch.long).T if up else torch.zeros(3, 0, dtype=torch.long)
     return lo_t, up_t
-
-
-def _full_index_int(k: int, j: int) -> int:
-    return k * (k + 1) // 2 + j
 
 
 def p1_norms(V: Tensor, N: int, horizon: float) -> tuple[Tensor, Tensor]:
@@ -248,13 +256,91 @@ class SmoothKernel:
 def _columns(N: int, diagonal: bool) -> tuple[Tensor, Tensor, list[int]]:
     """Packed indices of the off-diagonal pairs in column order (j = 0..N-1, then k = j+1..N), of
     the diagonal pairs (k, k), k = 0..N (empty without the diagonal), and the column lengths."""
-    def idx(k: int, j: int) -> int:
-        return k * (k + 1) // 2 + j if diagonal else k * (k - 1) // 2 + j
-
-    cols = [idx(k, j) for j in range(N) for k in range(j + 1, N + 1)]
-    diag = [idx(k, k) for k in range(N + 1)] if diagonal else []
+    cols = [pair_index(k, j, diagonal) for j in range(N) for k in range(j + 1, N + 1)]
+    diag = [pair_index(k, k, True) for k in range(N + 1)] if diagonal else []
     return (torch.tensor(cols, dtype=torch.long), torch.tensor(diag, dtype=torch.long),
             [N - j for j in range(N)])
+
+
+@dataclass(frozen=True)
+class _Terms:
+    """The quadrature terms w F(t_k, t_j, z_j) of one march: F = K[act(z)] + b (form A) or
+    act(K[z] + b) (form B), K the operator ``op`` with pair weights W; states (B, n, m)."""
+
+    act: Activation
+    form: str
+    op: Operator
+    op_params: Params
+    B: int
+    n: int
+    m: int
+
+    def features(self, z: Tensor) -> Tensor:
+        """The operator's features of act(z) (form A) or z (form B): (B, n M, F)."""
+        return self.op.features(self.op_params, self.act(z) if self.form == "A" else z)
+
+    def column(self, W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
+        """w F(t_k, t_j, z_j) for the rows k of a column: W (B, K, C, F), b (B, K, m), phi
+        (B, n M, F) -> (B, n, K, m)."""
+        B, n, m, M, C = self.B, self.n, self.m, self.op.M, self.op.channels
+        K = W.shape[1]
+        if self.form == "A":  # w (W phi + b) = (w W) phi + w b: scale the small factors
+            W = w * W
+            b = None if b is None else w * b
+        out = torch.bmm(phi, W.permute(0, 3, 1, 2).reshape(B, W.shape[3], K * C))
+        out = out.view(B, n, M, K, C)
+        out = (out.squeeze(2) if M == 1 else out.transpose(2, 3)).reshape(B, n, K, m)
+        if b is not None:
+            out = out + b.unsqueeze(1)
+        return out if self.form == "A" else w * self.act(out)
+
+    def pair(self, W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
+        """w F(t_k, t_j, z_j) for one pair: W (B, C, F), b (B, m) -> (B, n, m)."""
+        return self.column(W.unsqueeze(1), None if b is None else b.unsqueeze(1), phi, w).squeeze(2)
+
+
+@dataclass(frozen=True)
+class _Implicit:
+    """How a trapezoid step with a diagonal term is solved (see :func:`march`)."""
+
+    method: str
+    tol: float
+    max_iter: int
+    corrections: int
+
+
+def _diagonal_terms(weights: Tensor, bias: Tensor | None,
+                    diag: Tensor) -> list[tuple[Tensor, Tensor | None] | None]:
+    """(W_kk, b_kk) of every diagonal pair k = 0..N, or None where both vanish (the step is then
+    explicit). Which steps are implicit depends on the weights only: decided once, not per step."""
+    Wd = weights.index_select(1, diag).unbind(1)
+    bd = [None] * len(Wd) if bias is None else bias.index_select(1, diag).unbind(1)
+    return [(W, b) if bool(torch.any(W != 0)) or (b is not None and bool(torch.any(b != 0))) else None
+            for W, b in zip(Wd, bd, strict=True)]
+
+
+def _implicit_step(terms: _Terms, E: Tensor, diagonal: tuple[Tensor, Tensor | None], phi: Tensor,
+                   hw: float, how: _Implicit, where: tuple[int, int]) -> tuple[Tensor, int]:
+    """Solve z = E + hw F(t_k, t_k, z) from the predictor E + hw F(t_k, t_k, z_{k-1}) (``phi``
+    holds the features of z_{k-1}): (z_k, the iterations it took). ``where``: (k, N), for the error."""
+    W, b = diagonal
+    z = E + terms.pair(W, b, phi, hw)  # predictor
+    if how.method == "pc":
+        for _ in range(how.corrections):
+            z = E + terms.pair(W, b, terms.features(z), hw)
+        return z, how.corrections
+    for it in range(how.max_iter):
+        z_new = E + terms.pair(W, b, terms.features(z), hw)
+        delta = float((z_new - z).abs().max())
+        z = z_new
+        if delta <= how.tol * (1.0 + float(z.abs().max())):
+            return z, it + 1
+        if it == how.max_iter - 1 or not math.isfinite(delta):
+            raise RuntimeError(
+                f"trapezoid fixed-point iteration did not converge at step {where[0]} of "
+                f"{where[1]} within max_iter={how.max_iter} (last change {delta:.3e}); "
+                "take more steps or use implicit='pc'")
+    return z, 0  # max_iter = 0: the predictor alone
 
 
 def march(
@@ -264,6 +350,7 @@ def march(
     steps: int,
     scale: float,
     act: Activation,
+    *,
     form: str = "A",
     op: Operator | None = None,
     op_params: Params | None = None,
@@ -278,7 +365,11 @@ def march(
 
     z0: (B, n, m). weights: (B, P, C, F) pair weights K_{k,j}, packed without the diagonal for
     'rectangle' and with it for 'trapezoid'. bias: (B, P, m) pair biases b_{k,j}, or None.
-    scale: the quadrature step h (1 for the unscaled DenseNet). See the module docstring.
+    scale: the quadrature step h (1 for the unscaled DenseNet). act: the activation. The options
+    are keyword-only: form ('A' or 'B'); op (the within-layer operator; None: dense of width m)
+    and op_params (its parameters); rule ('rectangle' or 'trapezoid'); implicit ('fixed_point', to
+    ``tol`` in at most ``max_iter`` iterations, or 'pc', ``corrections`` corrector steps). See the
+    module docstring.
 
     The sum is accumulated by columns: once z_j is known, its terms w_{k,j} F(t_k, t_j, z_j) for
     every later row k > j are computed in one product and added to a running accumulator of the
@@ -294,73 +385,27 @@ def march(
         raise ValueError(f"weights must have {pair_count(steps, diagonal)} pairs on axis 1 for "
                          f"rule={rule!r} and {steps} steps, got shape {tuple(weights.shape)}")
     B, n, m = z0.shape
-    op = Operator("dense", m) if op is None else op
-    op_params = {} if op_params is None else op_params
-    M, C = op.M, op.channels
+    terms = _Terms(act, form, Operator("dense", m) if op is None else op,
+                   {} if op_params is None else op_params, B, n, m)
+    how = _Implicit(implicit, tol, max_iter, corrections)
     cols, diag, sizes = _columns(steps, diagonal)
     cols = cols.to(z0.device)
     Wc = weights.index_select(1, cols).split(sizes, 1)
-    bc = None if bias is None else bias.index_select(1, cols).split(sizes, 1)
-    if diagonal:
-        Wd = weights.index_select(1, diag.to(z0.device)).unbind(1)
-        bd = None if bias is None else bias.index_select(1, diag.to(z0.device)).unbind(1)
-        # Which steps have a diagonal term depends on the weights only: decide once, not per step.
-        implicit_at = [bool(torch.any(W != 0)) or (b is not None and bool(torch.any(b != 0)))
-                       for W, b in zip(Wd, bd if bd is not None else [None] * len(Wd), strict=True)]
-
-    def feat(z: Tensor) -> Tensor:
-        return op.features(op_params, act(z) if form == "A" else z)
-
-    def column(W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
-        """w F(t_k, t_j, z_j) for the rows k of a column: W (B, K, C, F), b (B, K, m), phi
-        (B, n M, F) -> (B, n, K, m)."""
-        K = W.shape[1]
-        if form == "A":  # w (W phi + b) = (w W) phi + w b: scale the small factors
-            W = w * W
-            b = None if b is None else w * b
-        out = torch.bmm(phi, W.permute(0, 3, 1, 2).reshape(B, W.shape[3], K * C))
-        out = out.view(B, n, M, K, C)
-        out = (out.squeeze(2) if M == 1 else out.transpose(2, 3)).reshape(B, n, K, m)
-        if b is not None:
-            out = out + b.unsqueeze(1)
-        return out if form == "A" else w * act(out)
-
-    def pair(W: Tensor, b: Tensor | None, phi: Tensor, w: float) -> Tensor:
-        return column(W.unsqueeze(1), None if b is None else b.unsqueeze(1), phi, w).squeeze(2)
+    bc = [None] * steps if bias is None else bias.index_select(1, cols).split(sizes, 1)
+    diag_terms = _diagonal_terms(weights, bias, diag.to(z0.device)) if diagonal else [None] * (steps + 1)
 
     states = [z0]
     acc: Tensor | None = None
     most = 0
     for j in range(steps):
         w = 0.5 * scale if (diagonal and j == 0) else scale
-        phi = feat(states[-1])
-        contrib = column(Wc[j], None if bc is None else bc[j], phi, w)
+        phi = terms.features(states[-1])
+        contrib = terms.column(Wc[j], bc[j], phi, w)
         acc = contrib if acc is None else acc[:, :, 1:] + contrib
         z = z0 + acc[:, :, 0]
-        k = j + 1
-        if diagonal:
-            W_kk, b_kk = Wd[k], None if bias is None else bd[k]
-            if implicit_at[k]:
-                E, hw = z, 0.5 * scale
-                z = E + pair(W_kk, b_kk, phi, hw)  # predictor
-                n_iter = corrections if implicit == "pc" else max_iter
-                for it in range(n_iter):
-                    z_new = E + pair(W_kk, b_kk, feat(z), hw)
-                    if implicit == "pc":
-                        z = z_new
-                        continue
-                    delta = float((z_new - z).abs().max())
-                    z = z_new
-                    if delta <= tol * (1.0 + float(z.abs().max())):
-                        most = max(most, it + 1)
-                        break
-                    if it == n_iter - 1 or not math.isfinite(delta):
-                        raise RuntimeError(
-                            f"trapezoid fixed-point iteration did not converge at step {k} of "
-                            f"{steps} within max_iter={max_iter} (last change {delta:.3e}); "
-                            "take more steps or use implicit='pc'")
-                if implicit == "pc":
-                    most = max(most, n_iter)
+        if diag_terms[j + 1] is not None:
+            z, iters = _implicit_step(terms, z, diag_terms[j + 1], phi, 0.5 * scale, how, (j + 1, steps))
+            most = max(most, iters)
         states.append(z)
     return states, most
 
@@ -410,7 +455,8 @@ def solve_volterra(
     s = j.to(z0.dtype) * h
     W = kernel(t, s)
     b = None if bias is None else bias(t, s)
-    states, iters = march(z0, W, b, steps, h, act, form, operator, op_params, rule, implicit, tol,
-                          max_iter, corrections)
+    states, iters = march(z0, W, b, steps, h, act, form=form, op=operator, op_params=op_params,
+                          rule=rule, implicit=implicit, tol=tol, max_iter=max_iter,
+                          corrections=corrections)
     times = torch.arange(steps + 1, dtype=z0.dtype, device=z0.device) * h
     return VolterraSolution(times, torch.stack(states), iters)

@@ -55,11 +55,11 @@ def outcomes_from_store(store_path: str | Path, fig_dir: str | Path,
 
     fig_dir = Path(fig_dir)
     with Store(store_path, create=False, readonly=True) as st:
-        rows = st.rows_with_series()  # analyses such as mean-field's read the series too
+        rows = st.records(series=True)  # analyses such as mean-field's read the series too
         stored = st.outcomes()
     by_spec: dict[str, list] = {}
     for r in rows:
-        by_spec.setdefault(r["spec"], []).append(r)
+        by_spec.setdefault(r.spec, []).append(r)
     groups: dict[str, tuple[Any, list]] = {}
     for spec_name, rs in sorted(by_spec.items()):
         found = reproduction_of_spec(spec_name)

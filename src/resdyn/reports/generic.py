@@ -19,6 +19,7 @@ from typing import Any
 
 from ..experiments.base import ExperimentOutcome
 from ..plotting import Palette, axis_label, is_fraction, panel_figure, seed_interval
+from ..sweeps.records import CellRecord
 from .tables import flatten_row, swept_keys
 
 __all__ = ["METRICS", "quantities", "sweep_outcome"]
@@ -28,14 +29,14 @@ _FIGURE_METRICS = ("test_acc", "train_acc", "error_gap", "loss_gap")
 _RATES = ("error_gap", "loss_gap")
 
 
-def quantities(rows: list[dict[str, Any]]) -> list[str]:
+def quantities(rows: list[CellRecord]) -> list[str]:
     """The metrics and top-level measures (``name``, not ``name.term``) with a finite value."""
     finite = set()
     for r in rows:
-        for k, v in {**r["metrics"], **r["measures"]}.items():
+        for k, v in {**r.metrics, **r.measures}.items():
             if isinstance(v, int | float) and math.isfinite(v):
                 finite.add(k)
-    measures = sorted({k for r in rows for k in r["measures"] if "." not in k} & finite)
+    measures = sorted({k for r in rows for k in r.measures if "." not in k} & finite)
     return [m for m in METRICS if m in finite] + measures
 
 
@@ -60,7 +61,7 @@ def _interval(key: str, values: list[float], positive_axis: bool) -> tuple[float
     return seed_interval(values, fraction=is_fraction(key), positive=positive_axis)
 
 
-def sweep_outcome(spec: str, rows: list[dict[str, Any]], fig_dir: Path | None,
+def sweep_outcome(spec: str, rows: list[CellRecord], fig_dir: Path | None,
                   palette: Palette) -> ExperimentOutcome:
     """The generic section of the report for the rows of one spec (see the module docstring)."""
     # Only what the rows determine: no timing, the weights file relative to the store, and a fixed
@@ -68,14 +69,14 @@ def sweep_outcome(spec: str, rows: list[dict[str, Any]], fig_dir: Path | None,
     records = [{k: v for k, v in flatten_row(r).items() if k != "seconds_per_model"} for r in rows]
     swept_all = swept_keys(records)
     records.sort(key=lambda r: (tuple(_sort_key(r.get(k)) for k in swept_all), r["cell_id"]))
-    by_id = {r["cell_id"]: r for r in rows}
+    by_id = {r.cell_id: r for r in rows}
     swept = [k for k in swept_all if k != "seed"]
     qs = quantities(rows)
     seeds = sorted({r["seed"] for r in records})
 
     def value(rec: dict[str, Any], q: str) -> float:
         raw = by_id[rec["cell_id"]]
-        v = raw["metrics"].get(q, raw["measures"].get(q))
+        v = raw.metrics.get(q, raw.measures.get(q))
         return float(v) if isinstance(v, int | float) and math.isfinite(v) else math.nan
 
     combos: dict[tuple, list[dict[str, Any]]] = {}

@@ -16,10 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["IDENTIFIERS", "MISSING_NOTE", "apply_where", "choose_columns", "clean", "flatten_row",
+__all__ = ["MISSING_NOTE", "apply_where", "choose_columns", "clean", "flatten_row",
            "parse_where", "strict_dumps", "swept_keys"]
 
-IDENTIFIERS = ("cell_id", "spec", "status", "data", "family", "sample_size", "seed")
 MODEL_KEYS = ("depth", "knots", "width", "channels", "activation", "tau", "method", "horizon",
               "operator", "form", "init")
 MISSING_NOTE = ("'not applicable' marks a value that was not measured for that row (a bound that "
@@ -60,25 +59,25 @@ def strict_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject)
 
 
-def flatten_row(row: dict[str, Any], store_files: Path | None = None) -> dict[str, Any]:
-    """A store row as one flat record (see the module docstring)."""
-    cfg = row["config"]
-    train = cfg.get("train", {})  # hand-written or old stores may lack training fields
-    out: dict[str, Any] = {"cell_id": row["cell_id"], "spec": row["spec"], "status": row["status"],
-                           "data": cfg["data"]["name"], "family": cfg["model"]["family"],
-                           "sample_size": cfg["sample_size"], "seed": cfg["seed"],
-                           "lr": train.get("lr"), "steps": train.get("steps")}
+def flatten_row(record: Any, store_files: Path | None = None) -> dict[str, Any]:
+    """A store record (:class:`resdyn.sweeps.records.CellRecord`) as one flat record (see the
+    module docstring); the settings come from the cell's flat view (``record.settings``)."""
+    s = record.settings
+    out: dict[str, Any] = {"cell_id": record.cell_id, "spec": record.spec, "status": record.status,
+                           "data": s["data.name"], "family": s["model.family"],
+                           "sample_size": s["sample_size"], "seed": s["seed"],
+                           "lr": s.get("train.lr"), "steps": s.get("train.steps")}
     for k in MODEL_KEYS:
-        if k in cfg["model"]:
-            v = cfg["model"][k]
+        if f"model.{k}" in s:
+            v = s[f"model.{k}"]
             out[k] = v if isinstance(v, int | float | str | bool) else json.dumps(v)
-    out.update(sorted(row["metrics"].items()))
-    for k, v in sorted(row["measures"].items()):
+    out.update(sorted(record.metrics.items()))
+    for k, v in sorted(record.measures.items()):
         if k == "test_error_bound.family" and isinstance(v, float) and math.isfinite(v):
             v = _BOUND_FAMILIES[int(v)]
         out[k] = v
-    out["seconds_per_model"] = row["timing"].get("seconds_per_model")
-    w = row.get("weights")
+    out["seconds_per_model"] = record.timing.get("seconds_per_model")
+    w = record.weights
     out["weights"] = (str(store_files / w) if store_files is not None else w) if w else None
     return clean(out)
 

@@ -4,7 +4,10 @@ A :class:`Cell` is one trained model, typed: the model (a frozen model dataclass
 and how the cell samples it (:class:`DataConfig`), the training settings
 (:class:`TrainingConfig`), sample size S, seed, dtype, measures and trackers. Its stored form
 (:attr:`Cell.config`) is fully resolved (every model and training field explicit) and its
-identity is the hash of that form (:func:`cell_hash`).
+identity is the hash of that form (:func:`cell_hash`). :func:`decode_cell` is the inverse:
+``decode_cell(c.config).config == c.config``, so a stored cell decodes to the same id.
+:func:`flat_settings` is the one flat view of a cell's settings (``model.depth``, ``train.lr``,
+``data.name``, ``sample_size``, ...) for the reports that list swept settings as columns.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ import torch
 from .._seeds import generator_for
 from ..data.base import Dataset
 from ..models.base import Model
-from ..models.registry import model_to_dict
+from ..models.registry import model_from_dict, model_to_dict
+from ..training.certify import CertificateConfig
 from ..training.control import ControlConfig
 from ..training.engine import TrainConfig
 
-__all__ = ["SAMPLES", "SAMPLE_KEYS", "Cell", "DataConfig", "TrainingConfig", "cell_hash", "load_dataset"]
+__all__ = ["SAMPLES", "SAMPLE_KEYS", "Cell", "CellDecodeError", "DataConfig", "TrainingConfig", "cell_hash",
+           "decode_cell", "flat_settings", "load_dataset"]
 
 _PER_MODEL = ("sample_size", "seed")
 SAMPLES = ("stratified", "permutation", "prefix")
@@ -124,6 +129,9 @@ class Cell:
     # False: the cell depends on ``warm_from`` (its row measures against the best of them) but
     # starts from its seed ([warm_start] depend = "all").
     warm_init: bool = True
+    # A certificate cell (a spec's [certificate]): trained by resdyn.training.certify.certify_sample,
+    # its training settings those of the prior mean. Stored under "certificate" only when present.
+    certificate: CertificateConfig | None = None
 
     @functools.cached_property
     def config(self) -> dict[str, Any]:
@@ -141,6 +149,9 @@ class Cell:
             config["warm_start"] = {"key": self.warm_key, "from": list(self.warm_from)}
             if not self.warm_init:
                 config["warm_start"]["init"] = False
+        if self.certificate is not None:
+            config["certificate"] = {k: (list(v) if isinstance(v, tuple) else v)
+                                     for k, v in dataclasses.asdict(self.certificate).items()}
         if self.data.root is not None:
             config["data_root"] = self.data.root
         return config
@@ -148,6 +159,16 @@ class Cell:
     @functools.cached_property
     def cell_id(self) -> str:
         return cell_hash({k: v for k, v in self.config.items() if k != "data_root"})
+
+    @functools.cached_property
+    def settings(self) -> dict[str, Any]:
+        """The flat view of :attr:`config` (see :func:`flat_settings`)."""
+        return flat_settings(self.config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Cell:
+        """The cell whose stored form is ``config`` (see :func:`decode_cell`)."""
+        return decode_cell(config)
 
     @property
     def init_seed(self) -> int:
@@ -166,6 +187,111 @@ class Cell:
         if "warm_start" in shared:  # where a cell starts is per model: warm and cold train together
             shared["warm_start"] = {k: v for k, v in shared["warm_start"].items() if k != "init"}
         return cell_hash(shared)
+
+
+class CellDecodeError(ValueError):
+    """A stored config that does not describe a cell; the message names the key and the fault."""
+
+
+def decode_cell(config: Mapping[str, Any]) -> Cell:
+    """The cell whose stored form (:attr:`Cell.config`) is ``config``: the inverse of
+    ``Cell.config``, so ``decode_cell(c.config).config == c.config`` and the cell id is the same.
+
+    Configs of older stores decode: training fields added later (``lr_schedule``,
+    ``warmup_steps``) take their defaults when absent, as do ``measures`` and ``trackers`` (empty).
+    Raises :class:`CellDecodeError` naming the key of anything else (a missing table, a model
+    that cannot be built, a training field the engine does not have)."""
+    if not isinstance(config, Mapping):
+        raise CellDecodeError(f"a cell's config is a JSON object, got a {type(config).__name__}")
+    for key in ("data", "model", "train", "sample_size", "seed", "dtype"):
+        if key not in config:
+            raise CellDecodeError(f"config has no {key!r}")
+    warm = config.get("warm_start") or {}
+    try:
+        return Cell(
+            model=model_from_dict(config["model"]),
+            data=_decode_data(config["data"], config.get("data_root")),
+            training=_decode_training(config["train"]),
+            sample_size=_integer("sample_size", config["sample_size"]),
+            seed=config["seed"],
+            dtype=_text("dtype", config["dtype"]),
+            measures=_tables("measures", config.get("measures", {})),
+            trackers=_tables("trackers", config.get("trackers", {})),
+            warm_from=tuple(warm.get("from", ())),
+            warm_key=warm.get("key", ""),
+            warm_init=bool(warm.get("init", True)),
+            certificate=_decode_certificate(config.get("certificate")),
+        )
+    except CellDecodeError:
+        raise
+    except (ValueError, TypeError, AttributeError) as err:
+        raise CellDecodeError(f"config does not describe a cell ({type(err).__name__}: "
+                              f"{str(err)[:300]})") from None
+
+
+def _decode_certificate(table: Any) -> CertificateConfig | None:
+    """The inverse of the config's "certificate" table (absent: None)."""
+    if table is None:
+        return None
+    if not isinstance(table, Mapping):
+        raise CellDecodeError("config.certificate is not a table")
+    return CertificateConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in table.items()})
+
+
+def _integer(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CellDecodeError(f"config.{key} is {value!r}, not an integer")
+    return value
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise CellDecodeError(f"config.{key} is {value!r}, not text")
+    return value
+
+
+def _tables(key: str, value: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+        raise CellDecodeError(f"config.{key} is not a table of tables")
+    return {k: dict(v) for k, v in value.items()}
+
+
+def _decode_data(table: Any, root: Any) -> DataConfig:
+    """The inverse of :meth:`DataConfig.to_dict` (``root``: the config's ``data_root``)."""
+    if not isinstance(table, Mapping) or not isinstance(table.get("name"), str):
+        raise CellDecodeError("config.data is not a table with a string 'name'")
+    sample = table.get("sample", "stratified")
+    if sample not in SAMPLES:
+        raise CellDecodeError(f"config.data.sample is {sample!r}; allowed: {', '.join(SAMPLES)}")
+    options = tuple((k, v) for k, v in table.items() if k not in ("name", *SAMPLE_KEYS))
+    return DataConfig(table["name"], options, root if root is None else _text("data_root", root),
+                      sample, table.get("sample_stream", "subsample"))
+
+
+def _decode_training(table: Any) -> TrainingConfig:
+    """The inverse of :meth:`TrainingConfig.to_dict`: the engine's fields (lists back to the
+    tuples they were written from), ``lr``, and ``init_seed_stride`` and ``control`` where given."""
+    if not isinstance(table, Mapping) or "lr" not in table:
+        raise CellDecodeError("config.train is not a table with an 'lr'")
+    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()
+              if k not in ("lr", "init_seed_stride", "control")}
+    control = table.get("control")
+    return TrainingConfig(TrainConfig(**fields), float(table["lr"]),
+                          _integer("train.init_seed_stride", table.get("init_seed_stride", 0)),
+                          None if control is None else ControlConfig(**control))
+
+
+def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A stored config as one flat table: nested tables joined with '.' (``data.name``,
+    ``model.depth``, ``train.lr``, ``train.control.beta``, ``sample_size``, ``seed``), other
+    values (lists included) as they are, in the config's order."""
+    out: dict[str, Any] = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
 def cell_hash(config: dict[str, Any]) -> str:

@@ -12,12 +12,14 @@ import dataclasses
 import itertools
 from typing import Any
 
+from .._checks import ConstraintError, Kind, Options
 from ..data.base import Dataset
 from ..models.registry import build_model
+from ..training.certify import CertificateConfig
 from ..training.control import ControlConfig, can_prolong
-from ..training.engine import TrainConfig
+from ..training.engine import LEARNING_RATE, TrainConfig
 from .cells import SAMPLE_KEYS, SAMPLES, Cell, DataConfig, TrainingConfig, cell_hash
-from .spec import Spec, SpecError, sweep_target
+from .spec import INIT_SEED_STRIDE, VARIANT_CELL_KEYS, Spec, SpecError, sweep_target
 
 __all__ = ["data_config", "expand", "group_cells"]
 
@@ -42,6 +44,9 @@ def _assign(tables: dict[str, dict], key: str, value: Any, target: str) -> None:
         tables["cell"][key] = value
     elif target == "variant":  # {model = {...}, train = {...}, data = {...}}; nested tables merged
         for section, table in value.items():
+            if section in VARIANT_CELL_KEYS:  # a scalar: the variant's own sample size
+                tables["cell"][section] = table
+                continue
             for k, v in table.items():
                 old = tables[section].get(k)
                 tables[section][k] = {**old, **v} if isinstance(old, dict) and isinstance(v, dict) else v
@@ -51,15 +56,27 @@ def _assign(tables: dict[str, dict], key: str, value: Any, target: str) -> None:
         tables[target][key.split(".", 1)[1] if "." in key else key] = value
 
 
+#: How a cell samples the pool (the keys of a [data] table that are not options of the data set).
+SAMPLE_CONSTRAINTS = {"sample": Options(*SAMPLES),
+                      "sample_stream": Kind(str, "a non-empty string", nonempty=True)}
+
+
+def _spec_error(section: str, where: str, err: Exception) -> SpecError:
+    """``err`` as a SpecError at ``section`` (with its key where a declaration names one)."""
+    if isinstance(err, ConstraintError):
+        return SpecError(f"spec key {section}.{err.path} ({where}): {err.reason}")
+    return SpecError(f"spec key {section} ({where}): {err}")
+
+
 def data_config(table: dict[str, Any], where: str) -> DataConfig:
     options = {k: v for k, v in table.items() if k not in ("name", "root", *SAMPLE_KEYS)}
     sample = table.get("sample", "stratified")
-    if sample not in SAMPLES:
-        raise SpecError(f"spec key data.sample ({where}): must be one of "
-                        f"{', '.join(map(repr, SAMPLES))}, got {sample!r}")
     stream = table.get("sample_stream", "subsample")
-    if not isinstance(stream, str) or not stream:
-        raise SpecError(f"spec key data.sample_stream ({where}): must be a non-empty string, got {stream!r}")
+    try:
+        for key, value in (("sample", sample), ("sample_stream", stream)):
+            SAMPLE_CONSTRAINTS[key].check(key, value)
+    except ConstraintError as err:
+        raise _spec_error("data", where, err) from None
     return DataConfig(table["name"], tuple(options.items()), table.get("root"), sample, stream)
 
 
@@ -75,7 +92,7 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
     cells: list[Cell] = []
     for combo in itertools.product(*(spec.sweep[k] for k in keys)):
         tables = {"data": dict(spec.data), "model": dict(spec.model), "train": dict(spec.train),
-                  "cell": {}}
+                  "cell": {}, "certificate": dict(spec.certificate or {})}
         where = ", ".join(f"{k}={v!r}" for k, v in zip(keys, combo, strict=True))
         for k, v in zip(keys, combo, strict=True):
             _assign(tables, k, v, targets[k])
@@ -92,32 +109,50 @@ def expand(spec: Spec, dtype: str | None = None) -> list[Cell]:
             model = build_model(**_fill_shapes(tables["model"], data))
         except (ValueError, TypeError) as err:
             raise SpecError(f"spec key model ({where}): {err}") from None
-        train = tables["train"]
-        lr = train.pop("lr", 1e-2)
-        stride = train.pop("init_seed_stride", 0)
-        control = train.pop("control", None)
-        try:
-            tc = TrainConfig(**train)
-            control = None if control is None else ControlConfig(**control)
-        except (ValueError, TypeError) as err:
-            raise SpecError(f"spec key train ({where}): {err}") from None
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
-            raise SpecError(f"spec key train.lr ({where}): must be a number > 0, got {lr!r}")
-        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 0:
-            raise SpecError(f"spec key train.init_seed_stride ({where}): must be an integer >= 0, "
-                            f"got {stride!r}")
-        if control is not None and not can_prolong(model):
+        training = _training_config(tables["train"], where)
+        if training.control is not None and not can_prolong(model):
             raise SpecError(f"spec key train.control ({where}): the control objective needs a dnl "
                             "model without shared operator parameters or a resnet with "
                             "block='one_layer' and tied=false")
-        cells.append(Cell(model, data_cfg, TrainingConfig(tc, float(lr), stride, control), S,
+        certificate = (None if spec.certificate is None
+                       else _certificate_config(tables["certificate"], where))
+        cells.append(Cell(model, data_cfg, training, S,
                           tables["cell"].get("seed", 0), dtype,
                           {k: dict(v) for k, v in spec.measures.items()},
-                          {k: dict(v) for k, v in spec.trackers.items()}))
+                          {k: dict(v) for k, v in spec.trackers.items()}, certificate=certificate))
     if spec.warm_start:
         cells = _resolve_warm_starts(cells, spec)
     unique = {c.cell_id: c for c in cells}
     return list(unique.values())
+
+
+def _training_config(train: dict[str, Any], where: str) -> TrainingConfig:
+    """A cell's [train] table (base, swept and variant values merged) as its TrainingConfig: the
+    dataclasses check every value against their declarations (parse_spec checked each key alone;
+    here the whole table, e.g. ``warmup_steps`` against ``lr_schedule``)."""
+    train = dict(train)
+    lr = train.pop("lr", 1e-2)
+    stride = train.pop("init_seed_stride", 0)
+    control = train.pop("control", None)
+    try:
+        LEARNING_RATE.check("lr", lr)
+        INIT_SEED_STRIDE.check("init_seed_stride", stride)
+        config = TrainConfig(**train)
+    except (ValueError, TypeError) as err:
+        raise _spec_error("train", where, err) from None
+    try:
+        control = None if control is None else ControlConfig(**control)
+    except (ValueError, TypeError) as err:
+        raise _spec_error("train.control", where, err) from None
+    return TrainingConfig(config, float(lr), stride, control)
+
+
+def _certificate_config(table: dict[str, Any], where: str) -> CertificateConfig:
+    """A cell's [certificate] table (base and swept values merged) as its CertificateConfig."""
+    try:
+        return CertificateConfig(**table)
+    except (ValueError, TypeError) as err:
+        raise _spec_error("certificate", where, err) from None
 
 
 def _resolve_warm_starts(cells: list[Cell], spec: Spec) -> list[Cell]:

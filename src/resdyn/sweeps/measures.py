@@ -17,8 +17,7 @@ path_norm_bound, flow_bound, dead_zone, spectral_bound, marion_bound, test_error
                        the bounds of ``resdyn.theory.measures`` (its docstring lists each one's
                        value and terms)
 meanfield_kl_plugin    the KL-ball formula of docs/meanfield.md with the k-NN KL radii of the trained
-                       model plugged in: an estimate, not a bound (.rademacher, .r1_raw ...);
-                       ``meanfield_kl_bound`` is its deprecated alias (values under .bound)
+                       model plugged in: an estimate, not a bound (.rademacher, .r1_raw ...)
 gram, kl, displacement mean-field diagnostics of the trained model (``resdyn.analysis.diagnostics``)
 =====================  ==========================================================================
 
@@ -219,7 +218,6 @@ _SCALAR = Applies(scalar_output=True)
 MEASURES: dict[str, _Entry] = {
     **{name: _Entry(fn, _RESNETS) for name, fn in BOUND_MEASURES.items()},
     "meanfield_kl_plugin": _Entry(meanfield_theory.MEASURES["meanfield_kl_plugin"], _MEANFIELD_BOUND),
-    "meanfield_kl_bound": _Entry(meanfield_theory.MEASURES["meanfield_kl_bound"], _MEANFIELD_BOUND),
     "gram": _Entry(_gram, _SCALAR),
     "kl": _Entry(_kl, _MEANFIELD),
     "displacement": _Entry(_measure_displacement, _MEANFIELD),

@@ -18,7 +18,9 @@ from typing import Any
 import torch
 
 from .._checks import resolve_dtype
+from ..models import native
 from ..models.base import Params, init_params
+from ..training.certify import certify_sample, make_prior
 from ..training.control import control_diagnostics, controls_distance, lift, train_control
 from ..training.engine import TrainConfig, TrainState, train
 from ..training.objective import Objective
@@ -161,104 +163,162 @@ def train_group(
     ``params``, already prolonged to the cell's model; other cells start from their seed.
     progress: called with a :class:`GroupProgress` when training starts (or resumes) and about a
     hundred times along it.
+    Cells with a ``[certificate]`` are certified one at a time (:func:`_certificate_cell`).
+    Each result's provenance gets, under "native", what the native kernel reports about this group
+    (``resdyn.models.native.provenance``: whether it ran, its libraries, compiler and CPU flags).
     """
-    t0 = time.perf_counter()
     first = cells[0]
     if any(c.group_key != first.group_key for c in cells):
         raise ValueError("train_group: cells of one group must share every setting but S, seed, lr")
-    if first.training.control is not None:
-        return _train_control_group(cells, device, warm or {})
+    native.reset_usage()
+    if first.certificate is not None:
+        results = _train_certificate_group(cells, device)
+    elif first.training.control is not None:
+        results = _train_control_group(cells, device, warm or {})
+    else:
+        results = _train_engine_group(cells, device, checkpoint, checkpoint_seconds, warm, progress)
+    used = native.provenance()
+    for r in results:
+        r.provenance = {**r.provenance, "native": used}
+    return results
+
+
+@dataclass
+class _Group:
+    """What the hooks of one engine-trained group share: its cells, model, data, samples,
+    initial parameters, seeds and configuration, and the series recorded per cell."""
+
+    cells: Sequence[Cell]
+    model: Any
+    data: Any
+    idx: list[torch.Tensor]
+    params0: Params
+    seeds: list[int]
+    config: TrainConfig
+    series: dict[str, dict[str, list]]
+
+
+def _train_engine_group(cells: Sequence[Cell], device: str, checkpoint: CheckpointIO | None,
+                        checkpoint_seconds: float, warm: Mapping[str, WarmStart] | None,
+                        progress: Callable[[GroupProgress], None] | None) -> list[CellResult]:
+    """:func:`train_group` for cells trained by the engine (no ``[train.control]``)."""
+    t0 = time.perf_counter()
+    first = cells[0]
     dtype = resolve_dtype(first.dtype)
-    model = first.model
     data = first.data.load()
-    train_cfg = first.training.config
     # The engine's per-model seed is the seed of the initial weights (it orders minibatches too).
     seeds = [c.init_seed for c in cells]
-    idx = [c.data.indices(data, c.sample_size, c.seed) for c in cells]
+    g = _Group(cells, first.model, data, [c.data.indices(data, c.sample_size, c.seed) for c in cells],
+               init_params(first.model, seeds, dtype, device), seeds, first.training.config,
+               {c.cell_id: {} for c in cells})
     lr = torch.tensor([c.lr for c in cells], dtype=dtype)
-    params0 = init_params(model, seeds, dtype, device)
-    _start_warm(cells, params0, warm)
-
-    state = None
-    series: dict[str, dict[str, list]] = {c.cell_id: {} for c in cells}
+    _start_warm(cells, g.params0, warm)
+    state = _resume(g, checkpoint, device) if checkpoint is not None else None
+    hooks = _tracker_hooks(g)
     if checkpoint is not None:
-        loaded = [checkpoint[0](c.cell_id) for c in cells]
-        if all(x is not None for x in loaded):
-            fault = _checkpoint_fault(loaded, params0, train_cfg)
-            if fault is None:
-                state = _join_states([x[0] for x in loaded], train_cfg.steps, device)
-                for c, (_, meta) in zip(cells, loaded, strict=True):
-                    series[c.cell_id] = {k: [tuple(p) for p in v]
-                                         for k, v in meta.get("series", {}).items()}
-            else:
-                warnings.warn(f"the checkpoints of cells {', '.join(c.cell_id for c in cells)} do "
-                              f"not fit their cells ({fault}); they train from scratch",
-                              RuntimeWarning, stacklevel=2)
-
-    hooks = []
-    for name, opts in first.trackers.items():
-        tracker = get_tracker(name)
-        options = {k: v for k, v in opts.items() if k != "every"}
-
-        def record(step: int, st: TrainState, tracker=tracker, options=options, name=name) -> None:
-            ctx = TrackContext(model, st.params, params0, data, idx, step, st.loss_history, seeds,
-                               options, train_cfg)
-            for key, vals in tracker(ctx).items():
-                for c, v in zip(cells, vals.detach().cpu().tolist(), strict=True):
-                    series[c.cell_id].setdefault(_qualified(name, key), []).append((step, v))
-
-        hooks.append((int(opts["every"]), record))
-    if checkpoint is not None:
-        last = [time.perf_counter()]
-
-        def save(step: int, st: TrainState) -> None:
-            if step in (0, train_cfg.steps) or time.perf_counter() - last[0] < checkpoint_seconds:
-                return
-            for c, part in zip(cells, _split_state(st), strict=True):
-                checkpoint[1](c.cell_id, part, {"series": series[c.cell_id]})
-            last[0] = time.perf_counter()
-
-        hooks.append((max(1, min(50, train_cfg.steps // 20 or 1)), save))
-
+        hooks.append(_checkpoint_hook(g, checkpoint, checkpoint_seconds))
     if progress is not None:
-        start = state.step if state is not None else 0
-
-        def report(step: int, st: TrainState) -> None:
-            loss = float("nan")
-            if step > 0:
-                last = st.loss_history[step - 1]
-                finite = last[torch.isfinite(last)]
-                loss = float(finite.mean()) if finite.numel() else loss
-            progress(GroupProgress(step, train_cfg.steps, start, len(cells), loss))
-
-        progress(GroupProgress(start, train_cfg.steps, start, len(cells), float("nan")))
-        hooks.append((max(1, train_cfg.steps // 100), report))
-    result = train(model, params0, data, idx, lr, train_cfg, seeds, state=state, hooks=hooks)
+        hooks.append(_progress_hook(g, progress, state.step if state is not None else 0))
+    result = train(g.model, g.params0, data, g.idx, lr=lr, config=g.config, seeds=seeds, state=state,
+                   hooks=hooks)
     t_train = time.perf_counter() - t0
-    measures: dict[str, list[float]] = {}
-    for name, opts in first.measures.items():
-        ctx = MeasureContext(model, result.params, data, idx, train_cfg, result.metrics, seeds,
-                             dict(opts))
-        for key, vals in get_measure(name)(ctx).items():
-            measures[_qualified(name, key)] = torch.as_tensor(vals).detach().cpu().double().tolist()
+    measures = _measures(g, result)
     t_all = time.perf_counter() - t0
     out = []
     for e, c in enumerate(cells):
         hist = result.state.loss_history[:, e].detach().cpu().tolist()
         metrics = {k: float(v[e]) for k, v in result.metrics.items()}
         metrics["final_train_objective"] = hist[-1] if hist else float("nan")
-        loss_series = _loss_series(hist)
         out.append(CellResult(
             cell_id=c.cell_id,
-            config=c.config,
+            cell=c,
             metrics=metrics,
             measures={k: v[e] for k, v in measures.items()},
-            series={**series[c.cell_id], "train_objective": loss_series},
+            series={**g.series[c.cell_id], "train_objective": _loss_series(hist)},
             weights={k: v[e].detach().cpu() for k, v in result.params.items()},
             timing={"group_seconds": t_all, "train_seconds": t_train, "group_size": len(cells),
                     "seconds_per_model": t_all / len(cells)},
         ))
     return out
+
+
+def _resume(g: _Group, checkpoint: CheckpointIO, device: str) -> TrainState | None:
+    """The group's state from its cells' checkpoints (their series into ``g.series``), or None
+    when a cell has none or they do not fit the group (a warning says so)."""
+    loaded = [checkpoint[0](c.cell_id) for c in g.cells]
+    if not all(x is not None for x in loaded):
+        return None
+    fault = _checkpoint_fault(loaded, g.params0, g.config)
+    if fault is not None:
+        warnings.warn(f"the checkpoints of cells {', '.join(c.cell_id for c in g.cells)} do "
+                      f"not fit their cells ({fault}); they train from scratch",
+                      RuntimeWarning, stacklevel=4)
+        return None
+    for c, (_, meta) in zip(g.cells, loaded, strict=True):
+        g.series[c.cell_id] = {k: [tuple(p) for p in v] for k, v in meta.get("series", {}).items()}
+    return _join_states([x[0] for x in loaded], g.config.steps, device)
+
+
+def _tracker_hooks(g: _Group) -> list[tuple[int, Callable[[int, TrainState], None]]]:
+    """One hook per tracker of the group's cells: its values per cell into ``g.series``."""
+    hooks = []
+    for name, opts in g.cells[0].trackers.items():
+        tracker = get_tracker(name)
+        options = {k: v for k, v in opts.items() if k != "every"}
+
+        def record(step: int, st: TrainState, tracker=tracker, options=options, name=name) -> None:
+            ctx = TrackContext(g.model, st.params, g.params0, g.data, g.idx, step, st.loss_history,
+                               g.seeds, options, g.config)
+            for key, vals in tracker(ctx).items():
+                for c, v in zip(g.cells, vals.detach().cpu().tolist(), strict=True):
+                    g.series[c.cell_id].setdefault(_qualified(name, key), []).append((step, v))
+
+        hooks.append((int(opts["every"]), record))
+    return hooks
+
+
+def _checkpoint_hook(g: _Group, checkpoint: CheckpointIO, seconds: float
+                     ) -> tuple[int, Callable[[int, TrainState], None]]:
+    """Save every cell's share of the state at most every ``seconds`` (not at the first or last
+    step)."""
+    last = [time.perf_counter()]
+
+    def save(step: int, st: TrainState) -> None:
+        if step in (0, g.config.steps) or time.perf_counter() - last[0] < seconds:
+            return
+        for c, part in zip(g.cells, _split_state(st), strict=True):
+            checkpoint[1](c.cell_id, part, {"series": g.series[c.cell_id]})
+        last[0] = time.perf_counter()
+
+    return max(1, min(50, g.config.steps // 20 or 1)), save
+
+
+def _progress_hook(g: _Group, progress: Callable[[GroupProgress], None], start: int
+                   ) -> tuple[int, Callable[[int, TrainState], None]]:
+    """Report the start now, then about a hundred times along training."""
+    steps, models = g.config.steps, len(g.cells)
+
+    def report(step: int, st: TrainState) -> None:
+        loss = float("nan")
+        if step > 0:
+            last = st.loss_history[step - 1]
+            finite = last[torch.isfinite(last)]
+            loss = float(finite.mean()) if finite.numel() else loss
+        progress(GroupProgress(step, steps, start, models, loss))
+
+    progress(GroupProgress(start, steps, start, models, float("nan")))
+    return max(1, steps // 100), report
+
+
+def _measures(g: _Group, result: Any) -> dict[str, list[float]]:
+    """Every measure of the group's cells on the trained parameters, per cell."""
+    measures: dict[str, list[float]] = {}
+    for name, opts in g.cells[0].measures.items():
+        ctx = MeasureContext(g.model, result.params, g.data, g.idx, g.config, result.metrics,
+                             g.seeds, dict(opts))
+        for key, vals in get_measure(name)(ctx).items():
+            measures[_qualified(name, key)] = torch.as_tensor(vals).detach().cpu().double().tolist()
+    return measures
 
 
 def _start_warm(cells: Sequence[Cell], params0: Params, warm: Mapping[str, WarmStart] | None) -> None:
@@ -323,7 +383,7 @@ def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, 
                      diverged=float(not math.isfinite(m["J"])), diverged_step=-1.0)
             hist = res.history[:, i].tolist() if res.history is not None else []
             out[e] = CellResult(
-                cell_id=c.cell_id, config=c.config, metrics=m,
+                cell_id=c.cell_id, cell=c, metrics=m,
                 series={"train_objective": _loss_series(hist)},
                 weights={k: v[i].detach().cpu() for k, v in res.params.items()},
                 timing={})
@@ -332,3 +392,62 @@ def _train_control_group(cells: Sequence[Cell], device: str, warm: Mapping[str, 
         r.timing = {"group_seconds": t_all, "train_seconds": t_all, "group_size": len(cells),
                     "seconds_per_model": t_all / len(cells)}
     return [out[e] for e in range(len(cells))]
+
+
+def _finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _train_certificate_group(cells: Sequence[Cell], device: str) -> list[CellResult]:
+    """Cells with a ``[certificate]``, one at a time (each has its own split and normalisation):
+    :func:`_certificate_cell` each. Not checkpointed (a resumed run trains an unfinished cell
+    again)."""
+    t_group = time.perf_counter()
+    out = [_certificate_cell(c, device) for c in cells]
+    t_all = time.perf_counter() - t_group
+    for r in out:
+        r.timing.update(group_seconds=t_all, group_size=len(cells))
+    return out
+
+
+def _certificate_cell(c: Cell, device: str) -> CellResult:
+    """``certify_sample`` with the cell's initial weights (its init seed), its sample and seed,
+    its [train] settings for the prior mean. The certificate's numbers are the metrics, with
+    ``diverged`` measured: 1 when the prior mean's or the posterior's training objective or the
+    certificate is not finite, or when the recipe refused a non-finite number on the way (its
+    message in the provenance, ``certificate_error``; such a cell has no weights). That cell
+    fails, not its group. The posterior mean network m + A u is the cell's weights, the prior mean
+    m and the whitened posterior u extras of the same file; both training curves are series."""
+    t0 = time.perf_counter()
+    dtype = resolve_dtype(c.dtype)
+    data = c.data.load()
+    idx = c.data.indices(data, c.sample_size, c.seed)
+    params0 = init_params(c.model, [c.init_seed], dtype, device)
+    try:
+        res = certify_sample(c.model, params0, data, idx, c.seed, c.lr, c.training.config,
+                             c.certificate)
+    except ValueError as err:  # kl_inv refuses a NaN risk or KL: the cell diverged
+        seconds = time.perf_counter() - t0
+        return CellResult(cell_id=c.cell_id, cell=c,
+                          metrics={"certificate": float("nan"), "diverged": 1.0, "diverged_step": -1.0},
+                          timing={"train_seconds": seconds, "seconds_per_model": seconds},
+                          provenance={"certificate_error": str(err)[:500]})
+    numbers = dict(res.numbers)
+    ok = (_finite(res.prior_history) and _finite(res.posterior_history)
+          and math.isfinite(numbers["certificate"]))
+    prior = make_prior(c.certificate.prior, res.prior_mean, numbers["scale"], c.model.horizon)
+    post = prior.params(res.posterior)
+    prior_hist = res.prior_history[:, 0].tolist()
+    post_hist = res.posterior_history[:, 0].tolist()
+    numbers.update(diverged=float(not ok), diverged_step=-1.0,
+                   final_train_objective=prior_hist[-1] if prior_hist else float("nan"),
+                   posterior_objective=post_hist[-1] if post_hist else float("nan"))
+    seconds = time.perf_counter() - t0
+    return CellResult(
+        cell_id=c.cell_id, cell=c, metrics=numbers,
+        series={"train_objective": _loss_series(prior_hist),
+                "posterior_objective": _loss_series(post_hist)},
+        weights={k: v[0].detach().cpu() for k, v in post.items()},
+        extras={"prior_mean": {k: v[0].detach().cpu() for k, v in res.prior_mean.items()},
+                "posterior_u": {k: v[0].detach().cpu() for k, v in res.posterior.items()}},
+        timing={"train_seconds": seconds, "seconds_per_model": seconds})

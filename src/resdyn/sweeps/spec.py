@@ -34,12 +34,15 @@ trackers to compute, and a ``[sweep]`` table whose lists span the grid::
     checkpoint_seconds = 120      # a long group writes per-cell checkpoints this often
     lease_seconds = 900           # how long a claim on a cell lasts without renewal
 
-Every error names its key path and what is allowed, and validation happens once, here, before
-any file is created: every number anywhere in the spec is finite; optimiser constants lie in their
-valid intervals (``lr > 0``, ``eps > 0``, ``betas`` two numbers in ``[0, 1)``, ``momentum`` in
-``[0, 1)``, ``weight_decay >= 0``); sizes have upper limits (:data:`LIMITS`), and a model whose
-parameters and Adam state would need more than :data:`MAX_MODEL_BYTES` is refused with the memory it
-would need; ``name`` matches :data:`resdyn._paths.NAME_PATTERN` (it names the default store file).
+Every error names its key path and what is allowed, and validation happens here, before any file
+is created: every number anywhere in the spec is finite; each [train] key satisfies the constraint
+declared on its dataclass field (``TrainConfig``, ``ControlConfig``, the learning rate
+``engine.LEARNING_RATE``: ``lr > 0``, ``eps > 0``, ``betas`` two numbers in ``[0, 1)``,
+``momentum`` in ``[0, 1)``, ``weight_decay >= 0``, sizes up to :data:`LIMITS`), checked by the same
+validator (``resdyn._checks``) that the dataclasses run when built, so the words are the same; [run]
+is built as :class:`RunOptions`; a model whose parameters and Adam state would need more than
+:data:`MAX_MODEL_BYTES` is refused with the memory it would need; ``name`` matches
+:data:`resdyn._paths.NAME_PATTERN` (it names the default store file).
 """
 
 from __future__ import annotations
@@ -54,24 +57,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._checks import (
+    Constraint,
+    ConstraintError,
+    Interval,
+    Kind,
+    Options,
+    OrNone,
+    Table,
+    constraints_of,
+    declare,
+    validate,
+)
 from .._paths import check_name, safe_file_name
+from ..training.certify import CertificateConfig
 from ..training.control import ControlConfig
-from ..training.engine import TrainConfig
+from ..training.engine import LEARNING_RATE, MAX_BATCH_SIZE, MAX_CHUNK_SIZE, MAX_STEPS, TrainConfig
 
 __all__ = ["ModelMemory", "RunOptions", "Spec", "SpecError", "available_memory",
            "check_fits_memory", "load_spec", "model_fields", "model_memory", "parse_spec",
            "read_spec_text", "spec_path", "sweep_target"]
 
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
-            "warm_start")
+            "warm_start", "certificate")
 CELL_KEYS = ("sample_size", "seed")
-TRAIN_KEYS = (*(f.name for f in dataclasses.fields(TrainConfig)), "lr", "init_seed_stride", "control")
-CONTROL_KEYS = tuple(f.name for f in dataclasses.fields(ControlConfig))
 VARIANT_SECTIONS = ("model", "train", "data")
+#: Cell keys a ``sweep.variant`` entry may set (a data set with its own sample size).
+VARIANT_CELL_KEYS = ("sample_size",)
 
-#: Upper limits of sizes (inclusive). Model sizes not listed are bounded by MAX_MODEL_BYTES.
+#: Upper limits of sizes (inclusive). Model sizes not listed are bounded by MAX_MODEL_BYTES. The
+#: training limits are TrainConfig's own (declared on its fields).
 LIMITS: dict[str, int] = {
-    "train.steps": 10_000_000, "train.batch_size": 10_000_000, "train.chunk_size": 1_000_000,
+    "train.steps": MAX_STEPS, "train.batch_size": MAX_BATCH_SIZE, "train.chunk_size": MAX_CHUNK_SIZE,
     "sample_size": 100_000_000, "run.group_size": 100_000, "trackers.every": 10_000_000,
     "model": 1_000_000,
 }
@@ -91,6 +108,34 @@ MAX_MAGNITUDE = 1e12
 MAX_SPEC_BYTES = 2**20
 SEED_MAX = 2**63 - 1
 
+# The constraints of the spec's own keys. The [train] keys are TrainConfig's declarations, the
+# learning rate's (engine.LEARNING_RATE), INIT_SEED_STRIDE and ControlConfig's; [run] is RunOptions'.
+INIT_SEED_STRIDE = Interval(0, None, integer=True)
+SAMPLE_SIZE = Interval(1, LIMITS["sample_size"], integer=True)
+SEED = Interval(-SEED_MAX - 1, SEED_MAX, integer=True)
+EVERY = Interval(1, LIMITS["trackers.every"], integer=True)
+_STRING = Kind(str, "a string")
+_FAMILY = Kind(str, "a string naming a model family")
+_DATA_NAME = Kind(str, "a string naming a data set")
+_INLINE_TABLE = Kind(dict, "a table (inline {key = value})")
+_VARIANT = Kind(dict, "a table {model = {...}, train = {...}, data = {...}}")
+_SECTION = Kind(dict, "a table")
+_CONTROL = "a table ([train.control])"
+
+
+def _train_constraints(merged_control: bool) -> dict[str, Constraint]:
+    """Each [train] key's constraint; ``merged_control``: a ``control`` table that is merged into
+    the base one (a ``sweep.variant`` entry), so each of its keys is checked on its own."""
+    return {**constraints_of(TrainConfig), "lr": LEARNING_RATE, "init_seed_stride": INIT_SEED_STRIDE,
+            "control": Table(ControlConfig, _CONTROL, whole=not merged_control)}
+
+
+TRAIN_CONSTRAINTS = _train_constraints(merged_control=False)
+_VARIANT_TRAIN_CONSTRAINTS = _train_constraints(merged_control=True)
+TRAIN_KEYS = tuple(TRAIN_CONSTRAINTS)
+#: The [certificate] keys: CertificateConfig's declarations (docs/certificates.md).
+CERTIFICATE_CONSTRAINTS = constraints_of(CertificateConfig)
+
 
 class SpecError(ValueError):
     """A spec that cannot be run; the message names the key path and what is allowed."""
@@ -101,13 +146,41 @@ def _fail(path: str, msg: str) -> SpecError:
     return SpecError(f"spec key {shown}: {msg}")
 
 
+def _check(path: str, value: Any, constraint: Constraint) -> Any:
+    """``constraint.check`` with its error as a :class:`SpecError` naming the key path."""
+    try:
+        return constraint.check(path, value)
+    except ConstraintError as err:
+        raise _fail(err.path, err.reason) from None
+
+
+def _check_in(path: str, key: str, value: Any, constraints: Mapping[str, Constraint]) -> None:
+    """``key`` (at ``path``) is one of ``constraints`` and ``value`` satisfies its constraint."""
+    if key not in constraints:
+        raise _fail(path, f"unknown key; allowed: {', '.join(constraints)}")
+    _check(path, value, constraints[key])
+
+
+_SECONDS = f"a finite number of seconds > 0 and <= {MAX_SECONDS:g} (30 days)"
+_LEASE = (f"a finite number of seconds >= {MIN_LEASE_SECONDS:g} and <= {MAX_SECONDS:g} (30 days; a "
+          "lease is renewed every third of it, at most once a second)")
+
+
 @dataclass(frozen=True)
 class RunOptions:
-    dtype: str = "float32"
-    group_size: int = 256
-    checkpoint_seconds: float = 120.0
-    lease_seconds: float = 900.0
-    threads: int | None = None  # torch CPU threads when the command line does not say
+    """How a spec runs: ``dtype``, most models trained as one computation (``group_size``), how
+    often a long group checkpoints, how long a claim on a cell lasts, torch CPU threads when the
+    command line does not say (None: the default)."""
+
+    dtype: str = declare("float32", Options("float32", "float64", what="'float32' or 'float64'"))
+    group_size: int = declare(256, Interval(1, LIMITS["run.group_size"], integer=True))
+    checkpoint_seconds: float = declare(120.0, Interval(0, MAX_SECONDS, closed="right",
+                                                        what=_SECONDS))
+    lease_seconds: float = declare(900.0, Interval(MIN_LEASE_SECONDS, MAX_SECONDS, what=_LEASE))
+    threads: int | None = declare(None, OrNone(Interval(1, 1024, integer=True)))
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -127,6 +200,8 @@ class Spec:
     description: str = ""
     source: str = ""
     warm_start: Mapping[str, Any] = field(default_factory=dict)
+    # [certificate]: the cells are PAC-Bayes certificates (resdyn.training.certify); None: not.
+    certificate: Mapping[str, Any] | None = None
 
 
 def _table(raw: Mapping[str, Any], key: str, required: bool = True) -> dict[str, Any]:
@@ -138,13 +213,6 @@ def _table(raw: Mapping[str, Any], key: str, required: bool = True) -> dict[str,
     if not isinstance(v, Mapping):
         raise _fail(key, f"must be a table, got {type(v).__name__}")
     return dict(v)
-
-
-def _check_type(path: str, value: Any, types: tuple[type, ...], what: str) -> None:
-    if isinstance(value, bool) and bool not in types:
-        raise _fail(path, f"must be {what}, got {value!r}")
-    if not isinstance(value, types):
-        raise _fail(path, f"must be {what}, got {value!r}")
 
 
 def model_fields(family: str) -> set[str]:
@@ -168,7 +236,7 @@ def sweep_target(key: str, fields: set[str]) -> str:
         return "variants"
     if "." in key:
         section = key.split(".", 1)[0]
-        if section in ("model", "data", "train"):
+        if section in ("model", "data", "train", "certificate"):
             return section
     if key in TRAIN_KEYS:
         return "train"
@@ -180,87 +248,153 @@ def sweep_target(key: str, fields: set[str]) -> str:
 
 
 def parse_spec(raw: Mapping[str, Any], source: str = "") -> Spec:
-    """Validate a spec already read from TOML (a dict)."""
+    """Validate a spec already read from TOML (a dict): each table against its declarations (the
+    [train] keys against TrainConfig's, [run] built as :class:`RunOptions`), then the sizes the
+    whole grid needs. The checks run in a fixed order; the first failure is a :class:`SpecError`."""
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise _fail(unknown[0], f"unknown top-level key; allowed: {', '.join(TOP_KEYS)}")
-    if "name" in raw:
-        _check_type("name", raw["name"], (str,), "a string")
-        try:
-            name = check_name("name", raw["name"])
-        except ValueError as err:
-            raise _fail("name", str(err).removeprefix("name ")) from None
-    else:
-        name = safe_file_name(Path(source).stem if source else "spec")
+    name = _spec_name(raw, source)
     data, model, train = _table(raw, "data"), _table(raw, "model"), _table(raw, "train")
     sweep = _table(raw, "sweep")
-    if "name" not in data:
-        raise _fail("data.name", "missing; name the data set (see `resdyn data list`)")
+    _check_data_name(data)
+    fields = _check_model_keys(model)
+    for k, v in train.items():
+        _check_in(f"train.{k}", k, v, TRAIN_CONSTRAINTS)
+    _check_sweep(sweep, fields)
+    measures, trackers = _options(raw, "measures"), _options(raw, "trackers")
+    _check_names(measures, trackers)
+    _check_no_trackers_under_control(trackers, train, sweep)
+    for k, v in model.items():
+        if k != "family":
+            _check_model_value(f"model.{k}", k, v)
+    _check_model_memory(model, sweep, train)
+    _check_data_memory(data, sweep)
+    _check_applicable(model, sweep, fields, measures, trackers)
+    run = _run_options(_table(raw, "run", required=False))
+    description = _check("description", raw.get("description", ""), _STRING)
+    _check_finite(raw, "")  # the rest: data options, measure options, model floats
+    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"],
+                       "control" in train)
+    certificate = _certificate(raw, model, train, sweep, fields, bool(measures or trackers or warm))
+    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source, warm,
+                certificate)
+
+
+def _certificate(raw: Mapping[str, Any], model: Mapping[str, Any], train: Mapping[str, Any],
+                 sweep: Mapping[str, list], fields: set[str], extras: bool) -> dict[str, Any] | None:
+    """[certificate]: each key against CertificateConfig's declarations, the whole table built
+    once (its cross-field checks); every model the sweep builds a per-layer resnet (two_layer
+    block, tied = false); no [train.control], measures, trackers or warm start beside it."""
+    swept = [k for k in sweep if k.startswith("certificate.")]
+    if "certificate" not in raw:
+        if swept:
+            raise _fail(f"sweep.{swept[0]}", "sweeps a certificate setting, but the spec has no "
+                        "[certificate] table")
+        return None
+    table = _table(raw, "certificate", required=False)
+    for k, v in table.items():
+        _check_in(f"certificate.{k}", k, v, CERTIFICATE_CONSTRAINTS)
+    try:
+        CertificateConfig(**table)
+    except ConstraintError as err:
+        raise _fail(f"certificate.{err.path}", err.reason) from None
+    except (ValueError, TypeError) as err:
+        raise _fail("certificate", str(err)) from None
+    for where, m in _model_variants(model, sweep, fields):
+        for key, want in (("family", "resnet"), ("block", "two_layer"), ("tied", False)):
+            if m.get(key) != want:
+                raise _fail(where or f"model.{key}", f"a certificate needs a per-layer resnet "
+                            f"(family 'resnet', block 'two_layer', tied false); model.{key} is "
+                            f"{m.get(key)!r}")
+    if "control" in train or any("control" in v.get("train", {}) for v in sweep.get("variant", [])):
+        raise _fail("train.control", "a certificate trains its prior mean with the engine; remove "
+                    "[train.control]")
+    if extras:
+        raise _fail("certificate", "certificate cells record no measures or trackers and do not "
+                    "start warm; remove [measures], [trackers] and [warm_start]")
+    return table
+
+
+def _spec_name(raw: Mapping[str, Any], source: str) -> str:
+    """``name`` (it names the default store file), or the source file's stem."""
+    if "name" not in raw:
+        return safe_file_name(Path(source).stem if source else "spec")
+    _check("name", raw["name"], _STRING)
+    try:
+        return check_name("name", raw["name"])
+    except ValueError as err:
+        raise _fail("name", str(err).removeprefix("name ")) from None
+
+
+def _check_data_name(data: Mapping[str, Any]) -> None:
     from ..data import DATASETS
 
-    _check_type("data.name", data["name"], (str,), "a string naming a data set")
+    if "name" not in data:
+        raise _fail("data.name", "missing; name the data set (see `resdyn data list`)")
+    _check("data.name", data["name"], _DATA_NAME)
     if data["name"] not in DATASETS:
         raise _fail("data.name", f"unknown data set {data['name']!r}; allowed: {', '.join(DATASETS)}")
+
+
+def _check_model_keys(model: Mapping[str, Any]) -> set[str]:
+    """The fields of the model's family; every key of ``model`` is one of them."""
     if "family" not in model:
         raise _fail("model.family", "missing; name the model family")
-    _check_type("model.family", model["family"], (str,), "a string naming a model family")
+    _check("model.family", model["family"], _FAMILY)
     fields = model_fields(model["family"])
     for k in model:
         if k != "family" and k not in fields:
             raise _fail(f"model.{k}", f"unknown option of family {model['family']!r}; "
                         f"allowed: {', '.join(sorted(fields))}")
-    for k, v in train.items():
-        if k not in TRAIN_KEYS:
-            raise _fail(f"train.{k}", f"unknown key; allowed: {', '.join(TRAIN_KEYS)}")
-        _check_train(f"train.{k}", k, v)
+    return fields
+
+
+def _check_sweep(sweep: dict[str, Any], fields: set[str]) -> None:
+    """Every swept list is non-empty and each value is valid where it lands; ``sample_size`` is
+    there, ``seed`` defaults to [0]."""
     for k, values in sweep.items():
         if not isinstance(values, list) or not values:
             raise _fail(f"sweep.{k}", f"must be a non-empty list of values, got {values!r}")
         target = sweep_target(k, fields)
-        if k == "sample_size":
-            for i, s in enumerate(values):
-                _check_int(f"sweep.sample_size[{i}]", s, 1, LIMITS["sample_size"])
-        if k == "seed":
-            for i, s in enumerate(values):
-                _check_int(f"sweep.seed[{i}]", s, -SEED_MAX - 1, SEED_MAX)
-        if target == "variant":
-            for i, v in enumerate(values):
-                _check_variant(f"sweep.{k}[{i}]", v, fields)
-        if target == "variants":
-            for i, v in enumerate(values):
-                _check_type(f"sweep.{k}[{i}]", v, (dict,), "a table (inline {key = value})")
-                for kk, vv in v.items():
-                    _check_key(k, kk, vv, f"sweep.{k}[{i}].{kk}", fields)
-        elif target in ("train", "model"):
-            short = k.split(".", 1)[1] if "." in k else k
-            for i, v in enumerate(values):
-                _check_key(target, short, v, f"sweep.{k}[{i}]", fields)
-    if "sample_size" not in sweep:
+        for i, v in enumerate(values):
+            _check_swept(k, target, f"sweep.{k}[{i}]", v, fields)
+    in_variants = [isinstance(v, Mapping) and "sample_size" in v for v in sweep.get("variant", [])]
+    if any(in_variants) and ("sample_size" in sweep or not all(in_variants)):
+        raise _fail("sweep.sample_size", "give the sample size in sweep.sample_size or in every "
+                    "sweep.variant entry, not both")
+    if "sample_size" not in sweep and not any(in_variants):
         raise _fail("sweep.sample_size", "missing; list the training-set sizes S to run")
     sweep.setdefault("seed", [0])
-    measures, trackers = _options(raw, "measures"), _options(raw, "trackers")
-    _check_names(measures, trackers)
+
+
+def _check_swept(key: str, target: str, path: str, value: Any, fields: set[str]) -> None:
+    """One value of ``sweep.<key>`` (landing at ``target``, see :func:`sweep_target`)."""
+    if key in CELL_KEYS:
+        _check(path, value, SAMPLE_SIZE if key == "sample_size" else SEED)
+    elif target == "variant":
+        _check_variant(path, value, fields)
+    elif target == "variants":
+        _check(path, value, _INLINE_TABLE)
+        for kk, vv in value.items():
+            _check_key(key, kk, vv, f"{path}.{kk}")
+    elif target in ("train", "model"):
+        _check_key(target, key.split(".", 1)[1] if "." in key else key, value, path)
+    elif target == "certificate":
+        _check_in(path, key.split(".", 1)[1], value, CERTIFICATE_CONSTRAINTS)
+
+
+def _check_no_trackers_under_control(trackers: Mapping[str, Any], train: Mapping[str, Any],
+                                     sweep: Mapping[str, list]) -> None:
     if trackers and ("control" in train or any("control" in v.get("train", {})
                                                for v in sweep.get("variant", []))):
         raise _fail("trackers", "trackers are not recorded under [train.control] (its training runs "
                     "in two stages); remove them")
-    for k, v in model.items():
-        if k != "family":
-            _check_key("model", k, v, f"model.{k}", fields)
-    _check_model_memory(model, sweep, train)
-    _check_data_memory(data, sweep)
-    _check_applicable(model, sweep, fields, measures, trackers)
-    run_raw = _table(raw, "run", required=False)
-    run = _run_options(run_raw)
-    description = raw.get("description", "")
-    _check_type("description", description, (str,), "a string")
-    _check_finite(raw, "")  # the rest: data options, measure options, model floats
-    warm = _warm_start(_table(raw, "warm_start", required=False), sweep, fields, model["family"],
-                       "control" in train)
-    return Spec(name, data, model, train, sweep, measures, trackers, run, description, source, warm)
 
 
 WARM_KEYS = ("key", "seeds", "lr", "warm_only", "depend")
+_WARM_ONLY = Kind(bool, "true or false")
+_DEPEND = Options("warm", "all", what="'warm' or 'all'")
 
 
 def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str],
@@ -288,15 +422,11 @@ def _warm_start(raw: dict[str, Any], sweep: Mapping[str, list], fields: set[str]
     if not isinstance(seeds, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in seeds):
         raise _fail("warm_start.seeds", f"must be a list of integer seeds, got {seeds!r}")
     out: dict[str, Any] = {"key": key, "seeds": seeds}
-    if "lr" in raw:
-        out["lr"] = _check_number("warm_start.lr", raw["lr"], "a number > 0 and finite", lambda v: v > 0)
-    if "warm_only" in raw:
-        _check_type("warm_start.warm_only", raw["warm_only"], (bool,), "true or false")
-        out["warm_only"] = raw["warm_only"]
-    if "depend" in raw:
-        if raw["depend"] not in ("warm", "all"):
-            raise _fail("warm_start.depend", f"must be 'warm' or 'all', got {raw['depend']!r}")
-        out["depend"] = raw["depend"]
+    for k, constraint in (("lr", LEARNING_RATE), ("warm_only", _WARM_ONLY), ("depend", _DEPEND)):
+        if k in raw:
+            out[k] = _check(f"warm_start.{k}", raw[k], constraint)
+    if "lr" in out:
+        out["lr"] = float(out["lr"])
     return out
 
 
@@ -315,89 +445,50 @@ def _check_finite(value: Any, path: str) -> None:
             _check_finite(v, f"{path}[{i}]")
 
 
-def _check_int(path: str, value: Any, lo: int, hi: int) -> int:
-    _check_type(path, value, (int,), f"an integer in [{lo}, {hi}]")
-    if not lo <= value <= hi:
-        raise _fail(path, f"must be an integer in [{lo}, {hi}], got {value!r}")
-    return value
-
-
-def _check_number(path: str, value: Any, what: str, ok: Any) -> float:
-    _check_type(path, value, (int, float), what)
-    if not math.isfinite(value) or not ok(value):
-        raise _fail(path, f"must be {what}, got {value!r}")
-    return float(value)
-
-
-def _check_train(path: str, key: str, value: Any) -> None:
-    """The valid interval of each training setting (TrainConfig checks names and choices)."""
-    if key in ("lr", "eps"):
-        _check_number(path, value, "a number > 0 and finite", lambda v: v > 0)
-    elif key == "momentum":
-        _check_number(path, value, "a number in [0, 1)", lambda v: 0 <= v < 1)
-    elif key == "weight_decay":
-        _check_number(path, value, "a number >= 0 and finite", lambda v: v >= 0)
-    elif key == "betas":
-        if not isinstance(value, list) or len(value) != 2:
-            raise _fail(path, f"must be a list of two numbers in [0, 1), got {value!r}")
-        for i, b in enumerate(value):
-            _check_number(f"{path}[{i}]", b, "a number in [0, 1)", lambda v: 0 <= v < 1)
-    elif key in ("steps", "chunk_size"):
-        _check_int(path, value, 0 if key == "steps" else 1, LIMITS[f"train.{key}"])
-    elif key == "batch_size" and value is not None:
-        _check_int(path, value, 1, LIMITS["train.batch_size"])
-    elif key in ("loss", "optimizer"):
-        _check_type(path, value, (str,), "a string")
-    elif key == "control":
-        _check_type(path, value, (dict,), "a table ([train.control])")
-        for k in value:
-            if k not in CONTROL_KEYS:
-                raise _fail(f"{path}.{k}", f"unknown key; allowed: {', '.join(CONTROL_KEYS)}")
-        _check_finite(value, path)
-        try:
-            ControlConfig(**value)
-        except (ValueError, TypeError) as err:
-            raise _fail(path, str(err)) from None
-
-
 def _check_variant(path: str, value: Any, fields: set[str]) -> None:
-    """One entry of ``sweep.variant``: a table of ``model``, ``train`` and ``data`` tables."""
-    _check_type(path, value, (dict,), "a table {model = {...}, train = {...}, data = {...}}")
+    """One entry of ``sweep.variant``: a table of ``model``, ``train`` and ``data`` tables (each
+    merged into the base table, so each key is checked on its own)."""
+    _check(path, value, _VARIANT)
     for section, table in value.items():
+        if section in VARIANT_CELL_KEYS:
+            _check(f"{path}.{section}", table, SAMPLE_SIZE)
+            continue
         if section not in VARIANT_SECTIONS:
-            raise _fail(f"{path}.{section}", f"unknown section; allowed: {', '.join(VARIANT_SECTIONS)}")
-        _check_type(f"{path}.{section}", table, (dict,), "a table")
+            raise _fail(f"{path}.{section}", f"unknown section; allowed: "
+                        f"{', '.join(VARIANT_SECTIONS + VARIANT_CELL_KEYS)}")
+        _check(f"{path}.{section}", table, _SECTION)
         if section == "model" and "family" in table:
-            _check_type(f"{path}.model.family", table["family"], (str,), "a string naming a model family")
+            _check(f"{path}.model.family", table["family"], _FAMILY)
             fields = model_fields(table["family"])
         for k, v in table.items():
             if section == "model" and k != "family" and k not in fields:
                 raise _fail(f"{path}.model.{k}", f"unknown option of the model; allowed: "
                             f"{', '.join(sorted(fields))}")
-            if section == "train" and k == "control" and isinstance(v, dict):
-                for kk in v:
-                    if kk not in CONTROL_KEYS:
-                        raise _fail(f"{path}.train.control.{kk}",
-                                    f"unknown key; allowed: {', '.join(CONTROL_KEYS)}")
-                continue
-            _check_key(section, k, v, f"{path}.{section}.{k}", fields)
+            if section == "train":
+                _check_in(f"{path}.train.{k}", k, v, _VARIANT_TRAIN_CONSTRAINTS)
+            else:
+                _check_key(section, k, v, f"{path}.{section}.{k}")
 
 
-def _check_key(section: str, key: str, value: Any, path: str, fields: set[str]) -> None:
+def _check_key(section: str, key: str, value: Any, path: str) -> None:
     """One setting of ``section`` ('train', 'model' or 'data'), wherever it appears."""
     if section == "train":
-        if key not in TRAIN_KEYS:
-            raise _fail(path, f"unknown key; allowed: {', '.join(TRAIN_KEYS)}")
-        _check_train(path, key, value)
+        _check_in(path, key, value, TRAIN_CONSTRAINTS)
     elif section == "model":
-        if key == "family":
-            _check_type(path, value, (str,), "a string naming a model family")
-        elif isinstance(value, int) and not isinstance(value, bool) and value > LIMITS["model"]:
-            raise _fail(path, f"must be at most {LIMITS['model']:,}, got {value!r}")
-        elif isinstance(value, list | dict):
-            raise _fail(path, f"must be a single value, got {type(value).__name__} {value!r}")
+        _check_model_value(path, key, value)
     elif section == "data" and key == "name":
-        _check_type(path, value, (str,), "a string naming a data set")
+        _check(path, value, _DATA_NAME)
+
+
+def _check_model_value(path: str, key: str, value: Any) -> None:
+    """A model setting is one value and no size is over ``LIMITS['model']`` (the family's own
+    checks run when the model is built, in ``grid.expand``)."""
+    if key == "family":
+        _check(path, value, _FAMILY)
+    elif isinstance(value, int) and not isinstance(value, bool) and value > LIMITS["model"]:
+        raise _fail(path, f"must be at most {LIMITS['model']:,}, got {value!r}")
+    elif isinstance(value, list | dict):
+        raise _fail(path, f"must be a single value, got {type(value).__name__} {value!r}")
 
 
 # Input size assumed for the memory estimate when the spec does not give one: a CIFAR image.
@@ -462,7 +553,9 @@ def model_memory(model: Mapping[str, Any], sweep: Mapping[str, list],
     in_dim = max(biggest("in_dim", 0), _ASSUMED_IN)
     layers = L * max(1, L // 2) if model.get("family") == "dnl" else L
     n = W * (W + in_dim) + layers * W * W * 2 + K * (W + 1)
-    rows = max([v for v in sweep.get("sample_size", [1]) if isinstance(v, int)], default=1)
+    sizes_S = [*sweep.get("sample_size", [1]),
+               *(v.get("sample_size") for v in sweep.get("variant", []) if isinstance(v, Mapping))]
+    rows = max([v for v in sizes_S if isinstance(v, int) and not isinstance(v, bool)], default=1)
     batch = (train or {}).get("batch_size")
     if isinstance(batch, int) and not isinstance(batch, bool):
         rows = min(rows, batch)
@@ -562,7 +655,7 @@ def _check_names(measures: Mapping[str, Any], trackers: Mapping[str, Any]) -> No
             raise _fail(f"trackers.{k}", f"unknown tracker; allowed: {', '.join(known_t) or 'none'}")
         if "every" not in opts:
             raise _fail(f"trackers.{k}.every", "missing; the number of steps between records")
-        _check_int(f"trackers.{k}.every", opts["every"], 1, LIMITS["trackers.every"])
+        _check(f"trackers.{k}.every", opts["every"], EVERY)
 
 
 def _model_variants(model: Mapping[str, Any], sweep: Mapping[str, list],
@@ -603,24 +696,15 @@ def _check_applicable(model: Mapping[str, Any], sweep: Mapping[str, list], field
 
 
 def _run_options(raw: Mapping[str, Any]) -> RunOptions:
-    allowed = {f.name for f in dataclasses.fields(RunOptions)}
+    """[run] as :class:`RunOptions` (whose declarations check each value)."""
+    allowed = constraints_of(RunOptions)
     for k in raw:
         if k not in allowed:
             raise _fail(f"run.{k}", f"unknown key; allowed: {', '.join(sorted(allowed))}")
-    opts = RunOptions(**raw)
-    if not isinstance(opts.dtype, str) or opts.dtype not in ("float32", "float64"):
-        raise _fail("run.dtype", f"must be 'float32' or 'float64', got {opts.dtype!r}")
-    _check_int("run.group_size", opts.group_size, 1, LIMITS["run.group_size"])
-    if opts.threads is not None:
-        _check_int("run.threads", opts.threads, 1, 1024)
-    _check_number("run.checkpoint_seconds", opts.checkpoint_seconds,
-                  f"a finite number of seconds > 0 and <= {MAX_SECONDS:g} (30 days)",
-                  lambda v: 0 < v <= MAX_SECONDS)
-    _check_number("run.lease_seconds", opts.lease_seconds,
-                  f"a finite number of seconds >= {MIN_LEASE_SECONDS:g} and <= {MAX_SECONDS:g} (30 "
-                  "days; a lease is renewed every third of it, at most once a second)",
-                  lambda v: MIN_LEASE_SECONDS <= v <= MAX_SECONDS)
-    return opts
+    try:
+        return RunOptions(**raw)
+    except ConstraintError as err:
+        raise _fail(f"run.{err.path}", err.reason) from None
 
 
 def read_spec_text(path: str | Path) -> str:

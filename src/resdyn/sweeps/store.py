@@ -24,9 +24,12 @@ Guarantees:
   an object, nested deeper than :data:`MAX_JSON_DEPTH`, a spec name that is not a plain name, a
   metric that is not a number) raises one naming the store, the row and ``resdyn status
   --verify``; a store that cannot be written (read-only file or folder) is opened read-only;
-* weights are read only through :meth:`Store.load_weights`: the row's path must resolve inside
-  ``PATH.d/`` to a regular file whose sha256 is the row's, and its tensors must be the shapes of
-  the row's model; anything else is a :class:`StoreError`;
+* rows come back typed through :meth:`Store.records`: the config decoded into a
+  :class:`~resdyn.sweeps.cells.Cell` by the one codec (a config that does not decode is a
+  :class:`StoreError` naming the row);
+* weights are read only through :meth:`Store.load_weights`: the record's path must resolve inside
+  ``PATH.d/`` to a regular file whose sha256 is the row's, and the file must describe the
+  record's model with tensors of its shapes; anything else is a :class:`StoreError`;
 * a checkpoint path that is not a regular file (a directory, a link, a FIFO) is set aside like a
   damaged checkpoint.
 """
@@ -52,8 +55,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .._paths import NAME_MAX, PathEscapeError, check_name, inside
+from .cells import Cell, CellDecodeError
+from .records import CellRecord, record_from_row
 
-__all__ = ["MAX_JSON_DEPTH", "CellResult", "Store", "StoreError", "check_outcome", "check_row",
+__all__ = ["MAX_JSON_DEPTH", "CellRecord", "CellResult", "Store", "StoreError", "check_outcome", "check_row",
            "check_store_path", "provenance"]
 
 SCHEMA = """
@@ -106,6 +111,9 @@ _TMP_AGE = 24 * 3600.0
 #: Deepest nesting of lists and objects read from a stored JSON column (resdyn writes 3 or 4).
 MAX_JSON_DEPTH = 32
 _NUMBER = (int, float)
+#: Tensor sets a weights file may hold beside the cell's parameters, each under the names
+#: ``SET/PARAMETER``: a certificate cell's prior mean m and whitened posterior mean u.
+EXTRAS = ("prior_mean", "posterior_u")
 
 
 class StoreError(RuntimeError):
@@ -132,16 +140,28 @@ def _pid_dead(pid: int) -> bool:
 
 @dataclass
 class CellResult:
-    """What training a cell produced: per-cell numbers, series, weights and timing."""
+    """What training a cell produced: per-cell numbers, series, weights and timing.
+
+    ``cell``: the typed cell (its model writes the weights file, its stored form the row's
+    config). ``extras``: further
+    tensor sets of the model's shapes kept in the same weights file (so under the same sha256),
+    by name (one of :data:`EXTRAS`: a certificate's prior mean and whitened posterior), each one
+    model with no model axis; read back with :meth:`Store.load_extras`."""
 
     cell_id: str
-    config: dict[str, Any]
+    cell: Cell
     metrics: dict[str, float]
     measures: dict[str, float] = field(default_factory=dict)
     series: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     weights: dict[str, torch.Tensor] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The config JSON the row keeps: the cell's stored form."""
+        return self.cell.config
 
     @property
     def diverged(self) -> bool:
@@ -354,8 +374,9 @@ class Store:
         return {r[0] for r in self._query("SELECT cell_id FROM cells")}
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every finished cell as a dict of the ``cells`` columns, JSON columns decoded;
-        ``sha256`` is None for rows of stores written before it was recorded."""
+        """Every finished cell as a dict of the ``cells`` columns, JSON columns decoded (the raw
+        view, checked by :func:`check_row`; the analyses read :meth:`records`); ``sha256`` is
+        None for rows of stores written before it was recorded."""
         have = [r[1] for r in self._query("PRAGMA table_info(cells)")]
         cols = [c for c in COLUMNS if c in have]
         out = []
@@ -369,6 +390,24 @@ class Store:
             if fault is not None:
                 raise self._damaged(where, fault)
             out.append(row)
+        return out
+
+    def records(self, series: bool = False, ids: Iterable[str] | None = None) -> list[CellRecord]:
+        """Every finished cell (``ids``: those of them) as a typed
+        :class:`~resdyn.sweeps.records.CellRecord`, its config decoded into a
+        :class:`~resdyn.sweeps.cells.Cell`; ``series``: with each cell's series (see
+        :meth:`rows_with_series`). A row whose config does not decode is a :class:`StoreError`
+        naming the row and the fault."""
+        rows = self.rows_with_series() if series else self.rows()
+        if ids is not None:
+            wanted = set(ids)
+            rows = [r for r in rows if r["cell_id"] in wanted]
+        out = []
+        for row in rows:
+            try:
+                out.append(record_from_row(row))
+            except CellDecodeError as err:
+                raise self._damaged(f"row {_shown(row['cell_id'])}", str(err)) from None
         return out
 
     def _damaged(self, where: str, fault: str) -> StoreError:
@@ -498,7 +537,6 @@ class Store:
         """Weights first (atomic file), then the row, its series and the lease release in one
         transaction. Returns False when the cell already had a row (nothing is changed then)."""
         from ..models.io import save_params
-        from ..models.registry import build_model
 
         wpath = self.weights_path(result.cell_id)
         pending, digest = None, None
@@ -506,9 +544,14 @@ class Store:
             # Cell- and writer-unique: a second finisher (a lapsed lease) cannot overwrite the
             # kept row's weights; only the finisher whose insert wins moves its file into place.
             pending = wpath.with_name(f".{result.cell_id}.{self._tmp_tag()}.pending")
-            model = build_model(**result.config["model"])
-            save_params(pending, model, result.weights, {"cell_id": result.cell_id,
-                                                         "config": result.config})
+            unknown = sorted(set(result.extras) - set(EXTRAS))
+            if unknown:
+                raise ValueError(f"result {result.cell_id}: unknown extra tensor sets {unknown}; "
+                                 f"allowed: {', '.join(EXTRAS)}")
+            tensors = {**result.weights, **{f"{name}/{k}": v for name, ts in result.extras.items()
+                                            for k, v in ts.items()}}
+            save_params(pending, result.cell.model, tensors,
+                        {"cell_id": result.cell_id, "config": result.config})
             digest = sha256_file(pending)
         status = "diverged" if result.diverged else "done"
         try:
@@ -570,11 +613,11 @@ class Store:
         return out
 
     # -- weights ------------------------------------------------------------------------------
-    def weights_file(self, row: dict[str, Any]) -> Path:
-        """The regular file inside this store's folder that ``row``'s weights path names;
+    def weights_file(self, record: CellRecord) -> Path:
+        """The regular file inside this store's folder that ``record``'s weights path names;
         :class:`StoreError` when it has none, it leads outside (``..``, an absolute path, a
         symlink) or there is no such file."""
-        cid, rel = _shown(row.get("cell_id")), row.get("weights")
+        cid, rel = _shown(record.cell_id), record.weights
         if not rel:
             raise StoreError(f"store {self.path}: row {cid} has no weights file (it was stored "
                              "without trained parameters)")
@@ -590,18 +633,50 @@ class Store:
                              f"file {path}; see `resdyn status --verify {self.path}`")
         return path
 
-    def load_weights(self, row: dict[str, Any], device: str | torch.device = "cpu"
+    def load_weights(self, record: CellRecord, device: str | torch.device = "cpu"
                      ) -> tuple[Any, dict[str, torch.Tensor]]:
-        """The model and parameters (as written: one model, no model axis) of ``row``: the one
-        way resdyn reads stored weights. The file is :meth:`weights_file`; its bytes are read
-        once, their sha256 checked against the row's, and only then parsed; the tensors must
-        have the names and shapes of the row's model."""
+        """The model (the record's decoded cell's) and parameters (as written: one model, no
+        model axis) of ``record``: the one way resdyn reads stored weights. The file is
+        :meth:`weights_file`; its bytes are read once, their sha256 checked against the row's,
+        and only then parsed; the model the file describes must be the record's, and its tensors
+        must have that model's names and shapes."""
+        path, model, tensors = self._read_weights(record, device)
+        params = {k: v for k, v in tensors.items() if k.split("/", 1)[0] not in EXTRAS}
+        fault = _params_fault(model, params, record.cell.model)
+        if fault is not None:
+            raise self._damaged(f"row {_shown(record.cell_id)}", f"its weights file {path} {fault}")
+        return record.cell.model, params
+
+    def load_extras(self, record: CellRecord, name: str, device: str | torch.device = "cpu"
+                    ) -> dict[str, torch.Tensor]:
+        """The tensor set ``name`` (one of :data:`EXTRAS`) kept in ``record``'s weights file (see
+        :class:`CellResult`): read and checked as :meth:`load_weights` reads the parameters (the
+        row's sha256; the record's model's names and shapes); one model, no model axis."""
+        if name not in EXTRAS:
+            raise ValueError(f"unknown extra tensor set {name!r}; allowed: {', '.join(EXTRAS)}")
+        path, model, tensors = self._read_weights(record, device)
+        found = {k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith(f"{name}/")}
+        if not found:
+            raise StoreError(f"store {self.path}: the weights file of row {_shown(record.cell_id)} "
+                             f"holds no {name!r} tensors (not a certificate cell?)")
+        fault = _params_fault(model, found, record.cell.model)
+        if fault is not None:
+            raise self._damaged(f"row {_shown(record.cell_id)}", f"its weights file {path}, set "
+                                f"{name!r}, {fault}")
+        return found
+
+    def _read_weights(self, record: CellRecord, device: str | torch.device
+                      ) -> tuple[Path, Any, dict[str, torch.Tensor]]:
+        """(the file, the model it describes, every tensor in it): read once, its sha256 checked
+        against the row's, only then parsed."""
         from ..models.io import CheckpointError, params_from_bytes
 
-        path = self.weights_file(row)
-        cid = _shown(row.get("cell_id"))
+        path = self.weights_file(record)
+        cid = _shown(record.cell_id)
+        if record.cell is None:
+            raise self._damaged(f"row {cid}", "it has weights but its config is not a sweep cell's")
         data = path.read_bytes()
-        want, got = row.get("sha256"), hashlib.sha256(data).hexdigest()
+        want, got = record.sha256, hashlib.sha256(data).hexdigest()
         if want is not None and got != want:
             raise self._damaged(f"row {cid}", f"its weights file {path} has sha256 {got}, the row "
                                 f"records {_shown(want)}")
@@ -609,10 +684,7 @@ class Store:
             model, params, _ = params_from_bytes(data, str(path), device)
         except CheckpointError as err:
             raise self._damaged(f"row {cid}", str(err)) from None
-        fault = _params_fault(model, params, row.get("config", {}).get("model"))
-        if fault is not None:
-            raise self._damaged(f"row {cid}", f"its weights file {path} {fault}")
-        return model, params
+        return path, model, params
 
     # -- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, cell_id: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
@@ -742,7 +814,13 @@ def check_row(row: dict[str, Any]) -> str | None:
     cell id matching the name pattern, a plain spec name, status 'done' or 'diverged', a config
     object (where present: a data table with a string name, a model table with a string family,
     integer sample size and seed, train, measures and trackers tables), metrics, measures and
-    timing mapping names to numbers, a provenance object."""
+    timing mapping names to numbers, a provenance object. (Whether the config describes a cell
+    is the codec's question: :meth:`Store.records`.)"""
+    return _identity_fault(row) or _config_fault(row.get("config")) or _columns_fault(row)
+
+
+def _identity_fault(row: dict[str, Any]) -> str | None:
+    """What is wrong with a row's cell id, spec name or status."""
     if not isinstance(row.get("cell_id"), str) or _name_fault("", row["cell_id"]) is not None:
         return f"its cell id {_shown(row.get('cell_id'))} is not a plain name"
     try:
@@ -754,7 +832,11 @@ def check_row(row: dict[str, Any]) -> str | None:
         return fault
     if row.get("status") not in ("done", "diverged"):
         return f"its status {_shown(row.get('status'))} is not 'done' or 'diverged'"
-    cfg = row.get("config")
+    return None
+
+
+def _config_fault(cfg: Any) -> str | None:
+    """What is wrong with the shape of a row's config column (see :func:`check_row`)."""
     if not isinstance(cfg, dict):
         return f"column 'config' is a {type(cfg).__name__}, not a JSON object"
     for section, key in (("data", "name"), ("model", "family")):
@@ -765,9 +847,14 @@ def check_row(row: dict[str, Any]) -> str | None:
         v = cfg.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int):
             return f"config.{key} is {_shown(v)}, not an integer"
-    for key in ("train", "measures", "trackers"):
+    for key in ("train", "measures", "trackers", "certificate"):
         if not isinstance(cfg.get(key, {}), dict):
             return f"config.{key} is {_shown(cfg.get(key))}, not a table"
+    return None
+
+
+def _columns_fault(row: dict[str, Any]) -> str | None:
+    """What is wrong with a row's numbers, provenance, weights path and sha256."""
     for what in ("metrics", "measures", "timing"):
         fault = _numbers_fault(what, row.get(what))
         if fault is not None:
@@ -813,15 +900,10 @@ def check_outcome(value: Any) -> str | None:
     return None
 
 
-def _params_fault(model: Any, params: dict[str, torch.Tensor], config_model: Any) -> str | None:
-    """What is wrong with loaded weights for a row: a model other than the row's, or tensors
-    whose names, dtypes or shapes are not that model's (one model, no model axis)."""
-    from ..models.registry import build_model
-
-    try:
-        expected = build_model(**config_model)
-    except Exception as err:  # the row's own description is untrusted too
-        return f"cannot be checked: the row's model is not buildable ({type(err).__name__})"
+def _params_fault(model: Any, params: dict[str, torch.Tensor], expected: Any) -> str | None:
+    """What is wrong with loaded weights for a row whose cell's model is ``expected``: a file
+    describing another model, or tensors whose names, dtypes or shapes are not that model's (one
+    model, no model axis)."""
     if model != expected:
         return f"holds a {getattr(model, 'family', '?')} model that differs from the row's"
     try:

@@ -88,7 +88,7 @@ def run_sweep(
                 warm = warm_params(store, mine)
                 for _, results in executor.run(groups, checkpoint, spec.run.checkpoint_seconds, warm):
                     for r in results:
-                        r.provenance = dict(prov)
+                        r.provenance = {**prov, **r.provenance}  # the group's own (native) kept
                         if store.write(spec.name, r, owner):
                             summary.trained += 1
                             summary.diverged += int(r.diverged)
@@ -110,16 +110,17 @@ def warm_params(store: Store, cells: list[Cell]) -> dict[str, WarmStart]:
     warm_cells = [c for c in cells if c.warm_from]
     if not warm_cells:
         return {}
-    rows = {r["cell_id"]: r for r in store.rows()}
+    needed = {d for c in warm_cells for d in c.warm_from}
+    records = {r.cell_id: r for r in store.records(ids=needed)}
     out = {}
     for c in warm_cells:
-        scores = [(rows[d]["metrics"].get("final_train_objective", math.inf), d) for d in c.warm_from
-                  if rows[d]["status"] == "done"]
+        scores = [(records[d].metrics.get("final_train_objective", math.inf), d)
+                  for d in c.warm_from if records[d].status == "done"]
         scores = [(s, d) for s, d in scores if math.isfinite(s)]
         if not scores:
             raise RuntimeError(f"cell {c.cell_id}: every cell it starts from diverged "
                                f"({', '.join(c.warm_from)})")
-        src_model, params = store.load_weights(rows[min(scores)[1]])
+        src_model, params = store.load_weights(records[min(scores)[1]])
         src = {k: v.unsqueeze(0) for k, v in params.items()}
         out[c.cell_id] = WarmStart(src_model.prolong(src, c.model) if hasattr(src_model, "prolong")
                                    else prolong_to(src_model, src, c.model), src_model, src)

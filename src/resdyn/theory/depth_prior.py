@@ -24,6 +24,11 @@ The posterior keeps the prior's covariance: two Brownian laws with different dif
 are mutually singular in the limit L -> infinity (their KL grows like L), so a learned noise scale
 on the increments would undo the depth-uniformity.
 
+:class:`WhitenedGaussian` puts a prior over a whole model: the layer parameters coloured by the
+Brownian (or an i.i.d.) law, every other parameter (embedding, readout) i.i.d. N(m, s_io^2). In
+whitened coordinates u (theta = m + A u) the prior is N(0, I) and the posterior N(u, I), so
+KL(Q || P) = |u|^2 / 2 whatever A is, and a draw from Q is m + A (u + eps).
+
 Tensors carry a leading model axis E and the layer axis at ``layer_dim`` (1 by default, the layout
 of resdyn's per-layer parameters W (E, L, p, m), b (E, L, p), V (E, L, m, p)). Everything is pure.
 """
@@ -31,12 +36,16 @@ of resdyn's per-layer parameters W (E, L, p, m), b (E, L, p), V (E, L, m, p)). E
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-__all__ = ["BrownianPrior", "iid_kl"]
+from ..models.base import Params
+from ..models.stochastic import noise_like
+
+__all__ = ["BrownianPrior", "WhitenedGaussian", "iid_kl"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +107,53 @@ def iid_kl(delta: Tensor, scale: float) -> Tensor:
     if not (math.isfinite(scale) and scale > 0):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     return 0.5 * delta.square().sum(dim=tuple(range(1, delta.dim()))) / scale**2
+
+
+@dataclass(frozen=True)
+class WhitenedGaussian:
+    """A Gaussian prior P = N(m, A A^T) over a model's parameters, and the posteriors N(m + A u, A A^T)
+    that share its covariance, in whitened coordinates u (module docstring).
+
+    mean: m, each tensor with the leading model axis E (detached). layers: the law of the
+    parameters named in ``layer_names`` (layer axis 1): a :class:`BrownianPrior`, or a float s
+    for i.i.d. N(0, s^2) per layer. io_scale: s_io of every other parameter."""
+
+    mean: Mapping[str, Tensor]
+    layers: BrownianPrior | float
+    io_scale: float
+    layer_names: tuple[str, ...] = ("W", "b", "V")
+
+    def __post_init__(self) -> None:
+        scales = [self.io_scale] + ([] if isinstance(self.layers, BrownianPrior) else [self.layers])
+        for s in scales:
+            if not (isinstance(s, int | float) and math.isfinite(s) and s > 0):
+                raise ValueError(f"a prior scale must be a finite number > 0, got {s!r}")
+        missing = [n for n in self.layer_names if n not in self.mean]
+        if missing:
+            raise ValueError(f"layer parameters {missing} are not in the prior mean; it has "
+                             f"{sorted(self.mean)}")
+
+    def color(self, name: str, u: Tensor) -> Tensor:
+        """A u for parameter ``name`` (any leading axis: models, or one draw per example)."""
+        if name not in self.layer_names:
+            return self.io_scale * u
+        if isinstance(self.layers, BrownianPrior):
+            return self.layers.offsets(u, layer_dim=1)
+        return self.layers * u
+
+    def zeros(self) -> Params:
+        """u = 0: the posterior equal to the prior."""
+        return {n: torch.zeros_like(v) for n, v in self.mean.items()}
+
+    def params(self, u: Mapping[str, Tensor]) -> Params:
+        """The posterior mean m + A u (the deterministic network of Q)."""
+        return {n: self.mean[n] + self.color(n, u[n]) for n in self.mean}
+
+    def kl(self, u: Mapping[str, Tensor]) -> Tensor:
+        """KL(Q || P) = |u|^2 / 2 per model, (E,)."""
+        return 0.5 * sum(v.square().flatten(1).sum(1) for v in u.values())
+
+    def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
+        """One network per model from Q: m + A (u + eps), differentiable in u."""
+        eps = noise_like(dict(u), seeds, stream)
+        return {n: self.mean[n] + self.color(n, u[n] + eps[n]) for n in self.mean}

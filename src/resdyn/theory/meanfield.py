@@ -33,8 +33,7 @@ the theorem needs them fixed before the sample; and a negative estimate (estimat
 clipped to 0, which makes a complexity term exactly 0. The measure is therefore named
 ``meanfield_kl_plugin`` (values ``plugin``, ``plugin.*``, with ``plugin.r1_raw``, ``plugin.r2_raw``
 the unclipped estimates and ``plugin.clipped`` the number of radii clipped) and reads as an
-estimate everywhere; ``meanfield_kl_bound`` is kept only as a deprecated alias of the same numbers
-under the old keys, for stores written before the rename.
+estimate everywhere.
 """
 
 from __future__ import annotations
@@ -83,22 +82,22 @@ def generalization_bound(n: int, train_ramp: float, r1: float, r2: float, alpha:
             "bound": train_ramp + 2.0 * rad["rademacher"] + conf}
 
 
-def _measure_kl_bound(ctx: Any, prefix: str = "bound") -> dict[str, Tensor]:
-    """The KL-ball formula with the k-NN KL estimates of each trained model plugged in as radii: a
-    PLUG-IN ESTIMATE, not a bound on the test error (module docstring).
+def _measure_kl_plugin(ctx: Any) -> dict[str, Tensor]:
+    """The KL-ball formula with each trained model's k-NN KL estimates as radii (an estimate, not a bound).
 
-    Options: delta (default 0.05), k (k-NN order). Values per model (``prefix`` 'plugin', or
-    'bound' under the deprecated name): prefix, .rademacher, .predictor, .encoder, .confidence,
-    .train_ramp, .r1, .r2 (clipped at 0), .r1_raw, .r2_raw (unclipped), .clipped (0, 1 or 2).
+    Options: delta (default 0.05), k (k-NN order). Values per model: plugin (the formula's value),
+    plugin.rademacher, .predictor, .encoder, .confidence, .train_ramp, .r1, .r2 (clipped at 0),
+    .r1_raw, .r2_raw (unclipped), .clipped (0, 1 or 2). Not a bound on the test error (module
+    docstring).
     """
     from ..analysis.diagnostics import particle_kl
 
     model = ctx.model
     if getattr(model, "family", None) != "meanfield":
-        raise ValueError(f"measure 'meanfield_kl_bound' needs model family 'meanfield', got "
+        raise ValueError(f"measure 'meanfield_kl_plugin' needs model family 'meanfield', got "
                          f"{getattr(model, 'family', None)!r}")
     if model.activation not in ACTIVATION_CONSTANTS:
-        raise ValueError(f"measure 'meanfield_kl_bound' needs a bounded Lipschitz activation; allowed: "
+        raise ValueError(f"measure 'meanfield_kl_plugin' needs a bounded Lipschitz activation; allowed: "
                          f"{', '.join(ACTIVATION_CONSTANTS)}, got {model.activation!r}")
     s0, s1 = ACTIVATION_CONSTANTS[model.activation]
     kl = particle_kl(model, ctx.params, ctx.options.get("k"), per_layer=False)
@@ -117,13 +116,8 @@ def _measure_kl_bound(ctx: Any, prefix: str = "bound") -> dict[str, Tensor]:
         b = generalization_bound(len(idx), ramp, r1, r2, model.alpha, model.beta, delta, s0, s1)
         b.update(r1=r1, r2=r2, r1_raw=r1_raw, r2_raw=r2_raw, clipped=float((r1_raw < 0) + (r2_raw < 0)))
         for key, v in b.items():
-            rows.setdefault(prefix if key == "bound" else f"{prefix}.{key}", []).append(v)
+            rows.setdefault("plugin" if key == "bound" else f"plugin.{key}", []).append(v)
     return {k: torch.tensor(v, dtype=torch.float64) for k, v in rows.items()}
 
 
-def _measure_kl_plugin(ctx: Any) -> dict[str, Tensor]:
-    """The KL-ball formula with each trained model's k-NN KL estimates as radii (an estimate, not a bound)."""
-    return _measure_kl_bound(ctx, "plugin")
-
-
-MEASURES = {"meanfield_kl_plugin": _measure_kl_plugin, "meanfield_kl_bound": _measure_kl_bound}
+MEASURES = {"meanfield_kl_plugin": _measure_kl_plugin}

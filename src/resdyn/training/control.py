@@ -44,17 +44,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import Interval, check_int, declare, validate
 from ..data.base import Dataset
 from ..models.base import Params
 from ..models.blocks import embed, readout
 from ..models.dnl import DNLNet, VolterraDNL
 from ..models.resnet import ResNet
-from ..models.volterra import march, p1_at_grid, p1_norms, pair_count
+from ..models.volterra import march, p1_at_grid, p1_norms, pair_count, pair_index
 from .engine import TrainConfig, train
-from .losses import LOSSES, correct, per_sample_loss
-from .objective import Objective
-from .optim import LBFGS, Adam, Optimizer
+from .losses import correct, per_sample_loss
+from .objective import LOSS, Objective
+from .optim import GRAD_TOL, HISTORY, LBFGS, Adam, Optimizer
 
 __all__ = [
     "CONTROLS",
@@ -81,19 +81,21 @@ __all__ = [
 
 CONTROLS = ("K", "b")
 READOUT = ("R", "r")
+# A penalty weight (alpha, beta, gamma) and the lifting's scale: finite and >= 0.
+_WEIGHT = Interval(0, None, closed="left")
+_COUNT = Interval(0, None, integer=True)
 
 
 @dataclass(frozen=True)
 class ControlWeights:
     """alpha (L^2 weight of the controls), beta (weight of their differences), gamma (readout)."""
 
-    alpha: float = 1e-3
-    beta: float = 1e-2
-    gamma: float = 1e-3
+    alpha: float = declare(1e-3, _WEIGHT)
+    beta: float = declare(1e-2, _WEIGHT)
+    gamma: float = declare(1e-3, _WEIGHT)
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "gamma"):
-            check_positive(name, getattr(self, name), allow_zero=True)
+        validate(self)
 
 
 @dataclass(frozen=True)
@@ -106,24 +108,18 @@ class ControlConfig:
     initial A, c, still frozen); ``fine_steps``: the fine grid on which each trained model's
     continuous objective J(Pi theta) is recorded (0: not recorded; a multiple of every depth)."""
 
-    alpha: float = 1e-3
-    beta: float = 1e-2
-    gamma: float = 1e-3
-    lbfgs_iters: int = 500
-    history_size: int = 20
-    grad_tol: float = 1e-9
-    lift_scale: float = 0.0
-    lift_seed: int = 0
-    fine_steps: int = 0
+    alpha: float = declare(1e-3, _WEIGHT)
+    beta: float = declare(1e-2, _WEIGHT)
+    gamma: float = declare(1e-3, _WEIGHT)
+    lbfgs_iters: int = declare(500, _COUNT)
+    history_size: int = declare(20, HISTORY)
+    grad_tol: float = declare(1e-9, GRAD_TOL)
+    lift_scale: float = declare(0.0, _WEIGHT)
+    lift_seed: int = declare(0, _COUNT)
+    fine_steps: int = declare(0, _COUNT)
 
     def __post_init__(self) -> None:
-        ControlWeights(self.alpha, self.beta, self.gamma)  # checks the weights
-        check_int("lbfgs_iters", self.lbfgs_iters, 0)
-        check_int("history_size", self.history_size, 1)
-        check_positive("grad_tol", self.grad_tol, allow_zero=True)
-        check_positive("lift_scale", self.lift_scale, allow_zero=True)
-        check_int("lift_seed", self.lift_seed, 0)
-        check_int("fine_steps", self.fine_steps, 0)
+        validate(self)
 
     @property
     def weights(self) -> ControlWeights:
@@ -163,9 +159,9 @@ def _diff_pairs(N: int) -> tuple[Tensor, Tensor]:
     for k in range(1, N + 1):
         for j in range(k):
             if k + 1 <= N:
-                kd.append((k * (k - 1) // 2 + j, (k + 1) * k // 2 + j))
+                kd.append((pair_index(k, j), pair_index(k + 1, j)))
             if j + 1 < k:
-                jd.append((k * (k - 1) // 2 + j, k * (k - 1) // 2 + j + 1))
+                jd.append((pair_index(k, j), pair_index(k, j + 1)))
     def as_t(x):
         return torch.tensor(x, dtype=torch.long).T if x else torch.zeros(2, 0, dtype=torch.long)
 
@@ -277,7 +273,7 @@ def objective(model, params: Params, x: Tensor, y: Tensor, weights: ControlWeigh
               loss: str = "cross_entropy") -> dict[str, Tensor]:
     """J_N of every model (all on the same data ``x`` (n, d), labels ``y`` (n,)): a dict of (B,)
     tensors 'J', 'loss', 'penalty', 'acc'."""
-    check_choice("loss", loss, LOSSES)
+    LOSS.check("loss", loss)
     B = params["R"].shape[0]
     out = model.forward(params, _expand(x, B))
     data, acc = _data_terms(out, y, loss)
@@ -310,8 +306,8 @@ def continuous_objective(model, params: Params, x: Tensor, y: Tensor, weights: C
             jf = jf.to(params["K"].device)
             K = _layer_p1(params["K"], model.depth, Nf).index_select(1, jf)
             b = _layer_p1(params["b"], model.depth, Nf).index_select(1, jf)
-            zs, _ = march(embed(params, xb), K, b, Nf, model.horizon / Nf, model.act, "A", None, None,
-                          rule)
+            zs, _ = march(embed(params, xb), K, b, Nf, model.horizon / Nf, model.act, form="A",
+                          rule=rule)
             out = readout(params, zs[-1])
         data, acc = _data_terms(out, y, loss)
         pen = _penalties(model, params, weights, continuous=True)
@@ -474,8 +470,8 @@ def train_control(
     ``init_loss``, ``init_grad_norm``; each model evaluated alone)."""
     _check_model(model)
     check_int("adam_steps", adam_steps, 0)
-    check_int("lbfgs_iters", lbfgs_iters, 0)
-    check_choice("loss", loss, LOSSES)
+    _COUNT.check("lbfgs_iters", lbfgs_iters)
+    LOSS.check("loss", loss)
     obj = control_objective(model, weights, loss, frozen)
     trained, _ = obj.split(params)
     fixed = {k: params[k].detach() for k in frozen}
@@ -485,15 +481,15 @@ def train_control(
     cfg = TrainConfig(steps=adam_steps, loss=loss, chunk_size=max(len(y), 1))
     init = [_grad_norms(model, {k: v[e : e + 1] for k, v in params.items()}, x, y, weights, loss,
                         trained) for e in range(E)]
-    adam = train(model, params, data, idx, lr, cfg, evaluate_test=False, objective=obj,
+    adam = train(model, params, data, idx, lr=lr, config=cfg, evaluate_test=False, objective=obj,
                  optimizer=Adam() if optimizer is None else optimizer)
     cur = {k: adam.params[k] for k in trained}
     after_adam, _ = _grad_norms(model, {**fixed, **cur}, x, y, weights, loss, trained)
 
     iters = torch.zeros(E, dtype=torch.long)
     if lbfgs_iters:
-        second = train(model, {**fixed, **cur}, data, idx, 1.0,
-                       dataclasses.replace(cfg, steps=lbfgs_iters), evaluate_test=False,
+        second = train(model, {**fixed, **cur}, data, idx, lr=1.0,
+                       config=dataclasses.replace(cfg, steps=lbfgs_iters), evaluate_test=False,
                        objective=obj, optimizer=LBFGS(history=history_size, grad_tol=grad_tol))
         with torch.no_grad():
             J_new = objective(model, second.params, x, y, weights, loss)["J"]

@@ -24,21 +24,27 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int
+from .._checks import Interval, Options, OrNone, check_int, declare, validate
 from ..data.base import Dataset
 from ..models.base import Model, Params, forward_chunks, generator_for
 from .flat import FlatLayout
 from .layout import ChunkLayout, chunk_layout
-from .losses import LOSSES, correct, per_sample_loss
-from .objective import Objective
-from .optim import OPTIMIZERS, Optimizer, OptimizerSpec, StepContext
+from .losses import correct, per_sample_loss
+from .objective import LOSS, Objective
+from .optim import BETAS, EPS, MOMENTUM, OPTIMIZER, WEIGHT_DECAY, Optimizer, OptimizerSpec, StepContext
 from .progress import ProgressFn, make_progress
 
-__all__ = ["TrainConfig", "TrainResult", "TrainState", "evaluate", "per_model_finite", "per_model_lr",
-           "train"]
+__all__ = ["LEARNING_RATE", "MAX_BATCH_SIZE", "MAX_CHUNK_SIZE", "MAX_STEPS", "TrainConfig",
+           "TrainResult", "TrainState", "evaluate", "per_model_finite", "per_model_lr", "train"]
 
 Hook = Callable[[int, "TrainState"], None]
 LR_SCHEDULES = ("constant", "cosine")
+#: Upper limits (inclusive) of the number of updates, the minibatch size and the chunk size.
+MAX_STEPS = 10_000_000
+MAX_BATCH_SIZE = 10_000_000
+MAX_CHUNK_SIZE = 1_000_000
+#: A learning rate (``train``'s ``lr``, each entry of a per-model list, a spec's ``train.lr``).
+LEARNING_RATE = Interval(0, None, closed="neither")
 
 
 @dataclass(frozen=True)
@@ -48,29 +54,25 @@ class TrainConfig:
     minibatch size, None for full batch. chunk_size: rows per chunk of the ragged layout.
     lr_schedule: the factor a(t) every model's rate is multiplied by at update t (0-based):
     'constant' (a = 1) or 'cosine' (a linear warm-up over ``warmup_steps`` updates,
-    a(t) = (t + 1) / W, then a(t) = (1 + cos(pi (t - W) / (steps - W))) / 2)."""
+    a(t) = (t + 1) / W, then a(t) = (1 + cos(pi (t - W) / (steps - W))) / 2).
 
-    steps: int = 1000
-    loss: str = "cross_entropy"
-    optimizer: str = "adam"
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    batch_size: int | None = None
-    chunk_size: int = 64
-    lr_schedule: str = "constant"
-    warmup_steps: int = 0
+    Each field's valid values are declared on it (shared with the optimisers and checked on
+    construction and in a spec's [train] table by one validator, ``resdyn._checks.validate``)."""
+
+    steps: int = declare(1000, Interval(0, MAX_STEPS, integer=True))
+    loss: str = declare("cross_entropy", LOSS)
+    optimizer: str = declare("adam", OPTIMIZER)
+    betas: tuple[float, float] = declare((0.9, 0.999), BETAS)
+    eps: float = declare(1e-8, EPS)
+    momentum: float = declare(0.0, MOMENTUM)
+    weight_decay: float = declare(0.0, WEIGHT_DECAY)
+    batch_size: int | None = declare(None, OrNone(Interval(1, MAX_BATCH_SIZE, integer=True)))
+    chunk_size: int = declare(64, Interval(1, MAX_CHUNK_SIZE, integer=True))
+    lr_schedule: str = declare("constant", Options(*LR_SCHEDULES))
+    warmup_steps: int = declare(0, Interval(0, None, integer=True))
 
     def __post_init__(self) -> None:
-        check_int("steps", self.steps, 0)
-        check_choice("loss", self.loss, LOSSES)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        if self.batch_size is not None:
-            check_int("batch_size", self.batch_size, 1)
-        check_int("chunk_size", self.chunk_size, 1)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        check_int("warmup_steps", self.warmup_steps, 0)
+        validate(self)
         if self.warmup_steps and self.lr_schedule == "constant":
             raise ValueError("warmup_steps needs lr_schedule = 'cosine'; 'constant' has no warm-up")
 
@@ -141,14 +143,22 @@ class TrainResult:
 
 
 def per_model_lr(lr: float | Sequence[float] | Tensor, E: int, dtype: torch.dtype, device) -> Tensor:
-    """One learning rate per model, shape (E,): ``lr`` is one number or one per model, all > 0."""
+    """One learning rate per model, shape (E,): ``lr`` is one number or one per model, each
+    satisfying :data:`LEARNING_RATE` (> 0 and finite) in ``dtype``."""
     out = torch.as_tensor(lr, dtype=dtype).flatten().to(device)
-    if out.numel() == 1:
+    given = out.numel()
+    if given == 1:
         out = out.expand(E).clone()
     if out.numel() != E:
-        raise ValueError(f"lr must be one number or one per model ({E}), got {out.numel()} values")
-    if not bool(torch.all(out > 0)):
-        raise ValueError("lr must be > 0 for every model")
+        raise ValueError(f"lr must be one number or one per model ({E}), got {given} values")
+    bad = ~((out > 0) & torch.isfinite(out))
+    if bool(bad.any()):  # the first refused entry, with the declaration's message
+        e = int(bad.nonzero()[0, 0])
+        path = "lr" if given == 1 else f"lr[{e}]"
+        entry = lr if given == 1 else lr[e] if isinstance(lr, list | tuple) else None
+        if isinstance(entry, int | float):  # shown as the caller wrote it
+            LEARNING_RATE.check(path, entry)
+        LEARNING_RATE.check(path, out[e].item())  # refused in ``dtype`` only (1e-50 in float32)
     return out
 
 
@@ -234,6 +244,7 @@ def train(
     params: Params,
     data: Dataset,
     train_indices: Sequence[Tensor],
+    *,
     lr: float | Sequence[float] | Tensor,
     config: TrainConfig = TrainConfig(),
     seeds: Sequence[int] | None = None,
@@ -247,13 +258,17 @@ def train(
 ) -> TrainResult:
     """Train the E models in ``params`` (leading axis E) and report per-model metrics.
 
-    train_indices[e]: model e's rows of ``data``'s training pool (its sample of size S_e).
+    train_indices[e]: model e's rows of ``data``'s training pool (its sample of size S_e). The
+    arguments after ``train_indices`` are keyword-only.
     lr: one rate or one per model. seeds[e]: orders model e's minibatches and names its random
     streams (default: e). state: resume from a :class:`TrainState` (``params`` is then ignored).
     hooks: pairs (every, fn); fn(step, state) runs at step 0, every ``every`` steps, and at the
     last step. objective: what is minimised (:class:`Objective`; default: ``config.loss``, no
     penalty); ``loss_history[t, e]`` holds model e's objective J_e before update t+1. optimizer:
-    an :class:`~resdyn.training.optim.Optimizer` (default: built from ``config``). progress: True
+    an :class:`~resdyn.training.optim.Optimizer` (default: built from ``config``). Each thing is
+    said once: with ``objective``, ``config.loss`` stays at its default (or equals
+    ``objective.loss``); with ``optimizer``, ``config``'s optimiser fields stay at their defaults
+    (or build an equal optimiser); otherwise a ValueError names both. progress: True
     for a progress bar, or a callable fn(step, total, objective (E,)) called after every step.
     max_rows: train the models in consecutive blocks of at most this many rows per step (memory of
     one block; numbers unchanged); None: one block.
@@ -268,8 +283,8 @@ def train(
     seeds = list(range(E)) if seeds is None else list(seeds)
     if len(seeds) != E:
         raise ValueError(f"seeds has {len(seeds)} entries for {E} models")
-    objective = Objective(loss=config.loss) if objective is None else objective
-    opt = config.optimizer_spec.build() if optimizer is None else optimizer
+    objective = _resolve_objective(config, objective)
+    opt = _resolve_optimizer(config, optimizer)
     trainable, frozen = objective.split(params)
     p0 = next(iter(params.values()))
     dtype, device = p0.dtype, p0.device
@@ -372,6 +387,33 @@ def train(
     metrics = _final_metrics(model, state, data, train_indices, config, evaluate_test, objective,
                              seeds, frozen)
     return TrainResult(state=state, metrics=metrics)
+
+
+_DEFAULT = TrainConfig()
+
+
+def _resolve_objective(config: TrainConfig, objective: Objective | None) -> Objective:
+    """``objective``, or the plain ``config.loss``; both saying the loss (differently) is an error."""
+    if objective is None:
+        return Objective(loss=config.loss)
+    if config.loss != _DEFAULT.loss and config.loss != objective.loss:
+        raise ValueError(f"train got objective= (loss {objective.loss!r}) and config.loss="
+                         f"{config.loss!r}: say the loss once, in the objective (leave config.loss "
+                         f"at {_DEFAULT.loss!r}) or in config (no objective)")
+    return objective
+
+
+def _resolve_optimizer(config: TrainConfig, optimizer: Optimizer | None) -> Optimizer:
+    """``optimizer``, or the one ``config`` names; both saying it (differently) is an error."""
+    if optimizer is None:
+        return config.optimizer_spec.build()
+    spec = config.optimizer_spec
+    if spec != _DEFAULT.optimizer_spec and spec.build() != optimizer:
+        raise ValueError(f"train got optimizer={optimizer!r} and config's optimiser settings "
+                         f"{spec!r}: say the optimiser once, as optimizer= (leave config's "
+                         f"optimizer, betas, eps, momentum, weight_decay at their defaults) or in "
+                         f"config (no optimizer)")
+    return optimizer
 
 
 def _model_blocks(rows: Sequence[int], max_rows: int | None) -> list[tuple[int, int]]:

@@ -22,11 +22,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .._checks import check_choice
+from .._checks import Options
 from ..models.base import Params
 from .losses import LOSSES, LossFn
 
-__all__ = ["Objective"]
+__all__ = ["LOSS", "Objective"]
+
+#: A per-sample loss named by a string (``TrainConfig.loss``, ``Objective.loss`` when not a function).
+LOSS = Options(*LOSSES)
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Objective:
 
     def __post_init__(self) -> None:
         if not callable(self.loss):
-            check_choice("loss", self.loss, LOSSES)
+            LOSS.check("loss", self.loss)
         if isinstance(self.frozen, str):
             raise ValueError(f"frozen must be a set of parameter names, got the string {self.frozen!r}")
         object.__setattr__(self, "frozen", frozenset(self.frozen))

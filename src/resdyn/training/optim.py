@@ -42,13 +42,25 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import Interval, ListOf, Options, OrNone, declare, validate
 from ..models.base import Params
 
-__all__ = ["LBFGS", "OPTIMIZERS", "SGD", "Adam", "Optimizer", "OptimizerSpec", "StepContext",
-           "init_state", "update"]
+__all__ = ["BETAS", "EPS", "GRAD_TOL", "HISTORY", "LBFGS", "MOMENTUM", "OPTIMIZER", "OPTIMIZERS", "SGD",
+           "WEIGHT_DECAY", "Adam", "Optimizer", "OptimizerSpec", "StepContext", "init_state",
+           "update"]
 
 OPTIMIZERS = ("adam", "sgd")
+OPTIMIZER = Options(*OPTIMIZERS)
+
+# The valid values of each optimiser constant, declared once: the optimisers' fields, TrainConfig's
+# and ControlConfig's, and a spec's [train] table are all checked against these.
+_UNIT = Interval(0, 1, closed="left")
+BETAS = ListOf(_UNIT, 2, "a list of two numbers in [0, 1)")
+EPS = Interval(0, None, closed="neither")
+MOMENTUM = _UNIT
+WEIGHT_DECAY = Interval(0, None, closed="left")
+HISTORY = Interval(1, None, integer=True)
+GRAD_TOL = Interval(0, None, closed="left")
 
 
 @dataclass(frozen=True)
@@ -84,23 +96,16 @@ def _prepare(k: str, p: Tensor, g: Tensor, ctx: StepContext, weight_decay: float
     return _bcast(ctx.active, p), g, _bcast(ctx.lr, p) * ctx.scales.get(k, 1.0)
 
 
-def _check_decay(weight_decay: float) -> None:
-    check_positive("weight_decay", weight_decay, allow_zero=True)
-
-
 @dataclass(frozen=True)
 class Adam:
     """Adam with per-model rates (module docstring)."""
 
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    betas: tuple[float, float] = declare((0.9, 0.999), BETAS)
+    eps: float = declare(1e-8, EPS)
+    weight_decay: float = declare(0.0, WEIGHT_DECAY)
 
     def __post_init__(self) -> None:
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        check_positive("eps", self.eps)
-        _check_decay(self.weight_decay)
+        validate(self)
 
     def init_state(self, params: Params) -> dict[str, Tensor]:
         return {f"{s}.{k}": torch.zeros_like(v) for k, v in params.items() for s in ("m", "v")}
@@ -142,12 +147,11 @@ class Adam:
 class SGD:
     """(Momentum) gradient descent with per-model rates (module docstring)."""
 
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    momentum: float = declare(0.0, MOMENTUM)
+    weight_decay: float = declare(0.0, WEIGHT_DECAY)
 
     def __post_init__(self) -> None:
-        check_positive("momentum", self.momentum, allow_zero=True)
-        _check_decay(self.weight_decay)
+        validate(self)
 
     def init_state(self, params: Params) -> dict[str, Tensor]:
         if self.momentum == 0.0:
@@ -207,21 +211,15 @@ class LBFGS:
 
     ``lr`` given to ``train`` is the initial (Armijo) or fixed step length, usually 1.0."""
 
-    history: int = 20
-    line_search: str | None = "armijo"
-    c1: float = 1e-4
-    max_backtracks: int = 20
-    grad_tol: float = 1e-9
-    curvature_eps: float = 1e-10
+    history: int = declare(20, HISTORY)
+    line_search: str | None = declare("armijo", OrNone(Options("armijo")))
+    c1: float = declare(1e-4, Interval(0, None, closed="neither"))
+    max_backtracks: int = declare(20, Interval(1, None, integer=True))
+    grad_tol: float = declare(1e-9, GRAD_TOL)
+    curvature_eps: float = declare(1e-10, Interval(0, None, closed="left"))
 
     def __post_init__(self) -> None:
-        check_int("history", self.history, 1)
-        if self.line_search is not None:
-            check_choice("line_search", self.line_search, ("armijo",))
-        check_positive("c1", self.c1)
-        check_int("max_backtracks", self.max_backtracks, 1)
-        check_positive("grad_tol", self.grad_tol, allow_zero=True)
-        check_positive("curvature_eps", self.curvature_eps, allow_zero=True)
+        validate(self)
 
     def init_state(self, params: Params) -> dict[str, Tensor]:
         p0 = next(iter(params.values()))
@@ -337,7 +335,7 @@ class OptimizerSpec:
     weight_decay: float = 0.0
 
     def build(self) -> Adam | SGD:
-        check_choice("optimizer", self.name, OPTIMIZERS)
+        OPTIMIZER.check("optimizer", self.name)
         if self.name == "adam":
             return Adam(tuple(self.betas), self.eps, self.weight_decay)
         return SGD(self.momentum, self.weight_decay)

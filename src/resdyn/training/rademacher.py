@@ -58,7 +58,7 @@ def mc_rademacher(
     # (sign vector e // restarts) trains on its own copy.
     data = Dataset("rademacher", x.repeat(n_signs, 1), eps.flatten(), x[:0], eps[0, :0], 2)
     idx = [torch.arange(S) + (e // restarts) * S for e in range(E)]
-    res = train(model, params, data, idx, lr, TrainConfig(steps=steps + 1, chunk_size=S),
+    res = train(model, params, data, idx, lr=lr, config=TrainConfig(steps=steps + 1, chunk_size=S),
                 seeds=[seed * 100003 + i for i in range(E)], evaluate_test=False,
                 objective=Objective(loss="correlation", sample=lambda p, t, s: member(p)),
                 optimizer=Adam())

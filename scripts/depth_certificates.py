@@ -1,0 +1,156 @@
+"""Exploratory study: PAC-Bayes certificates of per-layer ResNets under the Brownian depth prior
+and the i.i.d.-over-layers prior, against depth (docs/depth-prior.md).
+
+The same recipe as the `certificates` spec (`resdyn reproduce certificates`, which calls the same
+resdyn.training.certify.certify_sample per cell and stores every cell with its weights); this
+script ran it before that spec existed and writes JSON lines instead of a store, so that seeds
+can run as separate processes on a small machine. For each data set, seed and depth L it runs
+certify_sample under both priors: the prior mean trained on the prior half with the engine, the
+prior scale picked by a rule that reads the prior half only, the posterior trained on the whole
+sample, the certificate computed on the bound half. One JSON line per
+(data, seed, L, prior) goes to OUT; lines already there are skipped, so a cut run resumes.
+
+    python scripts/depth_certificates.py runs/depth-certificates.jsonl [--quick] [--seeds 0,1,2]
+    python scripts/depth_certificates.py runs/depth-certificates.jsonl --report   # tables and claims
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+from resdyn.analysis.verdicts import mean_test
+from resdyn.data import load, subsample
+from resdyn.models.base import init_params
+from resdyn.models.resnet import ResNet
+from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample
+from resdyn.training.engine import TrainConfig
+
+# Fixed before any bound half was read: data set, S (its largest), width, prior-mean steps, and
+# the deepest L run. mnist-5k stops at L = 64: at L = 256 one posterior draw is 524,288 layer
+# weights, and the 24,000 per-example draws of its bound half and test set (per prior) were more
+# than this session's two cores could give (digits at L = 256, a quarter of that, took 8 min).
+PLANS = {"two_spirals": (4000, 16, 2000, 256), "digits": (1200, 32, 1500, 256),
+         "mnist-5k": (4000, 32, 1500, 64)}
+DEPTHS = (4, 16, 64, 256)
+SEEDS = (0, 1, 2)
+SCALES = (0.1, 0.03, 0.01)  # the rule takes the largest whose prior-half Gibbs error is within
+SCALE_SLACK = 0.01          # SCALE_SLACK of the prior mean's prior-half error (else the last)
+POSTERIOR_LR, POSTERIOR_STEPS, ROUNDS, TEST_ROUNDS = 0.1, 1000, 10, 2
+DELTA, DELTA_MC, P_MIN = 0.025, 0.01, 1e-2
+
+
+def cell(name: str, seed: int, L: int, quick: bool) -> list[dict]:
+    S, width, prior_steps, _ = PLANS[name]
+    base = load(name)
+    idx = subsample(base, S, seed)
+    model = ResNet(in_dim=base.in_dim, out_dim=base.num_classes, width=width, depth=L, activation="tanh")
+    prior_config = TrainConfig(steps=prior_steps // (4 if quick else 1), batch_size=128)
+    rows = []
+    for kind in PRIORS:
+        cfg = CertificateConfig(prior=kind, scales=SCALES, scale_slack=SCALE_SLACK,
+                                posterior_lr=POSTERIOR_LR,
+                                posterior_steps=POSTERIOR_STEPS // (4 if quick else 1), rounds=ROUNDS,
+                                test_rounds=TEST_ROUNDS, delta=DELTA, delta_mc=DELTA_MC, p_min=P_MIN)
+        out = certify_sample(model, init_params(model, [seed], torch.float32), base, idx, seed, 1e-2,
+                             prior_config, cfg)
+        hist = out.posterior_history
+        rows.append({"data": name, "S": S, "seed": seed, "L": L, "prior": kind, **out.numbers,
+                     "test_n": out.numbers["test_draws"], "delta": DELTA, "delta_mc": DELTA_MC,
+                     "objective_first": float(hist[:20, 0].mean()),
+                     "objective_last": float(hist[-20:, 0].mean()), "quick": quick})
+    return rows
+
+
+def _by(rows: list[dict], **keys) -> dict[int, dict]:
+    """Rows matching ``keys``, by seed."""
+    return {r["seed"]: r for r in rows if all(r[k] == v for k, v in keys.items())}
+
+
+def _verdict(v) -> str:
+    def fmt(p: float | None) -> str:
+        return "-" if p is None else f"{p:.3g}"
+
+    return f"**{v.verdict}** ({v.test}; p_for {fmt(v.p_for)}, p_against {fmt(v.p_against)}, {v.n} seeds)"
+
+
+def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, limit: float) -> str:
+    """'field at L = top is at most limit times field at L = 16': a one-sided t-test across seeds
+    on log(field_top / field_16) < log(limit)."""
+    lo, hi = _by(rows, data=name, prior=prior, L=16), _by(rows, data=name, prior=prior, L=top)
+    seeds = sorted(set(lo) & set(hi))
+    logs = [math.log(hi[s][field] / lo[s][field]) for s in seeds]
+    v = mean_test(logs, bound=math.log(limit), side="less", unit="seed")
+    ratios = ", ".join(f"{math.exp(x):.3f}" for x in logs)
+    return (f"| {name} | {prior} | {field}(L={top}) <= {limit} x {field}(L=16) | ratios {ratios} | "
+            f"{_verdict(v)} |")
+
+
+def report(rows: list[dict]) -> None:
+    """Markdown: every row, then the claims, each decided by a test across seeds."""
+    print("| data | S | seed | L | prior | s | certificate | hold-out | Gibbs (bound half) | Gibbs test "
+          "| KL | layer KL under i.i.d. | seconds |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in sorted(rows, key=lambda r: (r["data"], r["prior"], r["L"], r["seed"])):
+        print(f"| {r['data']} | {r['S']} | {r['seed']} | {r['L']} | {r['prior']} | {r['scale']} | "
+              f"{r['certificate']:.4f} | {r['holdout']:.4f} | {r['gibbs_bound']:.4f} | "
+              f"{r['gibbs_test']:.4f} | {r['kl']:.2f} | {r['layer_kl_under_iid']:.2f} | {r['seconds']:.0f} |")
+    print()
+    print("| data | prior | claim | measured | verdict |")
+    print("|---|---|---|---|---|")
+    names = sorted({r["data"] for r in rows})
+    top = max(r["L"] for r in rows)
+    for name in names:
+        print(_ratio_claim(rows, name, "brownian", "certificate", top, 1.1))
+        print(_ratio_claim(rows, name, "brownian", "kl", top, 1.5))
+        for L in sorted({r["L"] for r in rows}):
+            by = _by(rows, data=name, prior="brownian", L=L)
+            diffs = [by[s]["certificate"] - by[s]["holdout"] for s in sorted(by)]
+            v = mean_test(diffs, bound=0.0, side="less", unit="seed")
+            print(f"| {name} | brownian | certificate < hold-out bound at L={L} | differences "
+                  f"{', '.join(f'{d:+.4f}' for d in diffs)} | {_verdict(v)} |")
+    margins = []
+    for r in rows:
+        g = r["gibbs_test"]
+        se = math.sqrt(max(g * (1 - g), 1e-12) / r["test_n"])
+        margins.append(((r["certificate"] - g) / se, r))
+    m, r = min(margins, key=lambda x: x[0])
+    print(f"\nSmallest margin of a certificate over its Gibbs test error: {m:.1f} standard errors "
+          f"({r['data']}, L={r['L']}, {r['prior']}, seed {r['seed']}: {r['certificate']:.4f} against "
+          f"{r['gibbs_test']:.4f}).")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    if "--report" in sys.argv:
+        report([json.loads(line) for line in out.read_text().splitlines()])
+        return
+    quick = "--quick" in sys.argv
+    torch.set_num_threads(1)
+    done = set()
+    if out.exists():
+        for line in out.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["data"], r["seed"], r["L"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    depths = DEPTHS[:2] if quick else DEPTHS
+    seeds = [int(v) for v in sys.argv[sys.argv.index("--seeds") + 1].split(",")] if "--seeds" in sys.argv \
+        else (SEEDS[:1] if quick else SEEDS)
+    for seed in seeds:
+        for name, (*_, deepest) in PLANS.items():
+            for L in depths:
+                if (name, seed, L) in done or deepest < L:
+                    continue
+                for r in cell(name, seed, L, quick):
+                    with out.open("a") as f:
+                        f.write(json.dumps(r) + "\n")
+                    print(f"{r['data']} seed {seed} L={L} {r['prior']}: certificate {r['certificate']:.4f} "
+                          f"hold-out {r['holdout']:.4f} KL {r['kl']:.2f} ({r['seconds']:.0f} s)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""One certified network: the recipe of :mod:`resdyn.training.pac_bayes` run end to end on one
+sample, with every choice declared in :class:`CertificateConfig` (docs/depth-prior.md).
+
+Given the (data, model, sample, seed) of a cell and the engine settings of its prior mean:
+
+1. split the sample by the seed into a prior part S_p and a bound part S_b;
+2. normalise the inputs with statistics of S_p;
+3. train the prior mean m on S_p (the engine, ``prior_config``);
+4. choose the prior scale s: the largest of ``scales`` whose Gibbs error on S_p is within
+   ``scale_slack`` of m's error on S_p (else the last), reading S_p only;
+5. train the posterior u on the whole sample (``posterior_steps`` SGD steps of rate
+   ``posterior_lr / s^2`` in whitened units, f-quad with n = |S_b|);
+6. certify on S_b (``rounds`` draws per bound example), with the hold-out bound of m on S_b and
+   the Gibbs test error (``test_rounds`` draws per test example) beside it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._checks import Interval, Kind, Options, declare, validate
+from ..data.base import Dataset
+from ..models.base import Params, init_params
+from ..theory.depth_prior import BrownianPrior, WhitenedGaussian, iid_kl
+from ..theory.pacbayes import OBJECTIVES, certify
+from .engine import TrainConfig, train
+from .pac_bayes import (
+    gibbs_risks,
+    holdout_bound,
+    network_errors,
+    normalised_on,
+    split_sample,
+    train_posterior,
+)
+
+__all__ = ["PRIORS", "CertificateConfig", "Certified", "Recertified", "certify_sample", "make_prior",
+           "recertify"]
+
+PRIORS = ("brownian", "iid")
+_PROBABILITY = Interval(0, 1, closed="neither")
+_SCALE = Interval(0, None, closed="neither")
+
+
+@dataclass(frozen=True)
+class CertificateConfig:
+    """prior: 'brownian' (the depth-correlated prior) or 'iid' (independent over layers);
+    prior_fraction: |S_p| / |S|; scales, scale_slack: the rule of step 4; posterior_lr (weight
+    units), posterior_steps, batch_size: step 5; objective: the bound objective; rounds,
+    test_rounds: draws per bound and per test example; delta, delta_mc: PAC-Bayes-kl and
+    Monte-Carlo confidence (the hold-out bound uses delta); p_min: the bounded cross-entropy's floor."""
+
+    prior: str = declare("brownian", Options(*PRIORS))
+    prior_fraction: float = declare(0.5, _PROBABILITY)
+    scales: tuple[float, ...] = declare((0.1, 0.03, 0.01), Kind((tuple, list), "a non-empty list of "
+                                                               "numbers > 0", nonempty=True))
+    scale_slack: float = declare(0.01, Interval(0, 1))
+    posterior_lr: float = declare(0.1, _SCALE)
+    posterior_steps: int = declare(1000, Interval(0, 10_000_000, integer=True))
+    batch_size: int = declare(256, Interval(1, 10_000_000, integer=True))
+    objective: str = declare("f-quad", Options(*OBJECTIVES))
+    rounds: int = declare(10, Interval(1, 10_000, integer=True))
+    test_rounds: int = declare(2, Interval(1, 10_000, integer=True))
+    delta: float = declare(0.025, _PROBABILITY)
+    delta_mc: float = declare(0.01, _PROBABILITY)
+    p_min: float = declare(1e-2, _PROBABILITY)
+
+    def __post_init__(self) -> None:
+        validate(self)
+        object.__setattr__(self, "scales", tuple(self.scales))
+        for i, s in enumerate(self.scales):
+            _SCALE.check(f"scales[{i}]", s)
+        if self.delta + self.delta_mc >= 1:
+            raise ValueError(f"delta + delta_mc must be < 1, got {self.delta} + {self.delta_mc}")
+
+
+def make_prior(kind: str, mean: Params, s: float, horizon: float) -> WhitenedGaussian:
+    """The prior of scale s around ``mean``. Brownian: marginal standard deviation s at the last
+    layer time (s0^2 = sigma^2 T = s^2 / 2); i.i.d.: s per layer. Embedding and readout: s."""
+    layers = (BrownianPrior(s / math.sqrt(2), s / math.sqrt(2 * horizon), horizon) if kind == "brownian"
+              else s)
+    return WhitenedGaussian(mean, layers, s)
+
+
+@dataclass(frozen=True)
+class Certified:
+    """What :func:`certify_sample` found: ``numbers`` (the certificate and every term beside it,
+    floats), the prior mean m and the whitened posterior mean u (each with a model axis of 1),
+    and the objective histories of both trainings."""
+
+    numbers: dict[str, float]
+    prior_mean: Params
+    posterior: Params
+    prior_history: Tensor
+    posterior_history: Tensor
+
+
+def _choose_scale(model: Any, cfg: CertificateConfig, mean: Params, data: Dataset, prior_idx: Tensor,
+                  seed: int) -> float:
+    det = int(network_errors(model, mean, data, [prior_idx])[0]) / len(prior_idx)
+    for s in cfg.scales[:-1]:
+        pr = make_prior(cfg.prior, mean, s, model.horizon)
+        g, _ = gibbs_risks(model, pr, pr.zeros(), data, [prior_idx], [seed], 1, "certificate/scale-rule")
+        if float(g[0]) <= det + cfg.scale_slack:
+            return s
+    return cfg.scales[-1]
+
+
+def certify_sample(model: Any, params0: Params, data: Dataset, sample: Tensor, seed: int, lr: float,
+                   prior_config: TrainConfig, cfg: CertificateConfig) -> Certified:
+    """Steps 1-6 of the module docstring for one model (``params0``: its initial parameters, with
+    a model axis of 1). ``data``'s own normalisation is replaced by that of S_p."""
+    t0 = time.time()
+    prior_idx, bound_idx = split_sample(sample, seed, cfg.prior_fraction)
+    data = normalised_on(data, prior_idx)
+    n = len(bound_idx)
+    res = train(model, params0, data, [prior_idx], lr=lr, config=prior_config, seeds=[seed],
+                evaluate_test=True)
+    mean = {k: v.detach() for k, v in res.params.items()}
+    k_bound = int(network_errors(model, mean, data, [bound_idx])[0])
+    s = _choose_scale(model, cfg, mean, data, prior_idx, seed)
+    pr = make_prior(cfg.prior, mean, s, model.horizon)
+    u, hist = train_posterior(model, pr, data, [sample], n_bound=[n], lr=cfg.posterior_lr / s**2,
+                              steps=cfg.posterior_steps, batch_size=cfg.batch_size, seeds=[seed],
+                              objective=cfg.objective, delta=cfg.delta, p_min=cfg.p_min)
+    err, _ = gibbs_risks(model, pr, u, data, [bound_idx], [seed], cfg.rounds, "certificate/bound", cfg.p_min)
+    test_err, _ = gibbs_risks(model, pr, u, data, None, [seed], cfg.test_rounds, "certificate/test",
+                              cfg.p_min)
+    kl = float(pr.kl(u)[0])
+    cert = certify(float(err[0]), n * cfg.rounds, [kl], [s], n, cfg.delta, cfg.delta_mc)
+    post_mean = pr.params(u)
+    layers = [p for p in pr.layer_names if p in mean]
+    numbers = {
+        "certificate": cert.value, "kl": kl, "scale": s, "n": n, "gibbs_bound": float(err[0]),
+        "gibbs_test": float(test_err[0]), "test_draws": len(data.y_test) * cfg.test_rounds,
+        "holdout": holdout_bound(k_bound, n, cfg.delta), "prior_mean_bound_error": k_bound / n,
+        "prior_mean_test_acc": float(res.metrics["test_acc"][0]),
+        "layer_kl_under_iid": float(sum(iid_kl(post_mean[p] - mean[p], s) for p in layers)),
+        "pac_bayes_term": cert.pac_bayes_term, "sample_risk_bound": cert.sample_risk_bound,
+        "draws": n * cfg.rounds, "seconds": time.time() - t0,
+    }
+    return Certified(numbers, mean, u, res.state.loss_history.cpu(), hist)
+
+
+@dataclass(frozen=True)
+class Recertified:
+    """A certificate recomputed from stored weights (:func:`recertify`): every term, and the
+    Monte-Carlo standard errors of the Gibbs estimate (sqrt(g (1 - g) / draws)) and of the
+    certificate (that error carried through the bound: half the change of the certificate between
+    g - se and g + se)."""
+
+    n: int
+    prior_size: int
+    scale: float
+    kl: float
+    rounds: int
+    draws: int
+    gibbs_bound: float
+    gibbs_se: float
+    sample_risk_bound: float
+    pac_bayes_term: float
+    certificate: float
+    certificate_se: float
+    stream: str
+
+
+def recertify(model: Any, mean: Params, u: Params, scale: float, data: Dataset, sample: Tensor,
+              seed: int, cfg: CertificateConfig, rounds: int | None = None,
+              stream: str = "certificate/recheck") -> Recertified:
+    """The certificate of the posterior ``u`` (whitened, model axis 1) around the prior mean
+    ``mean`` at ``scale``, recomputed as :func:`certify_sample` computes it: the same split of
+    ``sample`` by ``seed``, the normalisation of S_p, the prior :func:`make_prior`, the Gibbs
+    error on S_b by ``rounds`` (default ``cfg.rounds``) draws per example, here from the
+    ``(seed, stream/r)`` streams (``'certificate/bound'`` is the one :func:`certify_sample` used:
+    with it and cfg.rounds the stored numbers come back exactly)."""
+    rounds = cfg.rounds if rounds is None else int(rounds)
+    # The model's own parameter order, as certify_sample had it: the KL sums over the parameters
+    # in dict order, and a stored file may give them back in another.
+    order = list(init_params(model, [0], torch.float64))
+    mean, u = {k: mean[k] for k in order}, {k: u[k] for k in order}
+    if rounds < 1:
+        raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+    prior_idx, bound_idx = split_sample(sample, seed, cfg.prior_fraction)
+    data = normalised_on(data, prior_idx)
+    n = len(bound_idx)
+    pr = make_prior(cfg.prior, mean, scale, model.horizon)
+    err, _ = gibbs_risks(model, pr, u, data, [bound_idx], [seed], rounds, stream, cfg.p_min)
+    kl = float(pr.kl(u)[0])
+    g, draws = float(err[0]), n * rounds
+    cert = certify(g, draws, [kl], [scale], n, cfg.delta, cfg.delta_mc)
+    se = math.sqrt(max(g * (1 - g), 1 / draws) / draws)
+
+    def at(x: float) -> float:
+        return certify(min(max(x, 0.0), 1.0), draws, [kl], [scale], n, cfg.delta, cfg.delta_mc).value
+
+    return Recertified(n, len(prior_idx), scale, kl, rounds, draws, g, se, cert.sample_risk_bound,
+                       cert.pac_bayes_term, cert.value, (at(g + se) - at(g - se)) / 2, stream)
