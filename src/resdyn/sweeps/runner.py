@@ -20,7 +20,7 @@ import torch
 from .._checks import resolve_dtype
 from ..models import native
 from ..models.base import Params, init_params
-from ..training.certify import certify_sample, make_prior
+from ..training.certify import certify_sample
 from ..training.control import control_diagnostics, controls_distance, lift, train_control
 from ..training.engine import TrainConfig, TrainState, train
 from ..training.objective import Objective
@@ -435,8 +435,6 @@ def _certificate_cell(c: Cell, device: str) -> CellResult:
     numbers = dict(res.numbers)
     ok = (_finite(res.prior_history) and _finite(res.posterior_history)
           and math.isfinite(numbers["certificate"]))
-    prior = make_prior(c.certificate.prior, res.prior_mean, numbers["scale"], c.model.horizon)
-    post = prior.params(res.posterior)
     prior_hist = res.prior_history[:, 0].tolist()
     post_hist = res.posterior_history[:, 0].tolist()
     numbers.update(diverged=float(not ok), diverged_step=-1.0,
@@ -447,7 +445,7 @@ def _certificate_cell(c: Cell, device: str) -> CellResult:
         cell_id=c.cell_id, cell=c, metrics=numbers,
         series={"train_objective": _loss_series(prior_hist),
                 "posterior_objective": _loss_series(post_hist)},
-        weights={k: v[0].detach().cpu() for k, v in post.items()},
+        weights={k: v[0].detach().cpu() for k, v in res.posterior_mean.items()},
         extras={"prior_mean": {k: v[0].detach().cpu() for k, v in res.prior_mean.items()},
                 "posterior_u": {k: v[0].detach().cpu() for k, v in res.posterior.items()}},
         timing={"train_seconds": seconds, "seconds_per_model": seconds})

@@ -150,8 +150,9 @@ class WhitenedGaussian:
         return {n: self.mean[n] + self.color(n, u[n]) for n in self.mean}
 
     def kl(self, u: Mapping[str, Tensor]) -> Tensor:
-        """KL(Q || P) = |u|^2 / 2 per model, (E,)."""
-        return 0.5 * sum(v.square().flatten(1).sum(1) for v in u.values())
+        """KL(Q || P) = |u|^2 / 2 per model, (E,), in u's dtype. The names are summed in sorted
+        order, so the value does not depend on the order a dict (a stored file) gives them in."""
+        return 0.5 * sum(u[n].square().flatten(1).sum(1) for n in sorted(u))
 
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""

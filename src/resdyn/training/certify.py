@@ -21,14 +21,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from .._checks import Interval, Kind, Options, declare, validate
 from ..data.base import Dataset
-from ..models.base import Params, init_params
+from ..models.base import Params
 from ..theory.depth_prior import BrownianPrior, WhitenedGaussian, iid_kl
-from ..theory.pacbayes import OBJECTIVES, certify
+from ..theory.pacbayes import OBJECTIVES, Certificate, certify
 from .engine import TrainConfig, train
 from .pac_bayes import (
     gibbs_risks,
@@ -90,14 +89,26 @@ def make_prior(kind: str, mean: Params, s: float, horizon: float) -> WhitenedGau
 @dataclass(frozen=True)
 class Certified:
     """What :func:`certify_sample` found: ``numbers`` (the certificate and every term beside it,
-    floats), the prior mean m and the whitened posterior mean u (each with a model axis of 1),
-    and the objective histories of both trainings."""
+    floats), the prior mean m, the whitened posterior mean u and the posterior mean network
+    m + A u (each with a model axis of 1), and the objective histories of both trainings."""
 
     numbers: dict[str, float]
     prior_mean: Params
     posterior: Params
+    posterior_mean: Params
     prior_history: Tensor
     posterior_history: Tensor
+
+
+def _certify_bound_half(model: Any, pr: WhitenedGaussian, u: Params, data: Dataset, bound_idx: Tensor,
+                        seed: int, scale: float, cfg: CertificateConfig, rounds: int,
+                        stream: str) -> tuple[float, float, Certificate]:
+    """(Gibbs error on S_b from ``rounds`` draws per example of the ``(seed, stream/r)`` streams,
+    KL(Q || P), the certificate): step 6, shared by :func:`certify_sample` and :func:`recertify`."""
+    n = len(bound_idx)
+    err, _ = gibbs_risks(model, pr, u, data, [bound_idx], [seed], rounds, stream, cfg.p_min)
+    kl = float(pr.kl(u)[0])
+    return float(err[0]), kl, certify(float(err[0]), n * rounds, [kl], [scale], n, cfg.delta, cfg.delta_mc)
 
 
 def _choose_scale(model: Any, cfg: CertificateConfig, mean: Params, data: Dataset, prior_idx: Tensor,
@@ -128,15 +139,14 @@ def certify_sample(model: Any, params0: Params, data: Dataset, sample: Tensor, s
     u, hist = train_posterior(model, pr, data, [sample], n_bound=[n], lr=cfg.posterior_lr / s**2,
                               steps=cfg.posterior_steps, batch_size=cfg.batch_size, seeds=[seed],
                               objective=cfg.objective, delta=cfg.delta, p_min=cfg.p_min)
-    err, _ = gibbs_risks(model, pr, u, data, [bound_idx], [seed], cfg.rounds, "certificate/bound", cfg.p_min)
+    err, kl, cert = _certify_bound_half(model, pr, u, data, bound_idx, seed, s, cfg, cfg.rounds,
+                                        "certificate/bound")
     test_err, _ = gibbs_risks(model, pr, u, data, None, [seed], cfg.test_rounds, "certificate/test",
                               cfg.p_min)
-    kl = float(pr.kl(u)[0])
-    cert = certify(float(err[0]), n * cfg.rounds, [kl], [s], n, cfg.delta, cfg.delta_mc)
     post_mean = pr.params(u)
     layers = [p for p in pr.layer_names if p in mean]
     numbers = {
-        "certificate": cert.value, "kl": kl, "scale": s, "n": n, "gibbs_bound": float(err[0]),
+        "certificate": cert.value, "kl": kl, "scale": s, "n": n, "gibbs_bound": err,
         "gibbs_test": float(test_err[0]), "test_draws": len(data.y_test) * cfg.test_rounds,
         "holdout": holdout_bound(k_bound, n, cfg.delta), "prior_mean_bound_error": k_bound / n,
         "prior_mean_test_acc": float(res.metrics["test_acc"][0]),
@@ -144,7 +154,7 @@ def certify_sample(model: Any, params0: Params, data: Dataset, sample: Tensor, s
         "pac_bayes_term": cert.pac_bayes_term, "sample_risk_bound": cert.sample_risk_bound,
         "draws": n * cfg.rounds, "seconds": time.time() - t0,
     }
-    return Certified(numbers, mean, u, res.state.loss_history.cpu(), hist)
+    return Certified(numbers, mean, u, post_mean, res.state.loss_history.cpu(), hist)
 
 
 @dataclass(frozen=True)
@@ -179,20 +189,14 @@ def recertify(model: Any, mean: Params, u: Params, scale: float, data: Dataset, 
     ``(seed, stream/r)`` streams (``'certificate/bound'`` is the one :func:`certify_sample` used:
     with it and cfg.rounds the stored numbers come back exactly)."""
     rounds = cfg.rounds if rounds is None else int(rounds)
-    # The model's own parameter order, as certify_sample had it: the KL sums over the parameters
-    # in dict order, and a stored file may give them back in another.
-    order = list(init_params(model, [0], torch.float64))
-    mean, u = {k: mean[k] for k in order}, {k: u[k] for k in order}
     if rounds < 1:
         raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
     prior_idx, bound_idx = split_sample(sample, seed, cfg.prior_fraction)
     data = normalised_on(data, prior_idx)
     n = len(bound_idx)
     pr = make_prior(cfg.prior, mean, scale, model.horizon)
-    err, _ = gibbs_risks(model, pr, u, data, [bound_idx], [seed], rounds, stream, cfg.p_min)
-    kl = float(pr.kl(u)[0])
-    g, draws = float(err[0]), n * rounds
-    cert = certify(g, draws, [kl], [scale], n, cfg.delta, cfg.delta_mc)
+    g, kl, cert = _certify_bound_half(model, pr, u, data, bound_idx, seed, scale, cfg, rounds, stream)
+    draws = n * rounds
     se = math.sqrt(max(g * (1 - g), 1 / draws) / draws)
 
     def at(x: float) -> float:
