@@ -69,10 +69,12 @@ def _raw(**certificate) -> dict:
     ({"sweep": {"sample_size": [64], "certificate.nope": [1]}},
      r"spec key sweep\.certificate\.nope\[0\]: unknown key"),
     ({"model": {"family": "resnet", "width": 4, "tied": True}}, r"spec key model\.tied: a certificate "
-     r"needs a per-layer resnet"),
+         r"of a resnet needs layers with their own weights \(model\.tied = False\)"),
+        ({"model": {"family": "image_resnet", "tied": True}}, r"spec key model\.tied: a certificate "
+         r"of a image_resnet needs layers with their own weights"),
     ({"model": {"family": "ode_resnet", "width": 4}}, r"spec key model\.family: a certificate"),
     ({"sweep": {"sample_size": [64], "model.block": ["two_layer", "one_layer"]}},
-     r"spec key sweep\.model\.block\[1\]: a certificate needs .* model\.block is 'one_layer'"),
+     r"spec key sweep\.model\.block\[1\]: a certificate .* model\.block is 'one_layer'"),
     ({"measures": {"test_error_bound": {}}}, r"spec key certificate: certificate cells record no"),
 ])
 def test_the_certificate_table_is_checked_by_its_declarations_naming_the_key(change, message):
@@ -109,9 +111,13 @@ def test_cells_carry_their_certificate_and_decode_to_the_same_id(tmp_path):
     assert "certificate" not in plain.config and plain.cell_id != cells[0].cell_id
 
 
-def _metric_lines(output: str) -> dict[str, tuple[str, str]]:
-    out = {}
-    for line in output.splitlines():
+def _metric_lines(output: str, section: str = "prior learned on S_p:") -> dict[str, tuple[str, str]]:
+    """The (stored, new) columns of one section of `resdyn certify`'s table."""
+    out: dict[str, tuple[str, str]] = {}
+    lines = output.splitlines()
+    start = lines.index(section) + 1
+    ends = [i for i, ln in enumerate(lines) if i >= start and ln.endswith(":") and "  " not in ln]
+    for line in lines[start:ends[0] if ends else None]:
         m = re.match(r"^(\S.*?)\s{2,}(\S*)\s+(\S+)$", line)
         if m:
             out[m.group(1).strip()] = (m.group(2), m.group(3))
@@ -160,6 +166,14 @@ def test_run_a_tiny_certificate_spec_then_certify_a_cell_with_fresh_draws(tmp_pa
     assert new == pytest.approx(fresh.certificate, rel=1e-5)
     assert float(terms["Gibbs error on S_b"][1]) == pytest.approx(fresh.gibbs_bound, rel=1e-5)
     assert se == pytest.approx(fresh.certificate_se, rel=1e-5) and fresh.stream != "certificate/bound"
+    # The data-independent baseline's certificate is recomputed the same way from its stored u
+    # around the initialisation (rebuilt from the cell's init seed).
+    base = _metric_lines(out.output, "data-independent prior (the initialisation):")
+    for term in ("bound examples n", "prior scale s", "KL(Q || P)", "draws m", "PAC-Bayes term"):
+        assert base[term][0] == base[term][1], (term, base[term])
+    b_stored, b_new = (float(x) for x in base["certificate"])
+    assert b_stored == pytest.approx(m["baseline_certificate"], rel=1e-5) and b_stored != stored
+    assert abs(b_new - b_stored) <= 4 * float(base["certificate standard error"][1]), out.output
     # More rounds: the Gibbs estimate is compared, the certificate is not (it tightens with m).
     more = CliRunner().invoke(main, ["certify", str(store), rec.cell_id, "--rounds", "8"])
     assert more.exit_code == 0 and "compare the Gibbs error" in more.output

@@ -38,9 +38,13 @@ def _fmt(v: float | int | None) -> str:
 
 
 def _load(store: Path, cell_id: str):
-    """(record, prior mean, whitened posterior), each with a model axis of 1."""
+    """(record, prior mean, whitened posterior, the baseline's whitened posterior or None), each
+    with a model axis of 1."""
     from ..api import CellNotFoundError, find_cell
     from ..sweeps.store import Store, StoreError
+
+    def axis(p):
+        return None if p is None else {k: v.unsqueeze(0) for k, v in p.items()}
 
     try:
         with Store(store, create=False) as st:
@@ -52,11 +56,50 @@ def _load(store: Path, cell_id: str):
                 _fail(f"cell {record.cell_id} diverged; it has no certificate to recompute")
             mean = st.load_extras(record, "prior_mean")
             u = st.load_extras(record, "posterior_u")
+            base = (st.load_extras(record, "baseline_u") if "baseline_certificate" in record.metrics
+                    else None)
     except CellNotFoundError as err:
         raise click.UsageError(str(err)) from None
     except StoreError as err:
         _fail(str(err))
-    return record, {k: v.unsqueeze(0) for k, v in mean.items()}, {k: v.unsqueeze(0) for k, v in u.items()}
+    return record, axis(mean), axis(u), axis(base)
+
+
+def _compare(stored: dict, prefix: str, new, sample_size: int) -> None:
+    """The stored terms (``prefix`` + name) beside the recomputed ones, and how far apart they are
+    in Monte-Carlo standard errors."""
+    click.echo(f"{'term':28s} {'stored':>12s} {'new':>12s}")
+    rows = [
+        ("bound examples n", stored.get("n"), new.n),
+        ("prior examples |S_p|", stored.get("prior_size", sample_size - int(stored.get("n", 0))),
+         new.prior_size),
+        ("prior scale s", stored.get(f"{prefix}scale"), new.scale),
+        ("KL(Q || P)", stored.get(f"{prefix}kl"), new.kl),
+        ("draws m", stored.get("draws"), new.draws),
+        ("Gibbs error on S_b", stored.get(f"{prefix}gibbs_bound"), new.gibbs_bound),
+        ("sample risk bound", stored.get(f"{prefix}sample_risk_bound"), new.sample_risk_bound),
+        ("PAC-Bayes term", stored.get(f"{prefix}pac_bayes_term"), new.pac_bayes_term),
+        ("certificate", stored.get(f"{prefix}certificate"), new.certificate),
+    ]
+    for name, old, now in rows:
+        counts = ("bound examples n", "prior examples |S_p|", "draws m")
+        old = int(old) if name in counts and old is not None else old
+        click.echo(f"{name:28s} {_fmt(old):>12s} {_fmt(now):>12s}")
+    click.echo(f"{'Gibbs standard error':28s} {'':>12s} {_fmt(new.gibbs_se):>12s}")
+    click.echo(f"{'certificate standard error':28s} {'':>12s} {_fmt(new.certificate_se):>12s}")
+    g_old = float(stored[f"{prefix}gibbs_bound"])
+    se_old = math.sqrt(max(g_old * (1 - g_old), 1 / stored["draws"]) / stored["draws"])
+    g_diff = new.gibbs_bound - g_old
+    click.echo(f"new - stored Gibbs error: {g_diff:+.6g} ({g_diff / math.hypot(new.gibbs_se, se_old):+.2f} "
+               f"standard errors of the difference)")
+    if new.draws != int(stored["draws"]):
+        click.echo(f"the certificate tightens with the number of draws m ({int(stored['draws'])} "
+                   f"stored, {new.draws} new): compare the Gibbs error, not the certificate")
+        return
+    diff = new.certificate - float(stored[f"{prefix}certificate"])
+    click.echo(f"new - stored certificate: {diff:+.6g} ({diff / new.certificate_se:+.2f} standard "
+               f"errors of the new certificate; draws from '{STREAM}', the stored ones from "
+               "'certificate/bound')")
 
 
 @click.command()
@@ -66,47 +109,33 @@ def _load(store: Path, cell_id: str):
               help="Draws per bound example (default: the cell's certificate.rounds).")
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def certify(store: Path, cell_id: str, rounds: int | None, threads: int | None) -> None:
-    """Recompute the certificate of certificate cell CELL_ID of STORE with fresh draws."""
+    """Recompute the certificate of certificate cell CELL_ID of STORE with fresh draws (and the
+    data-independent baseline's, when the cell has one)."""
+    import torch
+
+    from ..models.base import init_params
     from ..training.certify import recertify
 
     setup_compute("cpu", "float32", threads)
-    record, mean, u = _load(store, cell_id)
-    cell, stored = record.cell, record.metrics
+    record, mean, u, base_u = _load(store, cell_id)
+    cell, stored, cfg = record.cell, record.metrics, record.cell.certificate
     data = cell.data.load()
     sample = cell.data.indices(data, cell.sample_size, cell.seed)
-    new = recertify(cell.model, mean, u, float(stored["scale"]), data, sample, cell.seed,
-                    cell.certificate, rounds, STREAM)
-    cfg = cell.certificate
+    depth = getattr(cell.model, "depth", None)
     click.echo(f"{store} cell {record.cell_id}: {cell.data.name}, S={cell.sample_size}, "
-               f"seed={cell.seed}, depth L={cell.model.depth}, prior {cfg.prior}, "
-               f"delta={cfg.delta:g}, delta_mc={cfg.delta_mc:g}")
-    click.echo(f"{'term':28s} {'stored':>12s} {'new':>12s}")
-    rows = [
-        ("bound examples n", stored.get("n"), new.n),
-        ("prior examples |S_p|", cell.sample_size - int(stored.get("n", 0)), new.prior_size),
-        ("prior scale s", stored.get("scale"), new.scale),
-        ("KL(Q || P)", stored.get("kl"), new.kl),
-        ("draws m", stored.get("draws"), new.draws),
-        ("Gibbs error on S_b", stored.get("gibbs_bound"), new.gibbs_bound),
-        ("sample risk bound", stored.get("sample_risk_bound"), new.sample_risk_bound),
-        ("PAC-Bayes term", stored.get("pac_bayes_term"), new.pac_bayes_term),
-        ("certificate", stored.get("certificate"), new.certificate),
-    ]
-    for name, old, now in rows:
-        old = int(old) if name in ("bound examples n", "draws m") and old is not None else old
-        click.echo(f"{name:28s} {_fmt(old):>12s} {_fmt(now):>12s}")
-    click.echo(f"{'Gibbs standard error':28s} {'':>12s} {_fmt(new.gibbs_se):>12s}")
-    click.echo(f"{'certificate standard error':28s} {'':>12s} {_fmt(new.certificate_se):>12s}")
-    g_old = float(stored["gibbs_bound"])
-    se_old = math.sqrt(max(g_old * (1 - g_old), 1 / stored["draws"]) / stored["draws"])
-    g_diff = new.gibbs_bound - g_old
-    click.echo(f"new - stored Gibbs error: {g_diff:+.6g} ({g_diff / math.hypot(new.gibbs_se, se_old):+.2f} "
-               f"standard errors of the difference)")
-    if new.draws != int(stored["draws"]):
-        click.echo(f"the certificate tightens with the number of draws m ({int(stored['draws'])} "
-                   f"stored, {new.draws} new): compare the Gibbs error, not the certificate")
-        return
-    diff = new.certificate - float(stored["certificate"])
-    click.echo(f"new - stored certificate: {diff:+.6g} ({diff / new.certificate_se:+.2f} standard "
-               f"errors of the new certificate; draws from '{STREAM}', the stored ones from "
-               "'certificate/bound')")
+               f"seed={cell.seed}, {cell.model.family} "
+               f"{'continuous time' if depth is None else f'depth L={depth}'}, prior {cfg.prior}; "
+               f"delta={cfg.delta:g}, delta_mc={cfg.delta_mc:g}, attempts={cfg.attempts}: the "
+               f"PAC-Bayes-kl term at delta/{cfg.attempts}={cfg.delta / cfg.attempts:g}, the "
+               f"Monte-Carlo term at delta_mc/{cfg.attempts}={cfg.delta_mc / cfg.attempts:g}")
+    new = recertify(cell.model, mean, u, float(stored["scale"]), data, sample, cell.seed, cfg, rounds,
+                    STREAM)
+    click.echo("prior learned on S_p:")
+    _compare(stored, "", new, cell.sample_size)
+    if base_u is not None:
+        dtype = next(iter(base_u.values())).dtype
+        init = init_params(cell.model, [cell.init_seed], dtype, torch.device("cpu"))
+        again = recertify(cell.model, init, base_u, float(stored["baseline_scale"]), data, sample,
+                          cell.seed, cfg, rounds, STREAM)
+        click.echo("data-independent prior (the initialisation):")
+        _compare(stored, "baseline_", again, cell.sample_size)

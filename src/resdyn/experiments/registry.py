@@ -73,6 +73,10 @@ REPRODUCTIONS: dict[str, Reproduction] = {
                      ("mean-field",), meanfield.analyze, full_specs=("mean-field-gd",)),
         Reproduction("certificates", "PAC-Bayes certificates of per-layer ResNets against depth L, "
                      "Brownian and i.i.d. priors", ("certificates",), certificates.analyze),
+        Reproduction("certificates-images", "PAC-Bayes certificates of per-layer and continuous-time "
+                     "image ResNets on MNIST, Fashion-MNIST and the 5k digits, beside the hold-out "
+                     "bound and a data-independent prior", ("certificates-images",),
+                     certificates.analyze),
         Reproduction("dnl-convergence", "dense non-local networks: optimal values as N grows",
                      ("dnl-convergence",), dnl_convergence.analyze),
     )

@@ -410,6 +410,18 @@ def _train_certificate_group(cells: Sequence[Cell], device: str) -> list[CellRes
     return out
 
 
+def _certificate_extras(res: Any) -> dict[str, dict[str, torch.Tensor]]:
+    """The stored extras of a certificate cell: the prior mean, the whitened posterior and, with
+    a data-independent baseline, its whitened posterior (its prior mean is the initialisation)."""
+    def one(p: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v[0].detach().cpu() for k, v in p.items()}
+
+    out = {"prior_mean": one(res.prior_mean), "posterior_u": one(res.posterior)}
+    if res.baseline_posterior is not None:
+        out["baseline_u"] = one(res.baseline_posterior)
+    return out
+
+
 def _certificate_cell(c: Cell, device: str) -> CellResult:
     """``certify_sample`` with the cell's initial weights (its init seed), its sample and seed,
     its [train] settings for the prior mean. The certificate's numbers are the metrics, with
@@ -446,6 +458,5 @@ def _certificate_cell(c: Cell, device: str) -> CellResult:
         series={"train_objective": _loss_series(prior_hist),
                 "posterior_objective": _loss_series(post_hist)},
         weights={k: v[0].detach().cpu() for k, v in res.posterior_mean.items()},
-        extras={"prior_mean": {k: v[0].detach().cpu() for k, v in res.prior_mean.items()},
-                "posterior_u": {k: v[0].detach().cpu() for k, v in res.posterior.items()}},
+        extras=_certificate_extras(res),
         timing={"train_seconds": seconds, "seconds_per_model": seconds})

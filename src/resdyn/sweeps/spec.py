@@ -81,7 +81,7 @@ __all__ = ["ModelMemory", "RunOptions", "Spec", "SpecError", "available_memory",
 TOP_KEYS = ("name", "description", "data", "model", "train", "measures", "trackers", "sweep", "run",
             "warm_start", "certificate")
 CELL_KEYS = ("sample_size", "seed")
-VARIANT_SECTIONS = ("model", "train", "data")
+VARIANT_SECTIONS = ("model", "train", "data", "certificate")
 #: Cell keys a ``sweep.variant`` entry may set (a data set with its own sample size).
 VARIANT_CELL_KEYS = ("sample_size",)
 
@@ -302,11 +302,7 @@ def _certificate(raw: Mapping[str, Any], model: Mapping[str, Any], train: Mappin
     except (ValueError, TypeError) as err:
         raise _fail("certificate", str(err)) from None
     for where, m in _model_variants(model, sweep, fields):
-        for key, want in (("family", "resnet"), ("block", "two_layer"), ("tied", False)):
-            if m.get(key) != want:
-                raise _fail(where or f"model.{key}", f"a certificate needs a per-layer resnet "
-                            f"(family 'resnet', block 'two_layer', tied false); model.{key} is "
-                            f"{m.get(key)!r}")
+        _check_certified_model(where, m)
     if "control" in train or any("control" in v.get("train", {}) for v in sweep.get("variant", [])):
         raise _fail("train.control", "a certificate trains its prior mean with the engine; remove "
                     "[train.control]")
@@ -314,6 +310,24 @@ def _certificate(raw: Mapping[str, Any], model: Mapping[str, Any], train: Mappin
         raise _fail("certificate", "certificate cells record no measures or trackers and do not "
                     "start warm; remove [measures], [trackers] and [warm_start]")
     return table
+
+
+#: The model families a certificate cell takes, and the settings each needs (layers of their own).
+_CERTIFIED = {"resnet": (("block", "two_layer"), ("tied", False)), "image_resnet": (("tied", False),),
+              "image_ode_resnet": ()}
+
+
+def _check_certified_model(where: str, m: Mapping[str, Any]) -> None:
+    """A certificate needs layers (or knots) with their own weights: a per-layer resnet (two_layer
+    block, untied), an untied image_resnet or an image_ode_resnet."""
+    family = m.get("family")
+    if family not in _CERTIFIED:
+        raise _fail(where or "model.family", f"a certificate needs a model of family "
+                    f"{', '.join(repr(f) for f in _CERTIFIED)}; model.family is {family!r}")
+    for key, want in _CERTIFIED[family]:
+        if m.get(key, want if key == "tied" else None) != want:
+            raise _fail(where or f"model.{key}", f"a certificate of a {family} needs layers with "
+                        f"their own weights (model.{key} = {want!r}); model.{key} is {m.get(key)!r}")
 
 
 def _spec_name(raw: Mapping[str, Any], source: str) -> str:
@@ -446,8 +460,8 @@ def _check_finite(value: Any, path: str) -> None:
 
 
 def _check_variant(path: str, value: Any, fields: set[str]) -> None:
-    """One entry of ``sweep.variant``: a table of ``model``, ``train`` and ``data`` tables (each
-    merged into the base table, so each key is checked on its own)."""
+    """One entry of ``sweep.variant``: a table of ``model``, ``train``, ``data`` and ``certificate``
+    tables (each merged into the base table, so each key is checked on its own)."""
     _check(path, value, _VARIANT)
     for section, table in value.items():
         if section in VARIANT_CELL_KEYS:
@@ -466,6 +480,8 @@ def _check_variant(path: str, value: Any, fields: set[str]) -> None:
                             f"{', '.join(sorted(fields))}")
             if section == "train":
                 _check_in(f"{path}.train.{k}", k, v, _VARIANT_TRAIN_CONSTRAINTS)
+            elif section == "certificate":
+                _check_in(f"{path}.certificate.{k}", k, v, CERTIFICATE_CONSTRAINTS)
             else:
                 _check_key(section, k, v, f"{path}.{section}.{k}")
 

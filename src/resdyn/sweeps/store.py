@@ -113,7 +113,7 @@ MAX_JSON_DEPTH = 32
 _NUMBER = (int, float)
 #: Tensor sets a weights file may hold beside the cell's parameters, each under the names
 #: ``SET/PARAMETER``: a certificate cell's prior mean m and whitened posterior mean u.
-EXTRAS = ("prior_mean", "posterior_u")
+EXTRAS = ("prior_mean", "posterior_u", "baseline_u")
 
 
 class StoreError(RuntimeError):

@@ -129,7 +129,8 @@ def gibbs_risks(model: Any, prior: WhitenedGaussian, u: Params, data: Dataset,
                     x, y = x_all[s : s + chunk], ys[s : s + chunk].to(ref.device)
                     params = {}
                     for name in sorted(u):
-                        eps = torch.randn((len(x), *u[name].shape[1:]), generator=g, dtype=torch.float64)
+                        # Drawn in the networks' dtype: the draws are most of the cost here.
+                        eps = torch.randn((len(x), *u[name].shape[1:]), generator=g, dtype=ref.dtype)
                         params[name] = prior.mean[name][e] + prior.color(name, u[name][e] + eps.to(ref))
                     out = model.forward(params, x.unsqueeze(1))[:, 0]
                     err[e] += float((out.argmax(-1) != y).double().sum())
