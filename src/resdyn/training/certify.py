@@ -65,8 +65,9 @@ class CertificateConfig:
     test_rounds: draws per bound and per test example; delta, delta_mc: PAC-Bayes-kl and
     Monte-Carlo confidence (the hold-out bound uses delta); p_min: the bounded cross-entropy's floor;
     rule_examples: at most this many rows of S_p for the scale rule; baseline: also certify under
-    the data-independent prior (mean: the initialisation); attempts: how many recipes (settings
-    of the prior) have been certified on these bound halves, this one included: each attempt's
+    the data-independent prior (mean: the initialisation); attempts: 1 + how many recipes
+    (settings of the prior) had their certificates on these bound halves seen before this one's
+    settings were fixed: each attempt's
     certificate is computed at delta / attempts and delta_mc / attempts (the hold-out bound at
     delta / attempts), so the certificates of all attempts hold together with probability
     >= 1 - delta - delta_mc, whichever attempt is reported (a union bound over them)."""
