@@ -325,7 +325,7 @@ def _check_certified_model(where: str, m: Mapping[str, Any]) -> None:
         raise _fail(where or "model.family", f"a certificate needs a model of family "
                     f"{', '.join(repr(f) for f in _CERTIFIED)}; model.family is {family!r}")
     for key, want in _CERTIFIED[family]:
-        if m.get(key, want if key == "tied" else None) != want:
+        if m.get(key) != want:  # the family's defaults are filled in (_model_variants)
             raise _fail(where or f"model.{key}", f"a certificate of a {family} needs layers with "
                         f"their own weights (model.{key} = {want!r}); model.{key} is {m.get(key)!r}")
 
