@@ -196,13 +196,28 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def _git_dirty(package: Path | None = None) -> bool | None:
+    """Whether the package's own files (``src/resdyn``, shipped specs included) differ from the
+    commit ``_git_commit`` names, untracked files counted; None outside a git checkout. A run
+    from uncommitted code then says so instead of naming a commit it did not run."""
+    package = package or Path(__file__).resolve().parents[1]
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=normal", "--", "."],
+                             cwd=package, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def provenance(dtype: str, device: str) -> dict[str, Any]:
-    """Library, git commit, torch version, dtype, device, threads, host: what made the numbers."""
+    """Library, git commit (and whether the package's files differ from it), torch version, dtype,
+    device, threads, host: what made the numbers."""
     from ..version import __version__
 
     return {
         "resdyn": __version__,
         "git_commit": _git_commit(),
+        "git_dirty": _git_dirty(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "dtype": dtype,
