@@ -8,6 +8,7 @@ fills in the order the analysis needs. Then ``resdyn reproduce certificates-imag
 analyses it (and trains whatever is missing).
 
     python scripts/certificates_images.py [--store runs/certificates-images.sqlite]
+    python scripts/certificates_images.py --table [--store ...]   # every cell, as docs/ tables it
 """
 
 from __future__ import annotations
@@ -33,10 +34,34 @@ def phase_spec(text: str, datas: tuple[str, ...], seeds: tuple[int, ...]) -> str
     return re.sub(r"^seed = \[.*\]$", f"seed = {list(seeds)}", out, flags=re.M)
 
 
+def table(store: str) -> str:
+    """Every finished cell of ``store`` as a Markdown table: the certificate beside its hold-out
+    bound, Gibbs test error, KL, the data-independent baseline and the cell's wall time."""
+    from resdyn.experiments.certificates import certificate_rows
+    from resdyn.sweeps.store import Store
+
+    with Store(store, create=False, readonly=True) as st:
+        rows = certificate_rows(list(st.records()))
+    out = ["| data | S | L | seed | prior scale s | certificate | hold-out | Gibbs test | KL "
+           "| baseline cert. (s, KL) | prior-mean bound err. | seconds |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['data']} | {r['S']} | {'ode' if r['L'] is None else r['L']} | {r['seed']} | "
+                   f"{r['scale']:g} | {r['certificate']:.4f} | {r['holdout']:.4f} | "
+                   f"{r['gibbs_test']:.4f} | {r['kl']:.2f} | {r['baseline_certificate']:.3f} "
+                   f"({r['baseline_scale']:g}, {r['baseline_kl']:.2f}) | "
+                   f"{r['prior_mean_bound_error']:.4f} | {r['seconds']:.0f} |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="runs/certificates-images.sqlite")
+    ap.add_argument("--table", action="store_true", help="print every stored cell and stop")
     args = ap.parse_args()
+    if args.table:
+        print(table(args.store))
+        return
     text = SPEC.read_text()
     for datas, seeds in PHASES:
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as f:
