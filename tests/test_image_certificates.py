@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from resdyn.analysis.verdicts import mean_test
 from resdyn.data import load, subsample
 from resdyn.data.fake import write_mnist
 from resdyn.experiments import certificates
@@ -155,6 +156,31 @@ def test_the_image_claims_hold_on_good_numbers_and_fail_on_bad_ones():
     got = _claims(_image_records(bad))
     assert got["mnist: Brownian certificate below 0.037 at every depth"] == "not held"
     assert got["mnist: discrete certificates approach the continuous-time one as L grows"] == "not held"
+
+
+def test_a_data_set_read_again_on_more_seeds_is_tested_at_alpha_over_its_looks(monkeypatch):
+    # Worst excesses over 0.037 whose t test gives 0.025 < p < 0.05: held at one look, not at two.
+    excess = (-0.0015, -0.0040, -0.0048)
+
+    def cert(L, seed):
+        return 0.037 + excess[seed] - (0.0 if L == 4 else 0.002)
+
+    p = mean_test(list(excess), bound=0.0, side="less").p_for
+    assert 0.025 < p < 0.05
+    records = _image_records(cert)
+    monkeypatch.setattr(certificates, "LOOKS", {"mnist": 2})
+    target = {c.text: c for c in certificates.analyze(records).claims}[
+        "mnist: Brownian certificate below 0.037 at every depth"]
+    assert target.verdict == "inconclusive" and "alpha 0.025" in target.test
+    assert "alpha 0.025" in certificates.analyze(records).claims[-1].test  # the margins too
+    monkeypatch.setattr(certificates, "LOOKS", {})
+    target = {c.text: c for c in certificates.analyze(records).claims}[
+        "mnist: Brownian certificate below 0.037 at every depth"]
+    assert target.verdict == "held" and "alpha 0.05" in target.test
+    assert certificates.claim_alpha(["mnist", "mnist-5k"]) == 0.05
+    monkeypatch.setattr(certificates, "LOOKS", {"mnist": 2})
+    assert certificates.claim_alpha(["mnist", "mnist-5k"]) == 0.025  # the strictest of the data sets
+    assert certificates.claim_alpha("mnist-5k") == 0.05
 
 
 def test_a_variant_may_carry_certificate_settings_checked_like_the_table():
