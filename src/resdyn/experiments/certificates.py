@@ -36,6 +36,7 @@ each); the claim across data sets (the margins) takes the strictest.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +61,7 @@ TARGETS = {"mnist": 0.037, "fashion-mnist": 0.157, "mnist-5k": 0.12}
 LOOKS = {"mnist": 2}
 
 
-def claim_alpha(names: Any) -> float:
+def claim_alpha(names: str | Iterable[str]) -> float:
     """The level of a claim over the data sets ``names`` (one name or several): alpha divided by
     the most looks any of them has had (:data:`LOOKS`)."""
     names = [names] if isinstance(names, str) else list(names)
