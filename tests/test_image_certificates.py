@@ -134,7 +134,8 @@ def test_the_image_claims_hold_on_good_numbers_and_fail_on_bad_ones():
         return ode if L is None else ode + (0.004 + 0.001 * seed) * 4 / L
 
     got = _claims(_image_records(good))
-    assert got["mnist: Brownian certificate below 0.037 at every depth"] == "held"
+    assert got["mnist: Brownian certificate below 0.037 at every discrete depth"] == "held"
+    assert got["mnist: Brownian certificate below 0.037 at every depth and in continuous time"] == "held"
     assert got["mnist: continuous-time certificate below 1"] == "held"
     assert got["mnist: discrete certificates approach the continuous-time one as L grows"] == "held"
     assert "mnist: Brownian certificate below the hold-out bound at L = ode" in got
@@ -154,8 +155,15 @@ def test_the_image_claims_hold_on_good_numbers_and_fail_on_bad_ones():
         return ode if L is None else ode + 0.002 * L / 4 + 0.0003 * seed
 
     got = _claims(_image_records(bad))
-    assert got["mnist: Brownian certificate below 0.037 at every depth"] == "not held"
+    assert got["mnist: Brownian certificate below 0.037 at every discrete depth"] == "not held"
     assert got["mnist: discrete certificates approach the continuous-time one as L grows"] == "not held"
+
+    def ode_over(L, seed):  # the discrete depths below 0.037, the continuous-time network above it
+        return 0.040 + 0.001 * seed if L is None else 0.030 + 0.001 * seed
+
+    got = _claims(_image_records(ode_over))
+    assert got["mnist: Brownian certificate below 0.037 at every discrete depth"] == "held"
+    assert got["mnist: Brownian certificate below 0.037 at every depth and in continuous time"] == "not held"
 
 
 def test_a_data_set_read_again_on_more_seeds_is_tested_at_alpha_over_its_looks(monkeypatch):
@@ -170,12 +178,12 @@ def test_a_data_set_read_again_on_more_seeds_is_tested_at_alpha_over_its_looks(m
     records = _image_records(cert)
     monkeypatch.setattr(certificates, "LOOKS", {"mnist": 2})
     target = {c.text: c for c in certificates.analyze(records).claims}[
-        "mnist: Brownian certificate below 0.037 at every depth"]
+        "mnist: Brownian certificate below 0.037 at every discrete depth"]
     assert target.verdict == "inconclusive" and "alpha 0.025" in target.test
     assert "alpha 0.025" in certificates.analyze(records).claims[-1].test  # the margins too
     monkeypatch.setattr(certificates, "LOOKS", {})
     target = {c.text: c for c in certificates.analyze(records).claims}[
-        "mnist: Brownian certificate below 0.037 at every depth"]
+        "mnist: Brownian certificate below 0.037 at every discrete depth"]
     assert target.verdict == "held" and "alpha 0.05" in target.test
     assert certificates.claim_alpha(["mnist", "mnist-5k"]) == 0.05
     monkeypatch.setattr(certificates, "LOOKS", {"mnist": 2})
