@@ -273,7 +273,8 @@ def _figures(rows: list[dict], out_dir: Path, name: str) -> dict[str, Path]:
         figs[f"{d}: certificate and hold-out bound against depth"] = line_figure(
             out_dir / f"{name}_{d}_certificate.png", lines, "depth L (per-layer ResNet)",
             "0-1 error bound (fraction)", f"{d}: PAC-Bayes-kl certificate and hold-out bound "
-            "against depth", logx=True, y_range=(0.0, 1.0), hline=None, palette=palette)
+            "against depth (log scale)",
+            logx=True, logy=True, y_range=None, hline=None, palette=palette)
         kls = [series([r for r in pr if r["kl"] > 0], "kl", f"KL, {p} prior", False)
                for p, pr in by_prior]
         figs[f"{d}: KL against depth"] = line_figure(
