@@ -17,9 +17,9 @@ sample, the certificate computed on the bound half. One JSON line per
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
@@ -146,12 +146,37 @@ def report(rows: list[dict]) -> None:
           f"{r['gibbs_test']:.4f}).")
 
 
+def _listed(kind: type, allowed: tuple | None = None):
+    """An argparse type: a comma-separated list of ``kind``, each among ``allowed`` if given."""
+    def parse(text: str) -> list:
+        values = [kind(v) for v in text.split(",")]
+        bad = [v for v in values if allowed is not None and v not in allowed]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{bad} not among {sorted(allowed)}")
+        return values
+    return parse
+
+
+def _arguments() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out", type=Path, help="JSON lines, one per (data, seed, L, prior)")
+    ap.add_argument("--report", action="store_true", help="print the tables and claims of OUT")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=_listed(int), default=None)
+    ap.add_argument("--data", type=_listed(str, tuple(PLANS)), default=None)
+    ap.add_argument("--depths", type=_listed(int), default=[],
+                    help="these depths instead of DEPTHS up to each data set's deepest")
+    ap.add_argument("--priors", type=_listed(str, PRIORS), default=None)
+    return ap.parse_args()
+
+
 def main() -> None:
-    out = Path(sys.argv[1])
-    if "--report" in sys.argv:
+    args = _arguments()
+    out = args.out
+    if args.report:
         report([json.loads(line) for line in out.read_text().splitlines()])
         return
-    quick = "--quick" in sys.argv
+    quick = args.quick
     torch.set_num_threads(1)
     done = set()
     if out.exists():
@@ -160,17 +185,8 @@ def main() -> None:
             done.add((r["data"], r["seed"], r["L"], r["prior"]))
     out.parent.mkdir(parents=True, exist_ok=True)
     depths = DEPTHS[:2] if quick else DEPTHS
-
-    def option(flag: str, default: list[str]) -> list[str]:
-        return sys.argv[sys.argv.index(flag) + 1].split(",") if flag in sys.argv else default
-
-    seeds = [int(v) for v in option("--seeds", [str(s) for s in (SEEDS[:1] if quick else SEEDS)])]
-    names = option("--data", list(PLANS))
-    wanted = [int(v) for v in option("--depths", [])]
-    priors = tuple(option("--priors", list(PRIORS)))
-    for flag, given, allowed in (("--data", names, PLANS), ("--priors", priors, PRIORS)):
-        if not set(given) <= set(allowed):
-            raise SystemExit(f"{flag}: {sorted(set(given) - set(allowed))} not among {sorted(allowed)}")
+    seeds = args.seeds or (SEEDS[:1] if quick else SEEDS)
+    names, wanted, priors = args.data or list(PLANS), args.depths, tuple(args.priors or PRIORS)
     for seed in seeds:
         for name in names:
             deepest = PLANS[name][-1]
