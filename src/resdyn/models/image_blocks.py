@@ -9,7 +9,8 @@ non-residual maps that change the shape:
         dz/dt = F_s(z; theta_s(t)),  t in [0, T]           (ODE, or its Euler steps h = T / L)
         F_s(z; W, b, V) = conv3x3(V, act(conv3x3(W, z) + b))
         z <- conv4x4/2(Q_s, z) + q_s  between stages (doubles C, halves the resolution)
-    output = R mean_pixels(z) + r
+    output = R pool_G(z) + r                     pool_G: adaptive average pooling to a G x G grid,
+                                                 flattened (G = 1: the mean over pixels)
 
 The stem's hidden convolutions are followed by ``stem_activation``; its last convolution is a
 linear embedding, so that z_0 carries both signs like every other family's A x + c. No
@@ -93,8 +94,12 @@ def transition(params: Params, z: Tensor, s: int) -> Tensor:
     return conv(z, params[f"Q{s}"], params[f"q{s}"], stride=2)
 
 
-def pool_readout(params: Params, z: Tensor, B: int) -> Tensor:
-    """Logits (B, n, k) of the final state z (n, B C, H, W): R mean_pixels(z) + r."""
+def pool_readout(params: Params, z: Tensor, B: int, grid: int = 1) -> Tensor:
+    """Logits (B, n, k) of the final state z (n, B C, H, W): R pool_G(z) + r, where pool_G
+    averages z over a G x G grid of pixel cells (torch's adaptive average pooling, G = ``grid``)
+    and flattens it channel by channel into C G^2 features; G = 1 is the mean over pixels, and
+    G = H = W the state itself."""
     n = z.shape[0]
-    feats = z.mean(dim=(2, 3)).view(n, B, -1).transpose(0, 1)
+    pooled = z.mean(dim=(2, 3)) if grid == 1 else F.adaptive_avg_pool2d(z, grid)
+    feats = pooled.reshape(n, B, -1).transpose(0, 1)
     return torch.baddbmm(params["r"].unsqueeze(1), feats, params["R"].transpose(1, 2))

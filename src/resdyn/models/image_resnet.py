@@ -2,13 +2,14 @@
 
 A stem E downsamples the image to a C-channel state; each of the S stages is a depth-L Euler
 discretisation of dz/dt = F_s(z; theta_s(t)) on a state of fixed size; a 4x4 stride-2
-convolution leads from one stage to the next; the readout is a linear map of the state's mean
-over pixels (see :mod:`resdyn.models.image_blocks` for every map and shape). With the default
+convolution leads from one stage to the next; the readout is a linear map of the state averaged
+over a G x G grid of pixel cells (G = ``readout_grid``; G = 1: the mean over pixels; see
+:mod:`resdyn.models.image_blocks` for every map and shape). With the default
 ``downsample=2`` a 28x28 digit becomes a 7x7 state, the shape of torchdiffeq's ``odenet_mnist``.
 
 Parameters of one model (no model axis): ``stem{i}``/``stem{i}_b`` (stem convolutions),
 ``W{s}``, ``V{s}`` of shape (L, C_s, C_s, 3, 3) and ``b{s}`` (L, C_s) (the layers of stage s,
-or one layer when ``tied``), ``Q{s}``/``q{s}`` (transition into stage s >= 1), ``R`` (k, C_last)
+or one layer when ``tied``), ``Q{s}``/``q{s}`` (transition into stage s >= 1), ``R`` (k, C_last G^2)
 and ``r`` (k). The continuous-time version, :class:`~resdyn.models.image_ode_resnet.ImageODEResNet`,
 shares all of them but the layer axis, which there indexes knots of theta(t).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -40,8 +42,14 @@ class ImageOptions:
     the stem's stride-2 convolutions. stages: S. horizon: T. activation (and tau): the residual
     map's; stem_activation: the stem's. weight_init: 'smooth' (one random path theta(t) per stage,
     sampled at the layer times) or 'iid'; residual filters have std init_scale / sqrt(9 C_s),
-    biases bias_scale; modes: cosine modes of a smooth path.
+    biases bias_scale; modes: cosine modes of a smooth path. readout_grid: G, the grid the
+    readout averages the final state over (G = 1: the mean over pixels; G = 7 on the 7x7 state of
+    a 28x28 digit: every pixel of it, C 49 features).
     """
+
+    #: Fields added after stores existed, with their defaults: a model at these is described
+    #: without them (``model_to_dict``), so the cells of older stores keep their ids.
+    later_fields: ClassVar[dict[str, Any]] = {"readout_grid": 1}
 
     in_channels: int = 1
     out_dim: int = 10
@@ -57,9 +65,11 @@ class ImageOptions:
     init_scale: float = 1.0
     bias_scale: float = 0.0
     modes: int = 4
+    readout_grid: int = 1
 
     def __post_init__(self) -> None:
         check_int("in_channels", self.in_channels, 1)
+        check_int("readout_grid", self.readout_grid, 1)
         check_int("out_dim", self.out_dim, 1)
         check_int("stem_channels", self.stem_channels, 1)
         check_int("channels", self.channels, 1)
@@ -95,8 +105,8 @@ class ImageOptions:
             ci, co = self.stage_channels(s - 1), self.stage_channels(s)
             out[f"Q{s}"] = init_conv(g, co, ci, 4, gain=1.0)
             out[f"q{s}"] = torch.zeros(co, dtype=torch.float64)
-        c_last, k = self.stage_channels(self.stages - 1), self.out_dim
-        out["R"] = torch.randn(k, c_last, generator=g, dtype=torch.float64) / math.sqrt(c_last)
+        d, k = self.stage_channels(self.stages - 1) * self.readout_grid**2, self.out_dim
+        out["R"] = torch.randn(k, d, generator=g, dtype=torch.float64) / math.sqrt(d)
         out["r"] = torch.zeros(k, dtype=torch.float64)
         return out
 
@@ -127,7 +137,7 @@ class ImageOptions:
         return z if s == 0 else transition(params, z, s)
 
     def read(self, params: Params, z: Tensor) -> Tensor:
-        return pool_readout(params, z, params["R"].shape[0])
+        return pool_readout(params, z, params["R"].shape[0], self.readout_grid)
 
 
 @dataclass(frozen=True)

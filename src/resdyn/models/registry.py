@@ -52,10 +52,15 @@ def build_model(family: str, **options: Any) -> Model:
 
 
 def model_to_dict(model: Model) -> dict[str, Any]:
-    """``{'family': ..., **fields}``; ``build_model(**model_to_dict(m)) == m``."""
+    """``{'family': ..., **fields}``; ``build_model(**model_to_dict(m)) == m``. Fields a family
+    added after stores existed (its ``later_fields``: name -> default) are left out at their
+    default, so that older stores' cells keep their ids."""
     out = {"family": model.family}
+    later = getattr(model, "later_fields", {})
     for f in dataclasses.fields(model):
         v = getattr(model, f.name)
+        if f.name in later and v == later[f.name]:
+            continue
         out[f.name] = list(v) if isinstance(v, tuple) else v
     return out
 
