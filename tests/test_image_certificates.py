@@ -191,6 +191,36 @@ def test_a_data_set_read_again_on_more_seeds_is_tested_at_alpha_over_its_looks(m
     assert certificates.claim_alpha("mnist-5k") == 0.05
 
 
+def test_an_earlier_recipes_cells_leave_the_claims_and_are_tabled_as_superseded():
+    def good(L, seed):
+        return 0.030 + 0.001 * seed
+
+    def over(L, seed):  # a first recipe over the target at every depth
+        return 0.045 + 0.001 * seed
+
+    first = _image_records(over)
+    for r in first:
+        r.metrics["attempts"], r.cell_id = 1, "first-" + r.cell_id
+    second = _image_records(good)
+    for r in second:
+        r.metrics["attempts"] = 2
+    out = certificates.analyze(first + second)
+    got = {c.text: c.verdict for c in out.claims}
+    assert got["mnist: Brownian certificate below 0.037 at every discrete depth"] == "held"
+    assert len(out.tables["certificates"]) == 12
+    assert {r["certificate"] for r in out.tables["certificates"]} == {0.030, 0.031, 0.032}
+    old = out.tables["superseded cells (an earlier recipe; not in the claims)"]
+    assert len(old) == 12 and {r["attempts"] for r in old} == {1}
+    assert out.data["superseded"] == sorted(r.cell_id for r in first)
+    # Read alone, the first recipe is current and its claim fails: the rule, not the numbers,
+    # decides which cells count.
+    alone = {c.text: c.verdict for c in certificates.analyze(first).claims}
+    assert alone["mnist: Brownian certificate below 0.037 at every discrete depth"] == "not held"
+    # Same attempts: both stay (nothing is dropped on a tie).
+    current, superseded = certificates.latest_recipe(certificates.certificate_rows(second + second))
+    assert len(current) == 24 and not superseded
+
+
 def test_a_variant_may_carry_certificate_settings_checked_like_the_table():
     from resdyn.sweeps import expand
     from resdyn.sweeps.spec import SpecError, parse_spec

@@ -26,7 +26,8 @@ def digits():
 
 
 def _reference(model: ImageResNet, p: dict, x: torch.Tensor) -> torch.Tensor:
-    """One model written out with F.conv2d, layer by layer (the module docstring's maps)."""
+    """One model written out with F.conv2d, layer by layer (the module docstring's maps); the
+    readout over a G x G grid written as block means of the state."""
     z = x
     for i in range(model.n_stem):
         w = p[f"stem{i}"]
@@ -40,7 +41,12 @@ def _reference(model: ImageResNet, p: dict, x: torch.Tensor) -> torch.Tensor:
         for k in range(model.depth):
             a = torch.relu(F.conv2d(z, p[f"W{s}"][k], p[f"b{s}"][k], padding=1))
             z = z + model.step * F.conv2d(a, p[f"V{s}"][k], padding=1)
-    return z.mean(dim=(2, 3)) @ p["R"].T + p["r"]
+    G = model.readout_grid
+    if G == 1:
+        return z.mean(dim=(2, 3)) @ p["R"].T + p["r"]
+    n, C, H, W = z.shape  # the test's states divide evenly: cell (i, j) is a (H/G) x (W/G) block
+    cells = z.reshape(n, C, G, H // G, G, W // G).mean(dim=(3, 5))
+    return cells.reshape(n, C * G * G) @ p["R"].T + p["r"]
 
 
 def test_image_resnet_matches_a_layer_by_layer_conv2d_network():
@@ -53,6 +59,33 @@ def test_image_resnet_matches_a_layer_by_layer_conv2d_network():
     for e in range(2):
         ref = _reference(model, {k: v[e] for k, v in params.items()}, x[e])
         torch.testing.assert_close(out[e], ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("grid", [2, 7])
+def test_the_readout_grid_averages_blocks_of_the_state(grid):
+    # A 28x28 digit through two stride-2 stem maps: a 14x14 state; G = 2 averages 7x7 blocks,
+    # G = 7 averages 2x2 blocks.
+    model = ImageResNet(stem_channels=3, channels=4, depth=2, downsample=1, readout_grid=grid,
+                        stem_activation="tanh", weight_init="iid")
+    params = init_params(model, [3], dtype=torch.float64)
+    assert params["R"].shape == (1, 10, 4 * grid * grid)
+    x = torch.randn(1, 5, 1, 28, 28, dtype=torch.float64)
+    ref = _reference(model, {k: v[0] for k, v in params.items()}, x[0])
+    torch.testing.assert_close(model.forward(params, x)[0], ref, rtol=1e-12, atol=1e-12)
+
+
+def test_the_mean_readout_is_described_as_before():
+    # readout_grid came after stores existed: at its default a model's description (and so every
+    # stored cell's id) is what it was; any other grid is part of the description.
+    from resdyn.models.registry import model_from_dict, model_to_dict
+
+    plain, gridded = ImageResNet(depth=4), ImageResNet(depth=4, readout_grid=7)
+    assert "readout_grid" not in model_to_dict(plain)
+    assert model_to_dict(gridded)["readout_grid"] == 7
+    assert model_from_dict(model_to_dict(gridded)) == gridded
+    assert model_from_dict(model_to_dict(plain)) == plain
+    with pytest.raises(ValueError, match="readout_grid"):
+        ImageODEResNet(readout_grid=0)
 
 
 def test_image_resnet_state_shapes_follow_the_stem_and_stages():
