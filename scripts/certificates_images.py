@@ -8,7 +8,7 @@ file names it), so the store fills in the order the analysis needs. Then ``resdy
 certificates-images --store STORE`` analyses it (and trains whatever is missing).
 
     python scripts/certificates_images.py [--store runs/certificates-images.sqlite]
-    python scripts/certificates_images.py --table [--store ...]   # every cell, as docs/ tables it
+    python scripts/certificates_images.py --table [--superseded] [--store ...]   # as docs/ tables it
 """
 
 from __future__ import annotations
@@ -36,14 +36,15 @@ def phase_spec(text: str, datas: tuple[str, ...], seeds: tuple[int, ...]) -> str
     return re.sub(r"^seed = \[.*\]$", f"seed = {list(seeds)}", out, flags=re.M)
 
 
-def table(store: str) -> str:
-    """Every finished cell of ``store`` as a Markdown table: the certificate beside its hold-out
-    bound, Gibbs test error, KL, the data-independent baseline and the cell's wall time."""
-    from resdyn.experiments.certificates import certificate_rows
+def table(store: str, superseded: bool = False) -> str:
+    """Every finished cell of ``store`` that the claims read (with ``superseded``: the cells of
+    earlier recipes instead) as a Markdown table: the certificate beside its hold-out bound,
+    Gibbs test error, KL, the data-independent baseline and the cell's wall time."""
+    from resdyn.experiments.certificates import certificate_rows, latest_recipe
     from resdyn.sweeps.store import Store
 
     with Store(store, create=False, readonly=True) as st:
-        rows = certificate_rows(list(st.records()))
+        rows = latest_recipe(certificate_rows(list(st.records())))[1 if superseded else 0]
     out = ["| data | S | L | seed | prior scale s | certificate | hold-out | Gibbs test | KL "
            "| baseline cert. (s, KL) | prior-mean bound err. | seconds |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -60,9 +61,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--store", default="runs/certificates-images.sqlite")
     ap.add_argument("--table", action="store_true", help="print every stored cell and stop")
+    ap.add_argument("--superseded", action="store_true",
+                    help="with --table: the cells of earlier recipes, which the claims do not read")
     args = ap.parse_args()
     if args.table:
-        print(table(args.store))
+        print(table(args.store, args.superseded))
         return
     text = SPEC.read_text()
     for datas, seeds in PHASES:
