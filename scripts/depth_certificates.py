@@ -87,7 +87,8 @@ def _verdict(v) -> str:
     def fmt(p: float | None) -> str:
         return "-" if p is None else f"{p:.3g}"
 
-    return f"**{v.verdict}** ({v.test}; p_for {fmt(v.p_for)}, p_against {fmt(v.p_against)}, {v.n} seeds)"
+    return (f"**{v.verdict}** ({v.test}; p_for {fmt(v.p_for)}, p_against {fmt(v.p_against)}, {v.n} seeds, "
+            f"alpha {v.alpha:g})")
 
 
 def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, limit: float) -> str:
