@@ -216,9 +216,12 @@ def test_an_earlier_recipes_cells_leave_the_claims_and_are_tabled_as_superseded(
     # decides which cells count.
     alone = {c.text: c.verdict for c in certificates.analyze(first).claims}
     assert alone["mnist: Brownian certificate below 0.037 at every discrete depth"] == "not held"
-    # Same attempts: both stay (nothing is dropped on a tie).
-    current, superseded = certificates.latest_recipe(certificates.certificate_rows(second + second))
-    assert len(current) == 24 and not superseded
+    # A later recipe with a cell missing: its seed has no cell at that depth, and the earlier
+    # recipe's cell does not stand in for it (a claim never mixes recipes).
+    partial = [r for r in second if not (r.cell.seed == 2 and r.cell.model.__dict__.get("depth") == 64)]
+    current, superseded = certificates.latest_recipe(certificates.certificate_rows(first + partial))
+    assert len(current) == 11 and {r["attempts"] for r in current} == {2}
+    assert len(superseded) == 12
 
 
 def test_a_variant_may_carry_certificate_settings_checked_like_the_table():
