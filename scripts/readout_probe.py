@@ -4,9 +4,11 @@ The first Fashion-MNIST recipe of certificates-images.toml (the mean-pool readou
 0.156-0.165 against the target 0.157. Before a second recipe was fixed, this probe compared
 readouts and widths on seed 0's prior half alone (the rows ``split_sample`` gives the prior, the
 same split as the cell's): the prior half is split again, 25,000 rows to train the prior mean with
-the cell's own settings (1,876 Adam steps at 2e-3, cosine, batch 128), 5,000 to validate it. No
-bound-half row and no test image is read, so the choice owes nothing to the certificate's bound
-half beyond the union bound the spec pays for having seen the first recipe (attempts = 2).
+the cell's optimiser settings (1,876 Adam steps at 2e-3, cosine, batch 128), 5,000 to validate it.
+No test image is read, and no row of seed 0's bound half. But each seed splits the pool by its
+own permutation, and seed 0's prior half holds about half of seed 1's and of seed 2's bound
+halves (15,035 and 14,850 rows): for those seeds the choice among the probe's three variants did
+read bound-half labels. docs/certificates-images.md ("Accounting") charges for it.
 
     python scripts/readout_probe.py [--seed 0] [--variants mean,grid7,wide]
 
