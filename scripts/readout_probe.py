@@ -1,4 +1,4 @@
-"""How Fashion-MNIST's certificate recipe chose its readout, reading prior-half rows only.
+"""How Fashion-MNIST's certificate recipe chose its readout, on seed 0's prior half.
 
 The first Fashion-MNIST recipe of certificates-images.toml (the mean-pool readout) certified
 0.156-0.165 against the target 0.157. Before a second recipe was fixed, this probe compared
