@@ -24,8 +24,9 @@ from pathlib import Path
 
 import torch
 
-from resdyn.analysis.verdicts import ALPHA, mean_test
+from resdyn.analysis.verdicts import mean_test
 from resdyn.data import load, subsample
+from resdyn.experiments.certificates import claim_alpha
 from resdyn.models.base import init_params
 from resdyn.models.resnet import ResNet
 from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample
@@ -47,12 +48,8 @@ POSTERIOR_LR, POSTERIOR_STEPS, ROUNDS, TEST_ROUNDS = 0.1, 1000, 10, 2
 DELTA, DELTA_MC, P_MIN = 0.025, 0.01, 1e-2
 # How many times a data set's claims were read: two spirals at seeds 0-2 (the certificate ratio
 # inconclusive, p = 0.096; the KL ratio too), then with seeds 3-7 added (Brownian prior). Each
-# look is tested at ALPHA / looks (Bonferroni over looks).
+# look is tested at alpha / looks (Bonferroni over looks; claim_alpha, as the spec's analysis).
 LOOKS = {"two_spirals": 2}
-
-
-def alpha(name: str) -> float:
-    return ALPHA / LOOKS.get(name, 1)
 
 
 def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PRIORS) -> list[dict]:
@@ -97,7 +94,7 @@ def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, 
     lo, hi = _by(rows, data=name, prior=prior, L=16), _by(rows, data=name, prior=prior, L=top)
     seeds = sorted(set(lo) & set(hi))
     logs = [math.log(hi[s][field] / lo[s][field]) for s in seeds]
-    v = mean_test(logs, bound=math.log(limit), side="less", unit="seed", alpha=alpha(name))
+    v = mean_test(logs, bound=math.log(limit), side="less", unit="seed", alpha=claim_alpha(name, LOOKS))
     ratios = ", ".join(f"{math.exp(x):.3f}" for x in logs)
     return (f"| {name} | {prior} | {field}(L={top}) <= {limit} x {field}(L=16) | ratios {ratios} | "
             f"{_verdict(v)} |")
@@ -141,7 +138,7 @@ def report(rows: list[dict]) -> None:
         for L in depths:
             by = _by(rows, data=name, prior="brownian", L=L)
             diffs = [by[s]["certificate"] - by[s]["holdout"] for s in sorted(by)]
-            v = mean_test(diffs, bound=0.0, side="less", unit="seed", alpha=alpha(name))
+            v = mean_test(diffs, bound=0.0, side="less", unit="seed", alpha=claim_alpha(name, LOOKS))
             print(f"| {name} | brownian | certificate < hold-out bound at L={L} | differences "
                   f"{', '.join(f'{d:+.4f}' for d in diffs)} | {_verdict(v)} |")
     margins = []

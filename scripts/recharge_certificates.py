@@ -41,11 +41,11 @@ def main() -> None:
         if abs(at(1 / r["attempts"]) - r["certificate"]) > 1e-9:
             raise SystemExit(f"cell {r['cell_id']}: its stored terms do not give its certificate")
         out.append({**r, "certificate": at(share)})
-        print(f"L = {C._depth_label(r['L'])}, seed {r['seed']}: stored {r['certificate']:.4f} "
+        print(f"L = {r['L'] or 'ode'}, seed {r['seed']}: stored {r['certificate']:.4f} "
               f"(delta / {r['attempts']}), recharged {out[-1]['certificate']:.4f} "
               f"(delta x {share:.4f}), Gibbs test {r['gibbs_test']:.4f}")
     for continuous in (False, True):
-        claim = C._target_claim(out, args.data, continuous)
+        claim = C.target_claim(out, args.data, continuous)
         print(f"{claim.text}: {claim.measured}")
     print(f"smallest margin over the Gibbs test error: {min(C.margin(r) for r in out):.1f} "
           "standard errors")

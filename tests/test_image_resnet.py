@@ -88,6 +88,36 @@ def test_the_mean_readout_is_described_as_before():
         ImageODEResNet(readout_grid=0)
 
 
+# The stored config of a cell written before readout_grid existed (certificates-images, mnist-5k,
+# L = 4, seed 0) and the id the store gave it then.
+_OLD_CELL_ID = "6ce1e5757079796850b2"
+_OLD_CELL = {
+    "certificate": {"attempts": 2, "baseline": True, "batch_size": 128, "delta": 0.025,
+                    "delta_mc": 0.01, "objective": "f-quad", "p_min": 0.01, "posterior_lr": 0.001,
+                    "posterior_steps": 400, "prior": "brownian", "prior_fraction": 0.5, "rounds": 10,
+                    "rule_examples": 5000, "scale_slack": 0.005,
+                    "scales": [0.01, 0.005, 0.003, 0.002, 0.001], "test_rounds": 1},
+    "data": {"name": "mnist-5k"}, "dtype": "float32", "measures": {},
+    "model": {"activation": "relu", "bias_scale": 0.0, "channels": 16, "depth": 4, "downsample": 2,
+              "family": "image_resnet", "horizon": 1.0, "in_channels": 1, "init_scale": 1.0,
+              "modes": 4, "out_dim": 10, "stages": 1, "stem_activation": "relu",
+              "stem_channels": 16, "tau": 0.5, "tied": False, "weight_init": "smooth"},
+    "sample_size": 4000, "seed": 0, "trackers": {},
+    "train": {"batch_size": 128, "betas": [0.9, 0.999], "chunk_size": 128, "eps": 1e-08,
+              "loss": "cross_entropy", "lr": 0.002, "lr_schedule": "cosine", "momentum": 0.0,
+              "optimizer": "adam", "steps": 625, "warmup_steps": 100, "weight_decay": 0.0},
+}
+
+
+def test_a_cell_stored_before_the_readout_grid_keeps_its_id():
+    from resdyn.sweeps.cells import decode_cell
+
+    cell = decode_cell(_OLD_CELL)
+    assert cell.model.readout_grid == 1
+    assert cell.config == _OLD_CELL
+    assert cell.cell_id == _OLD_CELL_ID
+
+
 def test_image_resnet_state_shapes_follow_the_stem_and_stages():
     model = ImageResNet(stem_channels=4, channels=6, downsample=1, stages=3, depth=2)
     p = init_params(model, [0])

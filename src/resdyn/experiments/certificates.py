@@ -43,7 +43,7 @@ each); the claim across data sets (the margins) takes the strictest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from ..sweeps.records import CellRecord
 from .base import ExperimentOutcome
 
 __all__ = ["CERT_LIMIT", "KL_LIMIT", "LOOKS", "REFERENCE_DEPTH", "TARGETS", "analyze",
-           "certificate_rows", "claim_alpha", "latest_recipe"]
+           "certificate_rows", "claim_alpha", "latest_recipe", "target_claim"]
 
 #: The claims' limits: certificate(L_max) <= CERT_LIMIT x certificate(L = REFERENCE_DEPTH), KL too.
 REFERENCE_DEPTH = 16
@@ -70,11 +70,12 @@ TARGETS = {"mnist": 0.037, "fashion-mnist": 0.157, "mnist-5k": 0.12}
 LOOKS = {"mnist": 2, "fashion-mnist": 2}
 
 
-def claim_alpha(names: str | Iterable[str]) -> float:
+def claim_alpha(names: str | Iterable[str], looks: Mapping[str, int] | None = None) -> float:
     """The level of a claim over the data sets ``names`` (one name or several): alpha divided by
-    the most looks any of them has had (:data:`LOOKS`)."""
+    the most looks any of them has had (``looks``, default :data:`LOOKS`)."""
+    looks = LOOKS if looks is None else looks
     names = [names] if isinstance(names, str) else list(names)
-    return ALPHA / max([LOOKS.get(n, 1) for n in names] or [1])
+    return ALPHA / max([looks.get(n, 1) for n in names] or [1])
 
 COLUMNS = ("data", "S", "seed", "L", "prior", "scale", "certificate", "holdout",
            "baseline_certificate", "gibbs_bound", "gibbs_test", "test_draws", "kl", "baseline_kl",
@@ -100,14 +101,16 @@ def latest_recipe(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
     ``attempts``; module docstring) are current and every other row is superseded, so that a
     claim never mixes recipes (a later recipe's missing or diverged cell leaves its seed out
     rather than letting the earlier recipe's cell stand in for it)."""
+    def recipe(r: dict) -> tuple[tuple, int]:
+        return (r["data"], r["S"], r["prior"]), r.get("attempts", 1)
+
     most: dict[tuple, int] = {}
-    for r in rows:
-        key = (r["data"], r["S"], r["prior"])
-        most[key] = max(most.get(key, 0), r.get("attempts", 1))
+    for key, attempts in map(recipe, rows):
+        most[key] = max(most.get(key, 0), attempts)
     current, superseded = [], []
     for r in rows:
-        late = r.get("attempts", 1) == most[(r["data"], r["S"], r["prior"])]
-        (current if late else superseded).append(r)
+        key, attempts = recipe(r)
+        (current if attempts == most[key] else superseded).append(r)
     return current, superseded
 
 
@@ -197,7 +200,7 @@ def _margin_claim(rows: list[dict]):
     return v.claim(text, measured, {"smallest_margin": m, "per_seed": dict(zip(seeds, mins, strict=True))})
 
 
-def _target_claim(rows: list[dict], name: str, continuous: bool):
+def target_claim(rows: list[dict], name: str, continuous: bool):
     """'The certificate is below TARGETS[name] at every discrete depth L' (the issue's claim:
     L = 4, 16, 64 of the per-layer ResNet) or, with ``continuous``, at every depth and in
     continuous time too: per seed the worst excess max (certificate - target) over those cells,
@@ -328,9 +331,9 @@ def analyze(records: list[CellRecord], out_dir: Path | None = None,
         outcome.claims.append(_ratio_claim(rows, d, "kl", KL_LIMIT))
         outcome.claims += _holdout_claims(rows, d)
         if d in TARGETS:
-            outcome.claims.append(_target_claim(rows, d, continuous=False))
+            outcome.claims.append(target_claim(rows, d, continuous=False))
             if any(r["data"] == d and r["L"] is None for r in rows):
-                outcome.claims.append(_target_claim(rows, d, continuous=True))
+                outcome.claims.append(target_claim(rows, d, continuous=True))
         ode_claims, ode_gaps = _ode_claims(rows, d)
         outcome.claims += ode_claims
         gaps += ode_gaps

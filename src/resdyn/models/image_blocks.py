@@ -100,6 +100,7 @@ def pool_readout(params: Params, z: Tensor, B: int, grid: int = 1) -> Tensor:
     and flattens it channel by channel into C G^2 features; G = 1 is the mean over pixels, and
     G = H = W the state itself."""
     n = z.shape[0]
+    # G = 1 stays a plain mean: the arithmetic (and so every stored cell's numbers) of before G.
     pooled = z.mean(dim=(2, 3)) if grid == 1 else F.adaptive_avg_pool2d(z, grid)
     feats = pooled.reshape(n, B, -1).transpose(0, 1)
     return torch.baddbmm(params["r"].unsqueeze(1), feats, params["R"].transpose(1, 2))
