@@ -82,6 +82,8 @@ class DataConfig:
 # TrainConfig fields added after stores existed, with their defaults: left out of a cell's config
 # at their default, so that the cells of older stores keep their ids.
 _LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_schedule": "constant", "warmup_steps": 0}
+# The same for CertificateConfig.
+_LATER_CERTIFICATE_FIELDS: dict[str, Any] = {"average": 0.0}
 
 
 @dataclass(frozen=True)
@@ -150,8 +152,10 @@ class Cell:
             if not self.warm_init:
                 config["warm_start"]["init"] = False
         if self.certificate is not None:
-            config["certificate"] = {k: (list(v) if isinstance(v, tuple) else v)
-                                     for k, v in dataclasses.asdict(self.certificate).items()}
+            config["certificate"] = {
+                k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self.certificate).items()
+                if k not in _LATER_CERTIFICATE_FIELDS or v != _LATER_CERTIFICATE_FIELDS[k]}
         if self.data.root is not None:
             config["data_root"] = self.data.root
         return config

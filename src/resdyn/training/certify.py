@@ -10,7 +10,8 @@ Given the (data, model, sample, seed) of a cell and the engine settings of its p
    ``scale_slack`` of m's error on S_p (else the last), reading S_p only (at most
    ``rule_examples`` rows of it, drawn by the seed);
 5. train the posterior u on the whole sample (``posterior_steps`` SGD steps of rate
-   ``posterior_lr / s^2`` in whitened units, f-quad with n = |S_b|);
+   ``posterior_lr / s^2`` in whitened units, f-quad with n = |S_b|; with ``average`` > 0 the
+   mean of the last iterates);
 6. certify on S_b (``rounds`` draws per bound example), with the hold-out bound of m on S_b and
    the Gibbs test error (``test_rounds`` draws per test example) beside it.
 
@@ -81,6 +82,7 @@ class CertificateConfig:
     posterior_steps: int = declare(1000, Interval(0, 10_000_000, integer=True))
     batch_size: int = declare(256, Interval(1, 10_000_000, integer=True))
     objective: str = declare("f-quad", Options(*OBJECTIVES))
+    average: float = declare(0.0, Interval(0, 1, closed="left"))
     rounds: int = declare(10, Interval(1, 10_000, integer=True))
     test_rounds: int = declare(2, Interval(1, 10_000, integer=True))
     delta: float = declare(0.025, _PROBABILITY)
@@ -189,7 +191,8 @@ def _certify_around(model: Any, mean: Params, data: Dataset, sample: Tensor, pri
     pr = make_prior(cfg.prior, mean, s, model.horizon, layer_names(model))
     u, hist = train_posterior(model, pr, data, [sample], n_bound=[n], lr=cfg.posterior_lr / s**2,
                               steps=cfg.posterior_steps, batch_size=cfg.batch_size, seeds=[seed],
-                              objective=cfg.objective, delta=cfg.delta, p_min=cfg.p_min)
+                              objective=cfg.objective, delta=cfg.delta, p_min=cfg.p_min,
+                              average=cfg.average)
     err, kl, cert = _certify_bound_half(model, pr, u, data, bound_idx, seed, s, cfg, cfg.rounds,
                                         "certificate/bound")
     test_err, _ = gibbs_risks(model, pr, u, data, None, [seed], cfg.test_rounds, "certificate/test",

@@ -87,21 +87,41 @@ def posterior_objective(prior: WhitenedGaussian, name: str, n: Tensor, delta: fl
 def train_posterior(model: Any, prior: WhitenedGaussian, data: Dataset, indices: Sequence[Tensor], *,
                     n_bound: Sequence[int], lr: float, steps: int, batch_size: int,
                     seeds: Sequence[int], objective: str = "f-quad", delta: float = 0.025,
-                    p_min: float = 1e-4, momentum: float = 0.9) -> tuple[Params, Tensor]:
+                    p_min: float = 1e-4, momentum: float = 0.9,
+                    average: float = 0.0) -> tuple[Params, Tensor]:
     """Train the E posteriors (whitened means u, started at 0: Q = P) on ``indices[e]`` (the whole
     sample) with the engine, by SGD with ``momentum``; returns (u, objective history (steps, E)).
+
+    ``average`` in [0, 1): the u returned is the mean of the iterates u_t after the last
+    ``ceil(average * steps)`` updates (Polyak-Ruppert averaging); 0 returns the last iterate.
+    Why: the KL term's pull towards u = 0 is weak (its gradient is u / n), so the last iterate
+    sits wherever the last few hundred steps' gradient noise left it, and |u|^2 / 2 measures that
+    noise more than what the posterior learned. The average of T nearly independent iterates has
+    about 1 / T of their scatter around the objective's minimiser.
 
     SGD, not Adam: most coordinates of u have a gradient dominated by the draws' noise, and Adam,
     which moves every coordinate by about lr whatever its gradient's size, turns that noise into
     a random walk of u (KL growing, risk not falling). In whitened units the gradient is A^T
     times the gradient in theta, so a step moves theta by about lr s^2 grad: ``lr`` is large."""
+    if not (0 <= average < 1):
+        raise ValueError(f"average must lie in [0, 1), got {average!r}")
     n = torch.tensor([float(v) for v in n_bound], dtype=torch.float64)
     obj = posterior_objective(prior, objective, n, delta, p_min)
+    first = steps - math.ceil(average * steps)  # iterates u_t, t > first, are averaged
+    total: dict[str, Tensor] = {}
+
+    def accumulate(step: int, state: Any) -> None:
+        if average and step > first:
+            for k, v in state.params.items():
+                total[k] = total[k] + v.detach() if k in total else v.detach().clone()
+
     result = train(model, prior.zeros(), data, indices, lr=lr,
                    config=TrainConfig(steps=steps, batch_size=batch_size, optimizer="sgd",
                                       momentum=momentum), seeds=seeds,
-                   objective=obj, evaluate_test=False)
-    return result.params, result.state.loss_history.cpu()
+                   objective=obj, evaluate_test=False, hooks=[(1, accumulate)])
+    if not total:
+        return result.params, result.state.loss_history.cpu()
+    return {k: v / (steps - first) for k, v in total.items()}, result.state.loss_history.cpu()
 
 
 def _rows(data: Dataset, indices: Tensor | None) -> tuple[Tensor, Tensor]:
