@@ -26,7 +26,6 @@ and the ODE) read jointly hold at 5 (delta + delta_mc).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import time
@@ -47,13 +46,6 @@ ALPHA = 0.05
 STREAM = "certificate/bound"  # the stored certificate's draws
 
 
-def discretised(model, depth: int):
-    """The continuous-time ``model`` solved by explicit Euler with ``depth`` steps in all."""
-    if depth % model.knots:
-        raise ValueError(f"depth {depth} is not a multiple of the model's {model.knots} knot intervals")
-    return dataclasses.replace(model, method="euler", steps_per_knot=depth // model.knots)
-
-
 def run(store: Path, out: Path, datas: list[str] | None) -> None:
     done = set()
     if out.exists():
@@ -69,7 +61,7 @@ def run(store: Path, out: Path, datas: list[str] | None) -> None:
             u = {k: v.unsqueeze(0) for k, v in st.load_extras(record, "posterior_u").items()}
             data = cell.data.load()
             sample = cell.data.indices(data, cell.sample_size, cell.seed)
-            solvers = [("ode", cell.model)] + [(f"euler-{L}", discretised(cell.model, L)) for L in DEPTHS]
+            solvers = [("ode", cell.model)] + [(f"euler-{L}", cell.model.discretised(L)) for L in DEPTHS]
             for name, model in solvers:
                 if (row["cell_id"], name) in done:
                     continue

@@ -163,6 +163,26 @@ def test_rk4_converges_at_fourth_order_to_the_adaptive_solution():
         assert 3.7 < math.log2(errs[0] / errs[1]) < 4.3  # observed order of RK4: 4
 
 
+def test_discretised_is_euler_at_first_order_and_keeps_the_parameters():
+    """``discretised(L)``: explicit Euler, L steps in all; its distance to the exact flow halves
+    when L doubles (first order), and it reads the same parameters."""
+    kw = dict(stem_channels=3, channels=4, knots=2, interpolation="linear", init_scale=2.0,
+              activation="tanh")
+    model = ImageODEResNet(method="rk4", **kw)
+    ref = ImageODEResNet(method="dopri5", rtol=1e-13, atol=1e-13, **kw)
+    params = init_params(model, [0], dtype=torch.float64)
+    x = torch.randn(1, 4, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    exact = ref.forward(params, x)
+    euler = [model.discretised(L) for L in (64, 128)]
+    assert [(e.method, e.steps_per_knot) for e in euler] == [("euler", 32), ("euler", 64)]
+    assert init_params(euler[0], [0]).keys() == params.keys()
+    errs = [(e.forward(params, x) - exact).abs().max().item() for e in euler]
+    assert errs[0] > 1e-6
+    assert 0.85 < math.log2(errs[0] / errs[1]) < 1.15  # observed order of Euler: 1
+    with pytest.raises(ValueError, match="positive multiple of knots = 2"):
+        model.discretised(5)
+
+
 def test_families_are_registered_and_validated():
     m = build_model("image_ode_resnet", channels=8, method="dopri5")
     assert m.family == "image_ode_resnet"

@@ -129,6 +129,46 @@ def test_posterior_training_lowers_the_bound_objective_and_moves_from_the_prior(
         torch.testing.assert_close(u1[k][0], u[k][1], rtol=0, atol=0)
 
 
+def test_averaged_posterior_is_the_mean_of_the_last_iterates():
+    """average = 0.5 returns the mean of u_t over the last half of the steps: rebuilt here from
+    the iterates of a last-iterate run stopped at every step (the engine is deterministic), and
+    different from the last iterate."""
+    data = load("breast_cancer")
+    model = ResNet(in_dim=data.in_dim, out_dim=2, width=4, depth=3, activation="tanh")
+    params = init_params(model, [0], torch.float64)
+    idx = [subsample(data, 128, 0)]
+    prior = WhitenedGaussian(params, BrownianPrior(0.2, 0.2), 0.2)
+    kw = dict(n_bound=[20000], lr=0.1 / 0.2**2, batch_size=32, seeds=[0])
+    steps = 8
+    avg, hist = train_posterior(model, prior, data, idx, steps=steps, average=0.5, **kw)
+    last, hist_last = train_posterior(model, prior, data, idx, steps=steps, **kw)
+    torch.testing.assert_close(hist, hist_last, rtol=0, atol=0)  # the same trajectory
+    iterates = [train_posterior(model, prior, data, idx, steps=t, **kw)[0] for t in range(5, 9)]
+    for k in avg:
+        expect = sum(it[k] for it in iterates) / 4
+        torch.testing.assert_close(avg[k], expect, rtol=1e-12, atol=1e-12)
+    assert any(not torch.equal(avg[k], last[k]) for k in avg)
+    with pytest.raises(ValueError, match=r"average must lie in \[0, 1\)"):
+        train_posterior(model, prior, data, idx, steps=2, average=1.0, **kw)
+
+
+def test_certificate_average_is_left_out_of_a_cell_config_at_its_default():
+    """A field added after stores existed: stored cells keep their ids; set, it changes the id."""
+    import dataclasses
+
+    from resdyn.sweeps.cells import Cell, DataConfig, TrainingConfig
+    from resdyn.training.certify import CertificateConfig
+    from resdyn.training.engine import TrainConfig
+
+    model = ResNet(in_dim=2, out_dim=2, width=4, depth=2)
+    base = Cell(model, DataConfig("two_spirals"), TrainingConfig(TrainConfig(steps=5), 1e-2), 100, 0,
+                "float32", certificate=CertificateConfig())
+    assert "average" not in base.config["certificate"]
+    avg = dataclasses.replace(base, certificate=CertificateConfig(average=0.5))
+    assert avg.config["certificate"]["average"] == 0.5
+    assert avg.cell_id != base.cell_id
+
+
 def test_certificate_config_declares_its_constraints():
     from resdyn.training.certify import CertificateConfig
 

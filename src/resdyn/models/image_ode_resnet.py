@@ -12,7 +12,7 @@ per interval, it is exactly the discrete ImageResNet of depth L (tests/test_imag
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -46,6 +46,15 @@ class ImageODEResNet(ImageOptions):
     @property
     def knot_step(self) -> float:
         return self.horizon / self.knots
+
+    def discretised(self, depth: int) -> ImageODEResNet:
+        """The same knot path solved by explicit Euler in ``depth`` steps (depth / P per interval):
+        a per-layer ResNet of depth L = ``depth`` whose layer weights are theta_s(t_k) at
+        t_k = k T / L, z_{k+1} = z_k + h F_s(z_k; theta_s(t_k)), with the same parameters. Its
+        flow map is within O(1 / L) of the exact one."""
+        if not (isinstance(depth, int) and depth >= 1 and depth % self.knots == 0):
+            raise ValueError(f"depth must be a positive multiple of knots = {self.knots}, got {depth!r}")
+        return replace(self, method="euler", steps_per_knot=depth // self.knots)
 
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         times = knot_times(self.knots, self.horizon, self.interpolation)
