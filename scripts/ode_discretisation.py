@@ -88,6 +88,7 @@ def report(rows: list[dict]) -> None:
     print("|---|---|---|" + "---|" * len(DEPTHS) + "---|---|")
     by = {(r["data"], r["seed"], r["solver"]): r for r in rows}
     names = sorted({r["data"] for r in rows})
+    claims = []
     for name in names:
         seeds = sorted({r["seed"] for r in rows if r["data"] == name})
         logs = []
@@ -105,9 +106,11 @@ def report(rows: list[dict]) -> None:
                 logs.append(math.log(max(abs(gaps[hi]), FLOOR) / max(abs(gaps[lo]), FLOOR)))
         v = mean_test(logs, bound=math.log(SHRINK), side="less", unit="seed", alpha=ALPHA)
         shrink = ", ".join(f"{math.exp(x):.4f}" for x in logs)
-        print(f"\n{name}: |gap({CLAIM[1]})| / |gap({CLAIM[0]})| per seed {shrink}; claim "
-              f"'shrinks at least {1 / SHRINK:g}-fold': **{v.verdict}** ({v.test}; p_for "
-              f"{v.p_for:.3g}, p_against {v.p_against:.3g}, {v.n} seeds, alpha {v.alpha:g})\n")
+        claims.append(f"- {name}: |gap({CLAIM[1]})| / |gap({CLAIM[0]})| per seed {shrink}; claim "
+                      f"'shrinks at least {1 / SHRINK:g}-fold': **{v.verdict}** ({v.test}; p_for "
+                      f"{v.p_for:.3g}, p_against {v.p_against:.3g}, {v.n} seeds, alpha {v.alpha:g})")
+    print()
+    print("\n".join(claims))
 
 
 def main() -> None:
