@@ -111,14 +111,14 @@ def train_posterior(model: Any, prior: WhitenedGaussian, data: Dataset, indices:
     total: dict[str, Tensor] = {}
 
     def accumulate(step: int, state: Any) -> None:
-        if average and step > first:
+        if step > first:
             for k, v in state.params.items():
                 total[k] = total[k] + v.detach() if k in total else v.detach().clone()
 
     result = train(model, prior.zeros(), data, indices, lr=lr,
                    config=TrainConfig(steps=steps, batch_size=batch_size, optimizer="sgd",
                                       momentum=momentum), seeds=seeds,
-                   objective=obj, evaluate_test=False, hooks=[(1, accumulate)])
+                   objective=obj, evaluate_test=False, hooks=[(1, accumulate)] if average else ())
     if not total:
         return result.params, result.state.loss_history.cpu()
     return {k: v / (steps - first) for k, v in total.items()}, result.state.loss_history.cpu()
