@@ -62,7 +62,7 @@ LOOKS = {1: {"two_spirals": 2}, 2: {"two_spirals": 3, "digits": 2, "mnist-5k": 2
 
 
 def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PRIORS,
-         recipe: int = 2) -> list[dict]:
+         recipe: int = max(RECIPES)) -> list[dict]:
     S, width, prior_steps, _ = PLANS[name]
     base = load(name)
     idx = subsample(base, S, seed)

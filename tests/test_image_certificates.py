@@ -100,7 +100,7 @@ def test_an_ode_posterior_certified_through_its_euler_discretisations(mnist_file
     recertified with its stored draws, gives the stored certificate back exactly; read through
     Euler at L steps it keeps the KL (the same parameters and prior), and on the same draws its
     bounded cross-entropy on the bound half approaches the ODE's: the difference at L = 256 is
-    under a tenth of the one at L = 2 (first order predicts 1/128). (The 0-1 error of this
+    under 3% of the one at L = 2 (first order predicts 1/128; measured 1/124). (The 0-1 error of this
     untrained net, about 0.93, sits on near-ties and flips under any change of the flow.)"""
     from resdyn.training.certify import layer_names, make_prior, recertify
     from resdyn.training.pac_bayes import gibbs_risks, normalised_on, split_sample
@@ -134,7 +134,7 @@ def test_an_ode_posterior_certified_through_its_euler_discretisations(mnist_file
     exact = ce(model)
     coarse, fine = abs(ce(model.discretised(2)) - exact), abs(ce(model.discretised(256)) - exact)
     assert coarse > 1e-5
-    assert fine < 0.1 * coarse
+    assert fine < 0.03 * coarse
 
 
 def test_without_a_baseline_there_are_no_baseline_numbers():

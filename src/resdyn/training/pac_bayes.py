@@ -96,8 +96,10 @@ def train_posterior(model: Any, prior: WhitenedGaussian, data: Dataset, indices:
     ``ceil(average * steps)`` updates (Polyak-Ruppert averaging); 0 returns the last iterate.
     Why: the KL term's pull towards u = 0 is weak (its gradient is u / n), so the last iterate
     sits wherever the last few hundred steps' gradient noise left it, and |u|^2 / 2 measures that
-    noise more than what the posterior learned. The average of T nearly independent iterates has
-    about 1 / T of their scatter around the objective's minimiser.
+    noise more than what the posterior learned. Averaging T iterates divides the variance of
+    that noise by about T_eff, the number of effectively independent iterates among them (fewer
+    than T: momentum correlates successive iterates). The history returned is the objective of
+    the iterates along the way, not of the averaged u.
 
     SGD, not Adam: most coordinates of u have a gradient dominated by the draws' noise, and Adam,
     which moves every coordinate by about lr whatever its gradient's size, turns that noise into
@@ -107,7 +109,8 @@ def train_posterior(model: Any, prior: WhitenedGaussian, data: Dataset, indices:
         raise ValueError(f"average must lie in [0, 1), got {average!r}")
     n = torch.tensor([float(v) for v in n_bound], dtype=torch.float64)
     obj = posterior_objective(prior, objective, n, delta, p_min)
-    first = steps - math.ceil(average * steps)  # iterates u_t, t > first, are averaged
+    # Iterates u_t, t > first, are averaged; the rounding keeps 0.07 * 100 at 7, not 8.
+    first = steps - math.ceil(round(average * steps, 9))
     total: dict[str, Tensor] = {}
 
     def accumulate(step: int, state: Any) -> None:
