@@ -74,6 +74,17 @@ def test_the_readout_grid_averages_blocks_of_the_state(grid):
     torch.testing.assert_close(model.forward(params, x)[0], ref, rtol=1e-12, atol=1e-12)
 
 
+def test_a_readout_grid_finer_than_the_state_is_refused():
+    # downsample=1: a 14x14 state from a 28x28 digit; G = 14 is the state itself, G = 15 is not.
+    x = torch.randn(1, 2, 1, 28, 28)
+    ok = ImageResNet(stem_channels=3, channels=4, depth=2, downsample=1, readout_grid=14)
+    assert ok.forward(init_params(ok, [0]), x).shape == (1, 2, 10)
+    bad = ImageResNet(stem_channels=3, channels=4, depth=2, downsample=1, readout_grid=15)
+    with pytest.raises(ValueError, match=r"readout_grid = 15 is finer than the final state's 14 x 14 "
+                                         r"pixels; allowed: 1 to 14"):
+        bad.forward(init_params(bad, [0]), x)
+
+
 def test_the_mean_readout_is_described_as_before():
     # readout_grid came after stores existed: at its default a model's description (and so every
     # stored cell's id) is what it was; any other grid is part of the description.

@@ -99,7 +99,11 @@ def pool_readout(params: Params, z: Tensor, B: int, grid: int = 1) -> Tensor:
     averages z over a G x G grid of pixel cells (torch's adaptive average pooling, G = ``grid``)
     and flattens it channel by channel into C G^2 features; G = 1 is the mean over pixels, and
     G = H = W the state itself."""
-    n = z.shape[0]
+    n, H, W = z.shape[0], z.shape[-2], z.shape[-1]
+    if grid > min(H, W):
+        # Adaptive pooling would repeat pixels: more features, no more information.
+        raise ValueError(f"readout_grid = {grid} is finer than the final state's {H} x {W} pixels; "
+                         f"allowed: 1 to {min(H, W)}")
     # G = 1 stays a plain mean: the arithmetic (and so every stored cell's numbers) of before G.
     pooled = z.mean(dim=(2, 3)) if grid == 1 else F.adaptive_avg_pool2d(z, grid)
     feats = pooled.reshape(n, B, -1).transpose(0, 1)
