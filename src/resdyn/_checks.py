@@ -12,7 +12,7 @@ import torch
 
 __all__ = ["Constraint", "ConstraintError", "ConstraintTypeError", "Interval", "Kind", "ListOf",
            "Options", "OrNone", "Table", "check_bool", "check_choice", "check_int", "check_positive",
-           "check_table", "constraints_of", "declare", "max_threads",
+           "check_table", "constraints_of", "declare", "described", "max_threads",
            "resolve_device", "resolve_dtype", "validate"]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -261,6 +261,21 @@ def constraints_of(cls: type) -> dict[str, Constraint]:
     """The declared constraint of each field of dataclass ``cls`` (field order)."""
     return {f.name: f.metadata["constraint"] for f in dataclasses.fields(cls)
             if "constraint" in f.metadata}
+
+
+def described(obj: Any) -> dict[str, Any]:
+    """The fields of the dataclass instance ``obj`` as a plain table (tuples as lists), in field
+    order, leaving out each field of its class's ``later_fields`` (name -> default: fields added
+    after stores existed) that is at that default, so that what older stores hashed stays the
+    same."""
+    later = getattr(obj, "later_fields", {})
+    out = {}
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        if f.name in later and v == later[f.name]:
+            continue
+        out[f.name] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 def validate(obj: Any) -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import importlib
 from typing import Any
 
+from .._checks import described
 from .base import Model
 
 __all__ = ["FAMILIES", "build_model", "build_model_for", "check_model_fits", "family_class", "fill_shapes",
@@ -55,14 +56,7 @@ def model_to_dict(model: Model) -> dict[str, Any]:
     """``{'family': ..., **fields}``; ``build_model(**model_to_dict(m)) == m``. Fields a family
     added after stores existed (its ``later_fields``: name -> default) are left out at their
     default, so that older stores' cells keep their ids."""
-    out = {"family": model.family}
-    later = getattr(model, "later_fields", {})
-    for f in dataclasses.fields(model):
-        v = getattr(model, f.name)
-        if f.name in later and v == later[f.name]:
-            continue
-        out[f.name] = list(v) if isinstance(v, tuple) else v
-    return out
+    return {"family": model.family, **described(model)}
 
 
 def model_from_dict(described: Any) -> Model:

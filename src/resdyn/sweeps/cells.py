@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from .._checks import described
 from .._seeds import generator_for
 from ..data.base import Dataset
 from ..models.base import Model
@@ -79,12 +80,6 @@ class DataConfig:
         return out
 
 
-# TrainConfig fields added after stores existed, with their defaults: left out of a cell's config
-# at their default, so that the cells of older stores keep their ids.
-_LATER_TRAIN_FIELDS: dict[str, Any] = {"lr_schedule": "constant", "warmup_steps": 0}
-# The same for CertificateConfig.
-_LATER_CERTIFICATE_FIELDS: dict[str, Any] = {"average": 0.0}
-
 
 @dataclass(frozen=True)
 class TrainingConfig:
@@ -99,10 +94,7 @@ class TrainingConfig:
     control: ControlConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = {**{k: (list(v) if isinstance(v, tuple) else v)
-                  for k, v in dataclasses.asdict(self.config).items()
-                  if k not in _LATER_TRAIN_FIELDS or v != _LATER_TRAIN_FIELDS[k]},
-               "lr": float(self.lr)}
+        out = {**described(self.config), "lr": float(self.lr)}
         if self.init_seed_stride:
             out["init_seed_stride"] = self.init_seed_stride
         if self.control is not None:
@@ -152,10 +144,7 @@ class Cell:
             if not self.warm_init:
                 config["warm_start"]["init"] = False
         if self.certificate is not None:
-            config["certificate"] = {
-                k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self.certificate).items()
-                if k not in _LATER_CERTIFICATE_FIELDS or v != _LATER_CERTIFICATE_FIELDS[k]}
+            config["certificate"] = described(self.certificate)
         if self.data.root is not None:
             config["data_root"] = self.data.root
         return config

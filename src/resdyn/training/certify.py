@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -72,6 +72,9 @@ class CertificateConfig:
     certificate is computed at delta / attempts and delta_mc / attempts (the hold-out bound at
     delta / attempts), so the certificates of all attempts hold together with probability
     >= 1 - delta - delta_mc, whichever attempt is reported (a union bound over them)."""
+
+    #: Fields added after stores existed, with their defaults (``resdyn._checks.described``).
+    later_fields: ClassVar[dict[str, Any]] = {"average": 0.0}
 
     prior: str = declare("brownian", Options(*PRIORS))
     prior_fraction: float = declare(0.5, _PROBABILITY)

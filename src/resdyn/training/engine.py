@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -58,6 +59,10 @@ class TrainConfig:
 
     Each field's valid values are declared on it (shared with the optimisers and checked on
     construction and in a spec's [train] table by one validator, ``resdyn._checks.validate``)."""
+
+    #: Fields added after stores existed, with their defaults: left out of a cell's config at
+    #: them (``resdyn._checks.described``), so the cells of older stores keep their ids.
+    later_fields: ClassVar[dict[str, Any]] = {"lr_schedule": "constant", "warmup_steps": 0}
 
     steps: int = declare(1000, Interval(0, MAX_STEPS, integer=True))
     loss: str = declare("cross_entropy", LOSS)
