@@ -13,7 +13,7 @@ here runs the reference's residual layer (through ``blocks.residual_map``), and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from .base import Params
 from .blocks import ResidualOptions, embed, layer_params, readout, residual_map
 from .fused import residual_stack
 from .native import native_resnet
-from .paths import layer_times
+from .paths import knot_layer_weights, layer_times, layers_from_knots
 
 __all__ = ["ResNet"]
 
@@ -53,6 +53,26 @@ class ResNet(ResidualOptions):
     def init(self, generator: torch.Generator, dtype: torch.dtype, device: torch.device) -> Params:
         params = {**self.init_io(generator), **self.init_layers(generator, self.layer_times())}
         return {k: v.to(dtype=dtype, device=device) for k, v in params.items()}
+
+    def deepened(self, params: Params, depth: int) -> tuple[ResNet, Params]:
+        """The network of depth L' = r L (r >= 1 an integer) whose layer path continues this one's:
+        layer j, at t'_j = j T / L', takes the linear interpolation of the path (t_k, theta_k) at
+        t'_j, theta'_j = theta_p + s (theta_{p+1} - theta_p) with p + s = j L / L', held at
+        theta_{L-1} past the last layer time t_{L-1} = T - h. The embedding and readout are
+        shared. Both networks are explicit Euler schemes of z' = F(z; theta(t)) for paths that
+        agree at the coarse layer times, so their outputs differ by O(h) (the starting point of
+        multilevel training: Chang et al., ICLR 2018). ``params`` keep their model axis."""
+        check_int("depth", depth, 1)
+        if self.tied:
+            raise ValueError("deepened: a tied ResNet has one layer for every depth; change depth instead")
+        if depth % self.depth:
+            raise ValueError(f"deepened: depth must be a multiple of {self.depth}, got {depth}")
+        left, right, s = knot_layer_weights(self.depth, depth, "linear")
+        right = right.clamp(max=self.depth - 1)
+        names = set(layer_params(params, self.block)[0])
+        out = {k: layers_from_knots(v, left, right, s) if k in names else v.clone()
+               for k, v in params.items()}
+        return replace(self, depth=depth), out
 
     def states(self, params: Params, x: Tensor) -> list[Tensor]:
         """[z_0, z_1, ..., z_L], each of shape (B, n, m)."""
