@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from resdyn.analysis.verdicts import mean_test
+from resdyn.api import certificate_weights
 from resdyn.experiments import certificates as C
 from resdyn.sweeps.store import Store
 from resdyn.training.certify import recertify
@@ -59,8 +60,7 @@ def run(store: Path, out: Path, datas: list[str] | None) -> None:
         for row in rows:
             record = records[row["cell_id"]]
             cell, cfg = record.cell, record.cell.certificate
-            mean = {k: v.unsqueeze(0) for k, v in st.load_extras(record, "prior_mean").items()}
-            u = {k: v.unsqueeze(0) for k, v in st.load_extras(record, "posterior_u").items()}
+            mean, u, _ = certificate_weights(st, record)
             data = cell.data.load()
             sample = cell.data.indices(data, cell.sample_size, cell.seed)
             solvers = [("ode", cell.model)] + [(f"euler-{L}", cell.model.discretised(L)) for L in DEPTHS]

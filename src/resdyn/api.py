@@ -24,7 +24,8 @@ from .models.registry import check_model_fits
 from .sweeps.cells import Cell
 from .sweeps.store import CellRecord, Store, StoreError
 
-__all__ = ["CellNotFoundError", "LoadedCell", "ResdynModule", "as_module", "find_cell", "load_cell"]
+__all__ = ["CellNotFoundError", "LoadedCell", "ResdynModule", "as_module", "certificate_weights", "find_cell",
+           "load_cell"]
 
 
 class CellNotFoundError(StoreError):
@@ -84,6 +85,24 @@ def find_cell(st: Store, cell_id: str) -> CellRecord:
                                     f"{st.path}: " + ", ".join(exact[:5]))
     (record,) = st.records(ids=exact)
     return record
+
+
+def certificate_weights(st: Store, record: CellRecord) -> tuple[Params, Params, Params | None]:
+    """A finished certificate cell's prior mean m, whitened posterior mean u and the
+    data-independent baseline's u (None for a cell without one), each with a model axis of 1,
+    read through :meth:`~resdyn.sweeps.store.Store.load_extras` (sha256 checked). Raises
+    :class:`~resdyn.sweeps.store.StoreError` for a cell that is not a finished certificate cell."""
+    if record.cell is None or record.cell.certificate is None:
+        raise StoreError(f"cell {record.cell_id} of {st.path} is not a certificate cell (its spec has no "
+                         "[certificate] table)")
+    if record.status != "done":
+        raise StoreError(f"cell {record.cell_id} diverged; it has no certificate to recompute")
+
+    def axis(name: str) -> Params:
+        return {k: v.unsqueeze(0) for k, v in st.load_extras(record, name).items()}
+
+    base = axis("baseline_u") if "baseline_certificate" in record.metrics else None
+    return axis("prior_mean"), axis("posterior_u"), base
 
 
 def load_cell(store: str | Path, cell_id: str, device: str | torch.device = "cpu") -> LoadedCell:

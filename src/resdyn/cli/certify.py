@@ -40,29 +40,18 @@ def _fmt(v: float | int | None) -> str:
 def _load(store: Path, cell_id: str):
     """(record, prior mean, whitened posterior, the baseline's whitened posterior or None), each
     with a model axis of 1."""
-    from ..api import CellNotFoundError, find_cell
+    from ..api import CellNotFoundError, certificate_weights, find_cell
     from ..sweeps.store import Store, StoreError
-
-    def axis(p):
-        return None if p is None else {k: v.unsqueeze(0) for k, v in p.items()}
 
     try:
         with Store(store, create=False) as st:
             record = find_cell(st, cell_id)
-            if record.cell is None or record.cell.certificate is None:
-                _fail(f"cell {record.cell_id} of {store} is not a certificate cell (its spec has no "
-                      "[certificate] table)")
-            if record.status != "done":
-                _fail(f"cell {record.cell_id} diverged; it has no certificate to recompute")
-            mean = st.load_extras(record, "prior_mean")
-            u = st.load_extras(record, "posterior_u")
-            base = (st.load_extras(record, "baseline_u") if "baseline_certificate" in record.metrics
-                    else None)
+            mean, u, base = certificate_weights(st, record)
     except CellNotFoundError as err:
         raise click.UsageError(str(err)) from None
     except StoreError as err:
         _fail(str(err))
-    return record, axis(mean), axis(u), axis(base)
+    return record, mean, u, base
 
 
 def _compare(stored: dict, prefix: str, new, sample_size: int) -> None:
