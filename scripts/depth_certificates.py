@@ -9,6 +9,9 @@ certify_sample under both priors: the prior mean trained on the prior half with 
 prior scale picked by a rule that reads the prior half only, the posterior trained on the whole
 sample, the certificate computed on the bound half. One JSON line per
 (data, seed, L, prior, recipe) goes to OUT; lines already there are skipped, so a cut run resumes.
+Under a recipe whose prior means are continued in depth (CONTINUED), a depth's prior mean
+starts from the one above it on the ladder DEPTHS, saved beside OUT (OUT.priors/), so the depths
+of a seed run in order.
 
     python scripts/depth_certificates.py runs/depth-certificates.jsonl [--quick] [--seeds 0,1,2]
         [--data mnist-5k] [--depths 256] [--priors brownian] [--recipe 2]
