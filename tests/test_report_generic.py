@@ -142,3 +142,25 @@ def test_figures_words_palette_and_formats(tmp_path):
     bound = line_figure(tmp_path / "b.png", [{"label": "a", "x": [1, 2], "y": [3.0, 2.0]}],
                         "training samples S", "test-error bound", "t")
     assert "bound vacuous above" in bound.with_suffix(".svg").read_text()
+
+
+def test_cells_that_differ_only_in_a_setting_without_a_column_are_not_pooled():
+    """A later recipe (here a cosine schedule, a field added after stores existed and left out of
+    a cell's config at its default) beside the first: two groups of two seeds, not one of four."""
+    from cell_records import make_record
+    from resdyn.reports.generic import sweep_outcome
+    from resdyn.reports.tables import setting, varying_settings
+
+    def rec(seed, schedule, acc):
+        train = {"lr_schedule": schedule, "warmup_steps": 2} if schedule == "cosine" else {}
+        return make_record(seed=seed, train=train, metrics={"test_acc": acc})
+
+    rows = [rec(0, "constant", 0.5), rec(1, "constant", 0.7), rec(0, "cosine", 0.9), rec(1, "cosine", 0.95)]
+    assert "train.lr_schedule" not in rows[0].settings  # left out at its default ...
+    assert setting(rows[0], "train.lr_schedule") == "constant"  # ... and read back as it
+    assert varying_settings([rows]) == ["train.lr_schedule", "train.warmup_steps"]
+    out = sweep_outcome("test", rows, None, Palette())
+    summary = out.data["summary"]
+    assert [(g["train.lr_schedule"], g["seeds"]) for g in summary] == [("constant", 2), ("cosine", 2)]
+    assert [g["test_acc"]["centre"] for g in summary] == pytest.approx([0.6, 0.925])
+    assert varying_settings([rows[:2], rows[2:]]) == []  # the recipes apart already: no extra column

@@ -1,7 +1,8 @@
 """The report of any sweep: every recorded metric and measure against each swept setting.
 
 For one spec's rows: the settings that take more than one value in the store are the swept keys
-(``seed`` is the replicate axis, never a facet). Each cell of the summary table is one combination
+(``seed`` is the replicate axis, never a facet), those without a column of their own included
+(:func:`~resdyn.reports.tables.varying_settings`). Each cell of the summary table is one combination
 of the swept keys with every quantity as its centre and seed interval; each figure shows one
 quantity against one numeric swept key, one panel per value of the next swept key and one colour
 per combination of the rest (the same colour in every figure of the report).
@@ -13,6 +14,7 @@ of the mean otherwise.
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from ..experiments.base import ExperimentOutcome
 from ..plotting import Palette, axis_label, is_fraction, panel_figure, seed_interval
 from ..sweeps.records import CellRecord
-from .tables import flatten_row, swept_keys
+from .tables import flatten_row, setting, swept_keys, varying_settings
 
 __all__ = ["METRICS", "quantities", "sweep_outcome"]
 
@@ -67,7 +69,16 @@ def sweep_outcome(spec: str, rows: list[CellRecord], fig_dir: Path | None,
     # Only what the rows determine: no timing, the weights file relative to the store, and a fixed
     # order (not the order cells finished in), so a resumed run reports exactly the same data.
     records = [{k: v for k, v in flatten_row(r).items() if k != "seconds_per_model"} for r in rows]
-    swept_all = swept_keys(records)
+    # Settings without a column of their own that still differ within a group (a second recipe's
+    # attempts, a later readout) split it too: cells of different settings are never pooled.
+    flat = [k for k in swept_keys(records) if k != "seed"]
+    groups: dict[tuple, list[CellRecord]] = {}
+    for rec, r in zip(records, rows, strict=True):
+        groups.setdefault(tuple(json.dumps(rec.get(k)) for k in flat), []).append(r)
+    extra = varying_settings(list(groups.values()))
+    for rec, r in zip(records, rows, strict=True):
+        rec.update({k: setting(r, k) for k in extra})
+    swept_all = swept_keys(records) + extra
     records.sort(key=lambda r: (tuple(_sort_key(r.get(k)) for k in swept_all), r["cell_id"]))
     by_id = {r.cell_id: r for r in rows}
     swept = [k for k in swept_all if k != "seed"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MISSING_NOTE", "apply_where", "choose_columns", "clean", "flatten_row",
-           "parse_where", "strict_dumps", "swept_keys"]
+           "parse_where", "setting", "strict_dumps", "swept_keys", "varying_settings"]
 
 MODEL_KEYS = ("depth", "knots", "width", "channels", "activation", "tau", "method", "horizon",
               "operator", "form", "init")
@@ -94,6 +94,34 @@ def swept_keys(records: Sequence[dict[str, Any]]) -> list[str]:
         if len(vals) > 1:
             out.append(k)
     return out
+
+
+#: The settings that :func:`flatten_row` gives columns of their own.
+_FLAT_SETTINGS = frozenset({"data.name", "model.family", "sample_size", "seed", "train.lr", "train.steps",
+                            *(f"model.{k}" for k in MODEL_KEYS)})
+
+
+def setting(record: Any, key: str) -> Any:
+    """The value of setting ``key`` (``'model.readout_grid'``) of a store record: from its flat
+    view, else from its typed cell, where a field added after the record was written (and so left
+    out of its stored config at its default) has that default; None where neither has it."""
+    value = record.settings.get(key)
+    cell = getattr(record, "cell", None)
+    if value is None and cell is not None and "." in key:
+        prefix, name = key.split(".", 1)
+        typed = {"model": cell.model, "train": cell.training.config,
+                 "certificate": getattr(cell, "certificate", None)}.get(prefix)
+        value = getattr(typed, name, None)
+    return value if value is None or isinstance(value, int | float | str | bool) else json.dumps(value)
+
+
+def varying_settings(groups: Sequence[Sequence[Any]]) -> list[str]:
+    """The other settings (``record.settings`` keys without a flat column, e.g.
+    ``certificate.attempts``, ``model.readout_grid``) that take more than one value (by
+    :func:`setting`, so a later field's default counts as its value) within one of ``groups``
+    (lists of store records that a table would otherwise pool). Sorted by name."""
+    keys = sorted({k for g in groups for r in g for k in r.settings} - _FLAT_SETTINGS)
+    return [k for k in keys if any(len({json.dumps(setting(r, k)) for r in g}) > 1 for g in groups)]
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {
