@@ -30,7 +30,7 @@ import torch
 
 from resdyn.analysis.verdicts import ALPHA, mean_test
 from resdyn.data import load, subsample
-from resdyn.experiments.certificates import claim_alpha
+from resdyn.experiments.certificates import claim_alpha, holdout_terms
 from resdyn.models.base import Params, init_params
 from resdyn.models.resnet import ResNet
 from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample
@@ -198,6 +198,13 @@ def report(rows: list[dict], recipe: int) -> None:
             v = mean_test(diffs, bound=0.0, side="less", unit="seed", alpha=alpha)
             print(f"| {name} | brownian | certificate < hold-out bound at L={L} | differences "
                   f"{', '.join(f'{d:+.4f}' for d in diffs)} | {_verdict(v)} |")
+    print("\nCertificate minus hold-out bound, term by term (Brownian prior, seed means; "
+          "resdyn.theory.pacbayes.holdout_gap):\n")
+    terms = holdout_terms(rows)
+    print("| " + " | ".join(terms[0]) + " |")
+    print("|" + "---|" * len(terms[0]))
+    for t in terms:
+        print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in t.values()) + " |")
     margins = []
     for r in rows:
         g = r["gibbs_test"]

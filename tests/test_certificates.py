@@ -252,6 +252,15 @@ def test_reproduce_certificates_runs_the_spec_into_the_store_and_analyses_it(tmp
     assert "every certificate lies above its Gibbs test error" in res.output
     with Store(store, create=False) as st:
         assert len(st.records()) == 8
+        out = certificates.analyze(st.records())
+    # The four terms of certificate - hold-out bound, recomputed from each real cell's stored
+    # numbers, add up to it: one row per depth, Brownian prior, two seeds.
+    terms = out.tables["certificate minus hold-out bound, term by term (Brownian prior, seed means)"]
+    assert [(t["L"], t["seeds"]) for t in terms] == [("2", 2), ("16", 2)]
+    for t in terms:
+        parts = t["noise (Gibbs error - prior mean's)"] + t["Monte-Carlo"] + t["ln(2 sqrt(n))"] + t["KL"]
+        assert parts == pytest.approx(t["certificate - hold-out"], abs=1e-9)
+        assert t["Monte-Carlo"] > 0 and t["ln(2 sqrt(n))"] > 0
 
 
 def _records(tmp_path, metrics) -> list[CellRecord]:

@@ -146,3 +146,25 @@ def test_bounded_cross_entropy_lies_in_unit_interval_and_clamps():
     ell = bounded_cross_entropy(out, y, 1e-4)
     assert ell[0, 1].item() == pytest.approx(math.log(2) / math.log(1e4))
     assert ell[0, 2].item() == pytest.approx(1.0, abs=1e-15) and 0 < ell[0, 0].item() < 1e-8
+
+
+@pytest.mark.parametrize("prior_error, gibbs, kl, n, m", [(0.023, 0.028, 1.2, 30000, 30000),
+                                                        (0.05, 0.03, 40.0, 2000, 20000),
+                                                        (0.0, 0.001, 0.1, 600, 6000)])
+def test_holdout_gap_splits_certificate_minus_holdout_bound_exactly(prior_error, gibbs, kl, n, m):
+    from resdyn.theory.pacbayes import certify, holdout_gap
+    from resdyn.training.pac_bayes import holdout_bound
+
+    delta, delta_mc = 0.025 / 7, 0.01 / 7
+    cert = certify(gibbs, m, [kl], [0.03], n, delta, delta_mc)
+    k = round(prior_error * n)
+    gap = holdout_gap(k / n, gibbs, cert.sample_risk_bound, kl, n, delta)
+    assert gap.total == pytest.approx(cert.value - holdout_bound(k, n, delta), abs=1e-12)
+    # The draws' bound, the ln(2 sqrt(n)) and the KL only ever add; the noise has the sign of
+    # the Gibbs error minus the prior mean's (negative in the second case: the posterior errs less).
+    assert gap.monte_carlo > 0 and gap.sqrt_n > 0 and gap.kl > 0
+    assert (gap.noise > 0) == (gibbs > k / n)
+    # A KL of 0 costs nothing beyond ln(2 sqrt(n)); more draws shrink the Monte-Carlo term.
+    assert holdout_gap(k / n, gibbs, cert.sample_risk_bound, 0.0, n, delta).kl == 0.0
+    more = certify(gibbs, 100 * m, [kl], [0.03], n, delta, delta_mc)
+    assert holdout_gap(k / n, gibbs, more.sample_risk_bound, kl, n, delta).monte_carlo < gap.monte_carlo / 5

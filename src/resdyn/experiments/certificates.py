@@ -21,6 +21,8 @@ only analyses the store's records:
 * per data set with a continuous-time cell: its certificate is below 1, and the discrete depths'
   certificates approach it (the gap |c(L) - c(ode)| at the largest L is smaller than at the
   smallest L, one-sided t test across seeds); the gaps are tabled;
+* no claim, a table: certificate - hold-out bound split into the four costs that the
+  certificate pays and the hold-out bound does not (:func:`holdout_terms`);
 * every certificate (the learned prior's and the data-independent baseline's) lies above its
   Gibbs test error: per seed, the smallest margin over the cells of that seed, in standard errors
   of the test estimate, is > 0 (one-sided t test across seeds); the smallest margin of all is
@@ -53,7 +55,7 @@ from ..sweeps.records import CellRecord
 from .base import ExperimentOutcome
 
 __all__ = ["CERT_LIMIT", "KL_LIMIT", "LOOKS", "REFERENCE_DEPTH", "TARGETS", "analyze",
-           "certificate_rows", "claim_alpha", "latest_recipe", "target_claim"]
+           "certificate_rows", "claim_alpha", "holdout_terms", "latest_recipe", "target_claim"]
 
 #: The claims' limits: certificate(L_max) <= CERT_LIMIT x certificate(L = REFERENCE_DEPTH), KL too.
 REFERENCE_DEPTH = 16
@@ -273,6 +275,31 @@ def _summary(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def holdout_terms(rows: list[dict]) -> list[dict[str, Any]]:
+    """Per (data, L), Brownian prior: the seed means of certificate - hold-out bound and of its four
+    terms (:func:`resdyn.theory.pacbayes.holdout_gap`), each cell's terms recomputed from its stored
+    numbers at its own delta split."""
+    from ..theory.pacbayes import holdout_gap
+
+    needed = ("prior_mean_bound_error", "gibbs_bound", "sample_risk_bound", "kl", "n", "holdout")
+    rows = [r for r in rows if r["prior"] == "brownian" and all(k in r for k in needed)]
+    out = []
+    for (d, _), rs in sorted(group_rows(rows, lambda r: (r["data"], _depth_key(r["L"]))).items()):
+        gaps = [holdout_gap(r["prior_mean_bound_error"], r["gibbs_bound"], r["sample_risk_bound"],
+                            r["kl"], int(r["n"]), r["delta"] / r.get("attempts", 1)) for r in rs]
+
+        def mean(values: Iterable[float]) -> float:
+            values = list(values)
+            return sum(values) / len(values)
+
+        out.append({"data": d, "L": _depth_label(rs[0]["L"]), "seeds": len(rs),
+                    "certificate - hold-out": mean(r["certificate"] - r["holdout"] for r in rs),
+                    "noise (Gibbs error - prior mean's)": mean(g.noise for g in gaps),
+                    "Monte-Carlo": mean(g.monte_carlo for g in gaps),
+                    "ln(2 sqrt(n))": mean(g.sqrt_n for g in gaps), "KL": mean(g.kl for g in gaps)})
+    return out
+
+
 def _figures(rows: list[dict], out_dir: Path, name: str) -> dict[str, Path]:
     """Per data set: the certificate, the hold-out bound and the data-independent baseline against
     L (one line per prior; the hold-out bound does not depend on the prior), and the KL against L
@@ -325,6 +352,9 @@ def analyze(records: list[CellRecord], out_dir: Path | None = None,
     if superseded:
         outcome.tables["superseded cells (an earlier recipe; not in the claims)"] = table(superseded)
     outcome.tables["seed means per data set, prior and depth"] = _summary(rows)
+    terms = holdout_terms(rows)
+    if terms:
+        outcome.tables["certificate minus hold-out bound, term by term (Brownian prior, seed means)"] = terms
     gaps: list[dict[str, Any]] = []
     for d in sorted({r["data"] for r in rows}):
         outcome.claims.append(_ratio_claim(rows, d, "certificate", CERT_LIMIT))

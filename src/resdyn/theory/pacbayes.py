@@ -21,6 +21,7 @@ Everything here is float64 and pure: tensors in, tensors or floats out.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -34,10 +35,12 @@ from ..models.stochastic import posterior_parts
 __all__ = [
     "OBJECTIVES",
     "Certificate",
+    "HoldoutGap",
     "bound_objective",
     "bounded_cross_entropy",
     "certify",
     "gaussian_kl",
+    "holdout_gap",
     "kl_bernoulli",
     "kl_inv",
     "kl_to_prior",
@@ -254,3 +257,41 @@ def certify(mc_mean: float, m: int, kls: Tensor | list[float], prior_scales: lis
     j = int(torch.argmin(values))
     return Certificate(float(mc_mean), int(m), float(delta_mc), risk_S, float(kls[j]), int(n),
                        float(delta), K, float(prior_scales[j]), float(terms[j]), float(values[j]))
+
+
+@dataclass(frozen=True)
+class HoldoutGap:
+    """Why a certificate exceeds the hold-out bound of the prior mean on the same n bound examples:
+    certificate - hold-out = noise + monte_carlo + sqrt_n + kl, the steps of the path
+
+        kl^-1(k / n, c_0) -> kl^-1(G, c_0) -> kl^-1(G_m, c_0) -> kl^-1(G_m, c_1) -> kl^-1(G_m, c_2),
+
+    from the hold-out bound (first) to the certificate (last), with c_0 = ln(1 / delta) / n,
+    c_1 = ln(2 sqrt(n) / delta) / n and c_2 = (KL + ln(2 sqrt(n) / delta)) / n: ``noise``, the
+    posterior's Gibbs error G on S_b against the prior mean's error k / n (negative where the
+    posterior errs less); ``monte_carlo``, G against its Monte-Carlo upper bound G_m; ``sqrt_n``,
+    the ln(2 sqrt(n)) that PAC-Bayes-kl pays and a test-set bound does not; ``kl``, KL(Q || P)."""
+
+    noise: float
+    monte_carlo: float
+    sqrt_n: float
+    kl: float
+
+    @property
+    def total(self) -> float:
+        """certificate - hold-out bound."""
+        return self.noise + self.monte_carlo + self.sqrt_n + self.kl
+
+
+def holdout_gap(prior_error: float, gibbs: float, sample_risk_bound: float, kl: float, n: int,
+                delta: float) -> HoldoutGap:
+    """:class:`HoldoutGap` of a certificate computed at ``delta`` (one prior scale) beside the
+    hold-out bound at the same ``delta``: ``prior_error`` k / n, ``gibbs`` the Gibbs error on S_b,
+    ``sample_risk_bound`` its Monte-Carlo bound G_m, ``kl`` KL(Q || P), n bound examples."""
+    c0 = math.log(1 / delta) / n
+    c1 = float(pac_bayes_term(0.0, n, delta))
+    path = [float(kl_inv(q, c)) for q, c in ((prior_error, c0), (gibbs, c0), (sample_risk_bound, c0),
+                                            (sample_risk_bound, c1),
+                                            (sample_risk_bound, float(pac_bayes_term(kl, n, delta))))]
+    return HoldoutGap(*(b - a for a, b in itertools.pairwise(path)))
+
