@@ -75,7 +75,9 @@ PRIOR_LR = 1e-2
 # (Brownian prior); recipe 2 is one more look at every data set, recipe 3 one more on two spirals.
 # Recipes 1 and 2 test each look at alpha / looks (Bonferroni over looks; claim_alpha, as the
 # spec's analysis); recipes in SEQUENTIAL test their k-th look at 6 alpha / (pi^2 k^2), the
-# share of a union over looks that sums to alpha whatever the earlier looks were tested at.
+# share of a union over looks whose shares sum to alpha; the union stays at alpha only if the
+# earlier looks are read at their shares too (docs/depth-prior.md lists which verdicts of recipes
+# 1 and 2, tested at alpha / looks, would change).
 LOOKS = {1: {"two_spirals": 2}, 2: {"two_spirals": 3, "digits": 2, "mnist-5k": 2},
          3: {"two_spirals": 4, "digits": 3, "mnist-5k": 3}}
 SEQUENTIAL = {3}
@@ -99,12 +101,15 @@ def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PR
     idx = subsample(base, S, seed)
     model = ResNet(in_dim=base.in_dim, out_dim=base.num_classes, width=width, depth=L, activation="tanh")
     start = init_params(model, [seed], torch.float32)
-    parent_depth = None
-    if recipe in CONTINUED and parent is not None:
+    parent_depth, lr = None, PRIOR_LR
+    if recipe in CONTINUED and DEPTHS.index(L) > 0:
+        if parent is None:
+            raise ValueError(f"recipe {recipe} continues the prior mean of the depth above L = {L}: "
+                             "pass its saved prior mean as parent")
         shallow = torch.load(parent)
         parent_depth = shallow["W"].shape[1]
         _, start = replace(model, depth=parent_depth).deepened(shallow, L)
-        prior_steps = CONTINUED[recipe][0]
+        prior_steps, lr = CONTINUED[recipe]
     prior_config = TrainConfig(steps=prior_steps // (4 if quick else 1), batch_size=128)
     rows, mean = [], None
     for kind in priors:
@@ -114,7 +119,7 @@ def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PR
                                 posterior_steps=POSTERIOR_STEPS // (4 if quick else 1), rounds=ROUNDS,
                                 test_rounds=TEST_ROUNDS, delta=DELTA, delta_mc=DELTA_MC, p_min=P_MIN,
                                 **RECIPES[recipe])
-        out = certify_sample(model, start, base, idx, seed, PRIOR_LR, prior_config, cfg)
+        out = certify_sample(model, start, base, idx, seed, lr, prior_config, cfg)
         mean = out.prior_mean
         hist = out.posterior_history
         rows.append({"data": name, "S": S, "seed": seed, "L": L, "prior": kind, **out.numbers,
@@ -154,9 +159,9 @@ def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, 
 def report(rows: list[dict], recipe: int) -> None:
     """Markdown: every row of ``recipe``, then its claims, each decided by a test across seeds."""
     rows = [r for r in rows if r.get("recipe", 1) == recipe]
-    print(f"Recipe {recipe}: {RECIPES[recipe]}"
-          + (f", prior means continued in depth ({CONTINUED[recipe]} steps, rate)" if recipe in CONTINUED
-             else "") + ".")
+    continued = (f", prior means continued in depth ({CONTINUED[recipe][0]} steps at rate "
+                 f"{CONTINUED[recipe][1]:g} per rung)" if recipe in CONTINUED else "")
+    print(f"Recipe {recipe}: {RECIPES[recipe]}{continued}.")
     print()
     print("| data | S | seed | L | prior | s | certificate | hold-out | Gibbs (bound half) | Gibbs test "
           "| KL | layer KL under i.i.d. | seconds |")
@@ -201,9 +206,10 @@ def report(rows: list[dict], recipe: int) -> None:
     print("\nCertificate minus hold-out bound, term by term (Brownian prior, seed means; "
           "resdyn.theory.pacbayes.holdout_gap):\n")
     terms = holdout_terms(rows)
-    print("| " + " | ".join(terms[0]) + " |")
-    print("|" + "---|" * len(terms[0]))
-    for t in terms:
+    for i, t in enumerate(terms):
+        if i == 0:
+            print("| " + " | ".join(t) + " |")
+            print("|" + "---|" * len(t))
         print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in t.values()) + " |")
     margins = []
     for r in rows:
@@ -289,6 +295,7 @@ def main() -> None:
 def _saved_mean(out: Path, name: str, seed: int, L: int, recipe: int) -> Path:
     """Where a continued recipe keeps the prior mean of (name, seed, L): beside OUT."""
     return out.with_suffix(".priors") / f"{name}-recipe{recipe}-seed{seed}-L{L}.pt"
+
 
 if __name__ == "__main__":
     main()

@@ -102,3 +102,20 @@ def test_sizes_come_from_the_data_and_a_mismatch_is_a_clear_error():
     assert conv.in_channels == 1
     with pytest.raises(ValueError, match="in_channels=1"):
         check_model_fits(conv, (3, 8, 8), 10)
+
+
+def test_certificate_weights_refuses_cells_without_a_certificate_and_diverged_ones(tmp_path):
+    import dataclasses
+
+    from cell_records import make_record
+    from resdyn.api import certificate_weights
+    from resdyn.training.certify import CertificateConfig
+
+    plain = make_record()
+    with Store(tmp_path / "s.sqlite") as st:
+        with pytest.raises(StoreError, match="is not a certificate cell"):
+            certificate_weights(st, plain)
+        cell = dataclasses.replace(plain.cell, certificate=CertificateConfig())
+        diverged = dataclasses.replace(plain, cell=cell, status="diverged")
+        with pytest.raises(StoreError, match="diverged; it has no certificate"):
+            certificate_weights(st, diverged)

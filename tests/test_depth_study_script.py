@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -36,9 +35,25 @@ def test_a_continued_rung_starts_from_the_deepened_shallower_prior_mean(study, m
     rows16, mean16 = study.cell("two_spirals", 0, 16, False, ("brownian",), 3, saved)
     assert rows16[0]["continued_from"] == 4 and rows16[0]["L"] == 16
     model4 = study.ResNet(in_dim=2, out_dim=2, width=4, depth=4, activation="tanh")
-    _, expected = replace(model4, depth=4).deepened(mean4, 16)
+    _, expected = model4.deepened(mean4, 16)
     for k in expected:
         assert torch.equal(mean16[k], expected[k]), k
+    # The rung's prior-mean rate is CONTINUED's, the shallowest rung's PRIOR_LR.
+    rates = []
+    real = study.certify_sample
+
+    def spy(model, start, base, idx, seed, lr, *rest):
+        rates.append(lr)
+        return real(model, start, base, idx, seed, lr, *rest)
+
+    monkeypatch.setattr(study, "CONTINUED", {3: (0, 3e-3)})
+    monkeypatch.setattr(study, "certify_sample", spy)
+    study.cell("two_spirals", 0, 16, False, ("brownian",), 3, saved)
+    study.cell("two_spirals", 0, 4, False, ("brownian",), 3)
+    assert rates == [3e-3, study.PRIOR_LR]
+    # A continued rung without the rung above it is refused, not trained from scratch.
+    with pytest.raises(ValueError, match="pass its saved prior mean"):
+        study.cell("two_spirals", 0, 16, False, ("brownian",), 3)
     # Recipe 2 at L = 16 trains its own prior mean from the initialisation: a different one.
     _, own = study.cell("two_spirals", 0, 16, False, ("brownian",), 2)
     assert not torch.equal(own["W"], mean16["W"])

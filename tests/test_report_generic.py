@@ -164,3 +164,18 @@ def test_cells_that_differ_only_in_a_setting_without_a_column_are_not_pooled():
     assert [(g["train.lr_schedule"], g["seeds"]) for g in summary] == [("constant", 2), ("cosine", 2)]
     assert [g["test_acc"]["centre"] for g in summary] == pytest.approx([0.6, 0.925])
     assert varying_settings([rows[:2], rows[2:]]) == []  # the recipes apart already: no extra column
+
+
+def test_a_setting_that_only_follows_the_seed_does_not_split_a_group():
+    """Warm-started cells read the cells of their own seed (``warm_start.from`` differs by seed):
+    three seeds of one setting stay one group of three."""
+    from cell_records import make_record
+    from resdyn.reports.generic import sweep_outcome
+    from resdyn.reports.tables import varying_settings
+
+    rows = [make_record(seed=s, warm_from=(f"cell-of-seed-{s}",), metrics={"test_acc": 0.5 + s / 10})
+            for s in range(3)]
+    assert varying_settings([rows]) == []
+    summary = sweep_outcome("test", rows, None, Palette()).data["summary"]
+    assert [g["seeds"] for g in summary] == [3]
+    assert summary[0]["test_acc"]["centre"] == pytest.approx(0.6)

@@ -276,23 +276,27 @@ def _summary(rows: list[dict]) -> list[dict[str, Any]]:
 
 
 def holdout_terms(rows: list[dict]) -> list[dict[str, Any]]:
-    """Per (data, L), Brownian prior: the seed means of certificate - hold-out bound and of its four
-    terms (:func:`resdyn.theory.pacbayes.holdout_gap`), each cell's terms recomputed from its stored
-    numbers at its own delta split."""
+    """Per (data, S, L), Brownian prior: the seed means of certificate - hold-out bound and of its
+    four terms (:func:`resdyn.theory.pacbayes.holdout_gap`), each cell's terms recomputed from its
+    stored numbers at the delta its certificate and hold-out bound used (``delta_pac_bayes``;
+    ``delta / attempts`` in rows written before it was stored)."""
     from ..theory.pacbayes import holdout_gap
 
-    needed = ("prior_mean_bound_error", "gibbs_bound", "sample_risk_bound", "kl", "n", "holdout")
+    needed = ("prior_mean_bound_error", "gibbs_bound", "sample_risk_bound", "kl", "n", "holdout", "delta")
     rows = [r for r in rows if r["prior"] == "brownian" and all(k in r for k in needed)]
+
+    def delta(r: dict) -> float:
+        return r.get("delta_pac_bayes", r["delta"] / r.get("attempts", 1))
+
+    def mean(values: Iterable[float]) -> float:
+        values = list(values)
+        return sum(values) / len(values)
+
     out = []
-    for (d, _), rs in sorted(group_rows(rows, lambda r: (r["data"], _depth_key(r["L"]))).items()):
+    for (d, S, _), rs in sorted(group_rows(rows, lambda r: (r["data"], r["S"], _depth_key(r["L"]))).items()):
         gaps = [holdout_gap(r["prior_mean_bound_error"], r["gibbs_bound"], r["sample_risk_bound"],
-                            r["kl"], int(r["n"]), r["delta"] / r.get("attempts", 1)) for r in rs]
-
-        def mean(values: Iterable[float]) -> float:
-            values = list(values)
-            return sum(values) / len(values)
-
-        out.append({"data": d, "L": _depth_label(rs[0]["L"]), "seeds": len(rs),
+                            r["kl"], int(r["n"]), delta(r)) for r in rs]
+        out.append({"data": d, "S": S, "L": _depth_label(rs[0]["L"]), "seeds": len(rs),
                     "certificate - hold-out": mean(r["certificate"] - r["holdout"] for r in rs),
                     "noise (Gibbs error - prior mean's)": mean(g.noise for g in gaps),
                     "Monte-Carlo": mean(g.monte_carlo for g in gaps),

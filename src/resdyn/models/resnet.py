@@ -69,7 +69,7 @@ class ResNet(ResidualOptions):
             raise ValueError(f"deepened: depth must be a multiple of {self.depth}, got {depth}")
         left, right, s = knot_layer_weights(self.depth, depth, "linear")
         right = right.clamp(max=self.depth - 1)
-        names = set(layer_params(params, self.block)[0])
+        names = {"W", "b", "V"} if self.block == "two_layer" else {"K", "b"}
         out = {k: layers_from_knots(v, left, right, s) if k in names else v.clone()
                for k, v in params.items()}
         return replace(self, depth=depth), out

@@ -99,6 +99,7 @@ def swept_keys(records: Sequence[dict[str, Any]]) -> list[str]:
 #: The settings that :func:`flatten_row` gives columns of their own.
 _FLAT_SETTINGS = frozenset({"data.name", "model.family", "sample_size", "seed", "train.lr", "train.steps",
                             *(f"model.{k}" for k in MODEL_KEYS)})
+_PROVENANCE = frozenset({"data_root"})
 
 
 def setting(record: Any, key: str) -> Any:
@@ -117,11 +118,20 @@ def setting(record: Any, key: str) -> Any:
 
 def varying_settings(groups: Sequence[Sequence[Any]]) -> list[str]:
     """The other settings (``record.settings`` keys without a flat column, e.g.
-    ``certificate.attempts``, ``model.readout_grid``) that take more than one value (by
-    :func:`setting`, so a later field's default counts as its value) within one of ``groups``
-    (lists of store records that a table would otherwise pool). Sorted by name."""
-    keys = sorted({k for g in groups for r in g for k in r.settings} - _FLAT_SETTINGS)
-    return [k for k in keys if any(len({json.dumps(setting(r, k)) for r in g}) > 1 for g in groups)]
+    ``certificate.attempts``, ``model.readout_grid``) on which two cells of the same seed differ
+    within one of ``groups`` (lists of store records that a table would otherwise pool), read by
+    :func:`setting` (a later field's default counts as its value). A setting that only follows the
+    seed (the cells a warm start reads) does not split a group, and where the data files were
+    read from (``data_root``) is not a setting of the model. Sorted by name."""
+    keys = sorted({k for g in groups for r in g for k in r.settings} - _FLAT_SETTINGS - _PROVENANCE)
+
+    def splits(k: str, g: Sequence[Any]) -> bool:
+        by_seed: dict[Any, set[str]] = {}
+        for r in g:
+            by_seed.setdefault(r.settings.get("seed"), set()).add(json.dumps(setting(r, k)))
+        return any(len(v) > 1 for v in by_seed.values())
+
+    return [k for k in keys if any(splits(k, g) for g in groups)]
 
 
 _OPS: dict[str, Callable[[Any, Any], bool]] = {

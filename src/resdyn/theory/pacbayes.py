@@ -268,8 +268,9 @@ class HoldoutGap:
 
     from the hold-out bound (first) to the certificate (last), with c_0 = ln(1 / delta) / n,
     c_1 = ln(2 sqrt(n) / delta) / n and c_2 = (KL + ln(2 sqrt(n) / delta)) / n: ``noise``, the
-    posterior's Gibbs error G on S_b against the prior mean's error k / n (negative where the
-    posterior errs less); ``monte_carlo``, G against its Monte-Carlo upper bound G_m; ``sqrt_n``,
+    Monte-Carlo estimate G of the posterior's Gibbs error on S_b against the prior mean's error
+    k / n (negative where the posterior errs less); ``monte_carlo``, G against its upper bound
+    G_m = kl^-1(G, ln(2 / delta') / m); ``sqrt_n``,
     the ln(2 sqrt(n)) that PAC-Bayes-kl pays and a test-set bound does not; ``kl``, KL(Q || P)."""
 
     noise: float
@@ -294,4 +295,3 @@ def holdout_gap(prior_error: float, gibbs: float, sample_risk_bound: float, kl: 
                                             (sample_risk_bound, c1),
                                             (sample_risk_bound, float(pac_bayes_term(kl, n, delta))))]
     return HoldoutGap(*(b - a for a, b in itertools.pairwise(path)))
-
