@@ -206,10 +206,10 @@ def report(rows: list[dict], recipe: int) -> None:
     print("\nCertificate minus hold-out bound, term by term (Brownian prior, seed means; "
           "resdyn.theory.pacbayes.holdout_gap):\n")
     terms = holdout_terms(rows)
-    for i, t in enumerate(terms):
-        if i == 0:
-            print("| " + " | ".join(t) + " |")
-            print("|" + "---|" * len(t))
+    if terms:
+        print("| " + " | ".join(terms[0]) + " |")
+        print("|" + "---|" * len(terms[0]))
+    for t in terms:
         print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in t.values()) + " |")
     margins = []
     for r in rows:

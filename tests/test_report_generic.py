@@ -149,7 +149,7 @@ def test_cells_that_differ_only_in_a_setting_without_a_column_are_not_pooled():
     a cell's config at its default) beside the first: two groups of two seeds, not one of four."""
     from cell_records import make_record
     from resdyn.reports.generic import sweep_outcome
-    from resdyn.reports.tables import setting, varying_settings
+    from resdyn.reports.tables import varying_settings
 
     def rec(seed, schedule, acc):
         train = {"lr_schedule": schedule, "warmup_steps": 2} if schedule == "cosine" else {}
@@ -157,7 +157,7 @@ def test_cells_that_differ_only_in_a_setting_without_a_column_are_not_pooled():
 
     rows = [rec(0, "constant", 0.5), rec(1, "constant", 0.7), rec(0, "cosine", 0.9), rec(1, "cosine", 0.95)]
     assert "train.lr_schedule" not in rows[0].settings  # left out at its default ...
-    assert setting(rows[0], "train.lr_schedule") == "constant"  # ... and read back as it
+    assert rows[0].full_settings["train.lr_schedule"] == "constant"  # ... and read back as it
     assert varying_settings([rows]) == ["train.lr_schedule", "train.warmup_steps"]
     out = sweep_outcome("test", rows, None, Palette())
     summary = out.data["summary"]

@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from ..analysis.summary import group_rows
@@ -288,19 +289,15 @@ def holdout_terms(rows: list[dict]) -> list[dict[str, Any]]:
     def delta(r: dict) -> float:
         return r.get("delta_pac_bayes", r["delta"] / r.get("attempts", 1))
 
-    def mean(values: Iterable[float]) -> float:
-        values = list(values)
-        return sum(values) / len(values)
-
     out = []
     for (d, S, _), rs in sorted(group_rows(rows, lambda r: (r["data"], r["S"], _depth_key(r["L"]))).items()):
         gaps = [holdout_gap(r["prior_mean_bound_error"], r["gibbs_bound"], r["sample_risk_bound"],
                             r["kl"], int(r["n"]), delta(r)) for r in rs]
         out.append({"data": d, "S": S, "L": _depth_label(rs[0]["L"]), "seeds": len(rs),
-                    "certificate - hold-out": mean(r["certificate"] - r["holdout"] for r in rs),
-                    "noise (Gibbs error - prior mean's)": mean(g.noise for g in gaps),
-                    "Monte-Carlo": mean(g.monte_carlo for g in gaps),
-                    "ln(2 sqrt(n))": mean(g.sqrt_n for g in gaps), "KL": mean(g.kl for g in gaps)})
+                    "certificate - hold-out": fmean(r["certificate"] - r["holdout"] for r in rs),
+                    "noise (Gibbs error - prior mean's)": fmean(g.noise for g in gaps),
+                    "Monte-Carlo": fmean(g.monte_carlo for g in gaps),
+                    "ln(2 sqrt(n))": fmean(g.sqrt_n for g in gaps), "KL": fmean(g.kl for g in gaps)})
     return out
 
 

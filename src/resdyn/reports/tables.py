@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MISSING_NOTE", "apply_where", "choose_columns", "clean", "flatten_row",
-           "parse_where", "setting", "strict_dumps", "swept_keys", "varying_settings"]
+           "parse_where", "strict_dumps", "swept_keys", "varying_settings"]
 
 MODEL_KEYS = ("depth", "knots", "width", "channels", "activation", "tau", "method", "horizon",
               "operator", "form", "init")
@@ -102,33 +102,19 @@ _FLAT_SETTINGS = frozenset({"data.name", "model.family", "sample_size", "seed", 
 _PROVENANCE = frozenset({"data_root"})
 
 
-def setting(record: Any, key: str) -> Any:
-    """The value of setting ``key`` (``'model.readout_grid'``) of a store record: from its flat
-    view, else from its typed cell, where a field added after the record was written (and so left
-    out of its stored config at its default) has that default; None where neither has it."""
-    value = record.settings.get(key)
-    cell = getattr(record, "cell", None)
-    if value is None and cell is not None and "." in key:
-        prefix, name = key.split(".", 1)
-        typed = {"model": cell.model, "train": cell.training.config,
-                 "certificate": getattr(cell, "certificate", None)}.get(prefix)
-        value = getattr(typed, name, None)
-    return value if value is None or isinstance(value, int | float | str | bool) else json.dumps(value)
-
-
 def varying_settings(groups: Sequence[Sequence[Any]]) -> list[str]:
     """The other settings (``record.settings`` keys without a flat column, e.g.
     ``certificate.attempts``, ``model.readout_grid``) on which two cells of the same seed differ
-    within one of ``groups`` (lists of store records that a table would otherwise pool), read by
-    :func:`setting` (a later field's default counts as its value). A setting that only follows the
+    within one of ``groups`` (lists of store records that a table would otherwise pool), read from
+    ``record.full_settings`` (a later field's default counts as its value). A setting that only follows the
     seed (the cells a warm start reads) does not split a group, and where the data files were
     read from (``data_root``) is not a setting of the model. Sorted by name."""
-    keys = sorted({k for g in groups for r in g for k in r.settings} - _FLAT_SETTINGS - _PROVENANCE)
+    keys = sorted({k for g in groups for r in g for k in r.full_settings} - _FLAT_SETTINGS - _PROVENANCE)
 
     def splits(k: str, g: Sequence[Any]) -> bool:
         by_seed: dict[Any, set[str]] = {}
         for r in g:
-            by_seed.setdefault(r.settings.get("seed"), set()).add(json.dumps(setting(r, k)))
+            by_seed.setdefault(r.settings.get("seed"), set()).add(json.dumps(r.full_settings.get(k)))
         return any(len(v) > 1 for v in by_seed.values())
 
     return [k for k in keys if any(splits(k, g) for g in groups)]

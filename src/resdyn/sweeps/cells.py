@@ -158,6 +158,18 @@ class Cell:
         """The flat view of :attr:`config` (see :func:`flat_settings`)."""
         return flat_settings(self.config)
 
+    @functools.cached_property
+    def full_settings(self) -> dict[str, Any]:
+        """:attr:`settings` with every field added after stores existed (a ``later_fields`` entry of
+        the model, the engine's TrainConfig or the certificate table, left out of :attr:`config`
+        at its default) at that default: the value each setting has, whichever version wrote it."""
+        out = dict(self.settings)
+        for prefix, part in (("model", self.model), ("train", self.training.config),
+                             ("certificate", self.certificate)):
+            for name, default in getattr(part, "later_fields", {}).items():
+                out.setdefault(f"{prefix}.{name}", list(default) if isinstance(default, tuple) else default)
+        return out
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Cell:
         """The cell whose stored form is ``config`` (see :func:`decode_cell`)."""

@@ -50,6 +50,11 @@ class CellRecord:
         return flat_settings(self.custom or {})
 
     @property
+    def full_settings(self) -> dict[str, Any]:
+        """:attr:`settings` with later fields at their defaults (:attr:`Cell.full_settings`)."""
+        return self.cell.full_settings if self.cell is not None else self.settings
+
+    @property
     def stored_config(self) -> dict[str, Any]:
         """The config JSON the row holds (the cell's stored form, or a custom one)."""
         return self.cell.config if self.cell is not None else dict(self.custom or {})
