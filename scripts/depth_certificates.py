@@ -33,7 +33,7 @@ from resdyn.data import load, subsample
 from resdyn.experiments.certificates import claim_alpha, holdout_terms
 from resdyn.models.base import Params, init_params
 from resdyn.models.resnet import ResNet
-from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample
+from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample, kl_in_depth
 from resdyn.training.engine import TrainConfig
 
 # Fixed before any bound half was read: data set, S (its largest), width, prior-mean steps, and
@@ -124,6 +124,7 @@ def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PR
         hist = out.posterior_history
         rows.append({"data": name, "S": S, "seed": seed, "L": L, "prior": kind, **out.numbers,
                      "test_n": out.numbers["test_draws"], "recipe": recipe,
+                     "kl_in_depth": kl_in_depth(model, kind, mean, out.posterior, out.numbers["scale"]),
                      **({"continued_from": parent_depth} if recipe in CONTINUED else {}),
                      "objective_first": float(hist[:20, 0].mean()),
                      "objective_last": float(hist[-20:, 0].mean()), "quick": quick})

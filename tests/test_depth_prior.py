@@ -92,3 +92,82 @@ def test_bad_scale_and_depth_are_refused():
         iid_kl(torch.zeros(1, 2), 0.0)
     with pytest.raises(ValueError, match="depth"):
         PRIOR.step_scales(0)
+
+
+def _prior_and_mean(depth: int, kind: str = "brownian", s: float = 0.1):
+    from resdyn.models.base import init_params
+    from resdyn.models.resnet import ResNet
+    from resdyn.training.certify import layer_names, make_prior
+
+    model = ResNet(in_dim=2, out_dim=2, width=3, depth=depth, activation="tanh")
+    mean = init_params(model, [0], torch.float64)
+    return model, mean, make_prior(kind, mean, s, model.horizon, layer_names(model))
+
+
+def test_kl_in_depth_of_a_deepened_deviation_pays_nothing_for_the_finer_layers():
+    """A posterior mean deepened from L = 4 (its deviation linear between the coarse layer times,
+    held past the last) has no excess at L = 16 under the Brownian prior, and its coarse part is
+    the L = 4 posterior's layer KL; under the i.i.d. prior the finer layers cost more."""
+    coarse_model, mean4, prior4 = _prior_and_mean(4)
+    g = torch.Generator().manual_seed(1)
+    u4 = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in mean4.items()}
+    post4 = prior4.params(u4)
+    _, mean16 = coarse_model.deepened(mean4, 16)
+    _, post16 = coarse_model.deepened(post4, 16)
+    _, _, prior16 = _prior_and_mean(16)
+    prior16 = type(prior16)(mean16, prior16.layers, prior16.io_scale, prior16.layer_names)
+    delta = {k: post16[k] - mean16[k] for k in mean16}
+    u16 = {k: (prior16.layers.whiten(delta[k]) if k in prior16.layer_names else delta[k] / prior16.io_scale)
+           for k in delta}
+    split = prior16.kl_in_depth(u16, 4)
+    layers4 = prior4.kl_in_depth(u4, 4)
+    assert split.excess.abs().max() < 1e-9 * split.layers.max()
+    assert torch.allclose(split.coarse, layers4.layers, rtol=1e-10)
+    assert torch.allclose(split.total, prior16.kl(u16), rtol=1e-12)
+    assert torch.allclose(split.io, layers4.io, rtol=1e-10)  # embedding and readout are shared
+    # The same deviation under the i.i.d. prior: 16 layers against 4 read at the coarse times.
+    _, _, iid16 = _prior_and_mean(16, "iid")
+    iid16 = type(iid16)(mean16, iid16.layers, iid16.io_scale, iid16.layer_names)
+    w16 = {k: delta[k] / (iid16.layers if k in iid16.layer_names else iid16.io_scale) for k in delta}
+    iid_split = iid16.kl_in_depth(w16, 4)
+    d4 = {k: post4[k] - mean4[k] for k in iid16.layer_names}
+    by_hand = 0.0
+    for d in d4.values():  # layer j = 4p + i of the fine path: (1 - i/4) d_p + (i/4) d_{p+1}, held at d_3
+        for p in range(4):
+            for i in range(4):
+                x = d[:, 3] if p == 3 else (1 - i / 4) * d[:, p] + (i / 4) * d[:, p + 1]
+                by_hand += float(x.square().sum()) / (2 * iid16.layers**2)
+    assert math.isclose(float(iid_split.layers), by_hand, rel_tol=1e-10)
+    coarse_by_hand = sum(float(d.square().sum()) for d in d4.values()) / (2 * iid16.layers**2)
+    assert math.isclose(float(iid_split.coarse), coarse_by_hand, rel_tol=1e-10)
+    assert float(iid_split.layers / iid_split.coarse) > 3  # about r = 4 times: the finer layers pay
+
+
+def test_kl_in_depth_constant_and_rough_paths_by_hand():
+    """A constant deviation c: Brownian layers = coarse = |c|^2 / (2 s0^2); i.i.d. layers = r x
+    coarse exactly. Increments alternating +a, -a inside each block of r: the coarse reading is
+    zero and the excess is L |a|^2 / (2 sigma^2 h) per entry."""
+    L, Lc = 16, 4
+    prior = BrownianPrior(start=0.3, rate=0.7, horizon=1.0)
+    c = torch.full((1, L, 2), 0.5, dtype=torch.float64)
+    assert torch.allclose(prior.kl(c), prior.kl(c[:, ::4]))
+    assert math.isclose(float(prior.kl(c)), 2 * 0.25 / (2 * 0.09), rel_tol=1e-12)
+    assert math.isclose(float(iid_kl(c, 0.2) / iid_kl(c[:, ::4], 0.2)), 4.0, rel_tol=1e-12)
+    a = 0.1
+    inc = torch.tensor([a, -a] * (L // 2), dtype=torch.float64)
+    inc[0] = 0.0  # delta_0 = 0: no starting-point cost
+    path = torch.cumsum(inc, 0)[None, :, None].expand(1, L, 2)
+    from resdyn.theory.depth_prior import read_at
+    low = read_at(path, Lc)
+    assert torch.allclose(low, torch.zeros_like(low))  # even layers sit at 0
+    h = 1.0 / L
+    want = 2 * (L - 1) * a**2 / (2 * 0.49 * h)
+    assert math.isclose(float(prior.kl(path)), want, rel_tol=1e-12)
+
+
+def test_read_at_refuses_a_depth_that_does_not_divide():
+    from resdyn.theory.depth_prior import read_at
+    with pytest.raises(ValueError, match="dividing 16"):
+        read_at(torch.zeros(1, 16, 2), 5)
+    with pytest.raises(ValueError, match="dividing 16"):
+        read_at(torch.zeros(1, 16, 2), 0)

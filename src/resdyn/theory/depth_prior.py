@@ -45,7 +45,7 @@ from torch import Tensor
 from ..models.base import Params
 from ..models.stochastic import noise_like
 
-__all__ = ["BrownianPrior", "WhitenedGaussian", "iid_kl"]
+__all__ = ["BrownianPrior", "KLInDepth", "WhitenedGaussian", "iid_kl", "read_at"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,17 @@ class BrownianPrior:
         return 0.5 * u.square().sum(dim=dims)
 
 
+def read_at(delta: Tensor, depth: int, layer_dim: int = 1) -> Tensor:
+    """The deviation path delta (L layers along ``layer_dim``) read at the layer times of the
+    coarser depth L_c: t_j = j T / L_c = t_{j r}, r = L / L_c, so its layers 0, r, 2r, ...
+    L_c must divide L."""
+    L = delta.shape[layer_dim]
+    if not (isinstance(depth, int) and depth >= 1 and L % depth == 0):
+        raise ValueError(f"read_at: the coarser depth must be an integer >= 1 dividing {L}, got {depth!r}")
+    idx = torch.arange(0, L, L // depth, device=delta.device)
+    return delta.index_select(layer_dim, idx)
+
+
 def iid_kl(delta: Tensor, scale: float) -> Tensor:
     """KL(N(m + delta, s^2 I) || N(m, s^2 I)) = |delta|^2 / (2 s^2) per model, (E,): the
     i.i.d.-over-layers baseline."""
@@ -154,7 +165,49 @@ class WhitenedGaussian:
         order, so the value does not depend on the order a dict (a stored file) gives them in."""
         return 0.5 * sum(u[n].square().flatten(1).sum(1) for n in sorted(u))
 
+    def kl_in_depth(self, u: Mapping[str, Tensor], depth: int) -> KLInDepth:
+        """:meth:`kl` split into the embedding and readout's part, the layers' part, and the part
+        of the layers' KL that the same law at the coarser depth L_c = ``depth`` charges the
+        deviation delta = A u read at its layer times (:class:`KLInDepth`). The coarse law: the
+        Brownian prior of the same s_0, sigma, T (its step sigma sqrt(T / L_c)), or the i.i.d. one
+        of the same s."""
+        io = sum(0.5 * u[n].square().flatten(1).sum(1) for n in sorted(u) if n not in self.layer_names)
+        layers = sum(0.5 * u[n].square().flatten(1).sum(1) for n in sorted(u) if n in self.layer_names)
+        coarse = 0.0
+        for n in sorted(u):
+            if n in self.layer_names:
+                low = read_at(self.color(n, u[n]), depth)
+                coarse = coarse + (self.layers.kl(low) if isinstance(self.layers, BrownianPrior)
+                                   else iid_kl(low, self.layers))
+        zero = torch.zeros(next(iter(u.values())).shape[0], dtype=next(iter(u.values())).dtype)
+        return KLInDepth(io + zero, layers + zero, coarse + zero)
+
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""
         eps = noise_like(dict(u), seeds, stream)
         return {n: self.mean[n] + self.color(n, u[n] + eps[n]) for n in self.mean}
+
+
+@dataclass(frozen=True)
+class KLInDepth:
+    """KL(Q || P) of a :class:`WhitenedGaussian` posterior split by where it is paid
+    (:meth:`WhitenedGaussian.kl_in_depth`), each (E,): ``io`` for the embedding and readout,
+    ``layers`` for the layer weights at depth L, and ``coarse``, what the same law at the coarser
+    depth L_c charges the layer deviation read at its layer times (:func:`read_at`). ``excess`` =
+    layers - coarse is what the L / L_c finer layers add: under the Brownian prior it is
+    sum_j sum_{k in block j} |d_k - dbar_j|^2 / (2 sigma^2 h) >= 0 (d_k the increments, dbar_j their
+    mean over block j), zero exactly when the path is linear between the coarse layer times, so a
+    deviation smooth in depth pays almost nothing for the finer layers; under the i.i.d. prior a
+    smooth deviation pays about (r - 1) times ``coarse`` more."""
+
+    io: Tensor
+    layers: Tensor
+    coarse: Tensor
+
+    @property
+    def excess(self) -> Tensor:
+        return self.layers - self.coarse
+
+    @property
+    def total(self) -> Tensor:
+        return self.io + self.layers

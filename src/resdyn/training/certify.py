@@ -50,8 +50,8 @@ from .pac_bayes import (
     train_posterior,
 )
 
-__all__ = ["PRIORS", "CertificateConfig", "Certified", "Recertified", "certify_sample", "layer_names",
-           "make_prior", "recertify"]
+__all__ = ["PRIORS", "CertificateConfig", "Certified", "Recertified", "certify_sample", "kl_in_depth",
+           "layer_names", "make_prior", "recertify"]
 
 PRIORS = ("brownian", "iid")
 _PROBABILITY = Interval(0, 1, closed="neither")
@@ -124,6 +124,29 @@ def make_prior(kind: str, mean: Params, s: float, horizon: float,
     law = (BrownianPrior(s / math.sqrt(2), s / math.sqrt(2 * horizon), horizon) if kind == "brownian"
            else s)
     return WhitenedGaussian(mean, law, s, tuple(layers))
+
+
+def kl_in_depth(model: Any, kind: str, mean: Params, u: Params, s: float,
+                coarse: tuple[int, ...] = (4, 16)) -> dict[str, float]:
+    """Where the posterior u (whitened, model axis 1) around ``mean`` under the prior
+    ``make_prior(kind, mean, s, ...)`` pays its KL (:meth:`WhitenedGaussian.kl_in_depth`): keys
+    ``kl``, ``io``, ``layers`` and, for each L_c of ``coarse`` that divides the depth L and is
+    below it, ``coarse_{L_c}`` (the layer deviation read at L_c's layer times, under the same law
+    at depth L_c); ``iid_layers`` and ``iid_coarse_{L_c}``: the same deviation under the i.i.d.
+    prior of scale s."""
+    names = layer_names(model)
+    prior = make_prior(kind, mean, s, model.horizon, names)
+    iid = make_prior("iid", mean, s, model.horizon, names)
+    w = {n: prior.color(n, u[n]) / s if n in names else u[n] for n in u}
+    depth = mean[names[0]].shape[1]
+    out: dict[str, float] = {}
+    for Lc in [c for c in coarse if c < depth and depth % c == 0] or [depth]:
+        k, ki = prior.kl_in_depth(u, Lc), iid.kl_in_depth(w, Lc)
+        out.update({"kl": float(k.total[0]), "io": float(k.io[0]), "layers": float(k.layers[0]),
+                    "iid_layers": float(ki.layers[0])})
+        if Lc < depth:
+            out.update({f"coarse_{Lc}": float(k.coarse[0]), f"iid_coarse_{Lc}": float(ki.coarse[0])})
+    return out
 
 
 @dataclass(frozen=True)
