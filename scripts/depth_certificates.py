@@ -69,6 +69,7 @@ RECIPES = {1: {"average": 0.0, "attempts": 1}, 2: {"average": 0.5, "attempts": 7
 # bound half or test set read. Paid as the third recipe: delta / 15 and delta_mc / 15 (below
 # 6 / (pi^2 3^2) = 1 / 14.8), and its claims at the sequential level of their look (SEQUENTIAL).
 CONTINUED = {3: (500, 1e-2)}
+SPLIT_LIMIT = 1.1  # split_report's claim
 PRIOR_LR = 1e-2
 # How many times a data set's claims were read, per recipe: recipe 1 on two spirals at seeds 0-2
 # (the certificate ratio inconclusive, p = 0.096; the KL ratio too), then with seeds 3-7 added
@@ -212,6 +213,7 @@ def report(rows: list[dict], recipe: int) -> None:
         print("|" + "---|" * len(terms[0]))
     for t in terms:
         print("| " + " | ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in t.values()) + " |")
+    split_report(rows)
     margins = []
     for r in rows:
         g = r["gibbs_test"]
@@ -221,6 +223,69 @@ def report(rows: list[dict], recipe: int) -> None:
     print(f"\nSmallest margin of a certificate over its Gibbs test error: {m:.1f} standard errors "
           f"({r['data']}, L={r['L']}, {r['prior']}, seed {r['seed']}: {r['certificate']:.4f} against "
           f"{r['gibbs_test']:.4f}).")
+
+
+def split_report(rows: list[dict]) -> None:
+    """Where the Brownian posteriors of ``rows`` pay their KL in depth (rows with ``kl_in_depth``:
+    resdyn.training.certify.kl_in_depth), seed means per data set and L, and the claim, fixed
+    before the split was computed on these cells: "the layer KL at the deepest L is at most
+    SPLIT_LIMIT times its reading at L = 16" (the same posterior's deviation read at the layer
+    times of L = 16, under the same Brownian law there), a one-sided t test across seeds of
+    mean log(layers / coarse_16) < log SPLIT_LIMIT at ALPHA (a new hypothesis, about the
+    posteriors already certified; scripts/kl_in_depth.py asks it of the image cells)."""
+    rows = [r for r in rows if r["prior"] == "brownian" and "kl_in_depth" in r]
+    if not rows:
+        return
+    print("\nWhere the KL is paid (Brownian prior, seed means; `kl_in_depth`): embedding and readout, "
+          "layers, and the layers' deviation read at the layer times of L = 4 and 16; the same "
+          "deviation under the i.i.d. prior of the same s:\n")
+    print("| data | L | seeds | KL | io | layers | at L=4 | at L=16 | i.i.d. layers | i.i.d. at L=16 |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in sorted({r["data"] for r in rows}):
+        for L in sorted({r["L"] for r in rows if r["data"] == name}):
+            parts = [r["kl_in_depth"] for r in rows if r["data"] == name and r["L"] == L]
+            cols = [_mean_of(parts, k, d) for k, d in (("kl", 4), ("io", 4), ("layers", 4), ("coarse_4", 4),
+                                                        ("coarse_16", 4), ("iid_layers", 2),
+                                                        ("iid_coarse_16", 2))]
+            print(f"| {name} | {L} | {len(parts)} | " + " | ".join(cols) + " |")
+    print("\n| data | L | claim | layers / at L=16, per seed | verdict |")
+    print("|---|---|---|---|---|")
+    for name in sorted({r["data"] for r in rows}):
+        top = max(r["L"] for r in rows if r["data"] == name and "coarse_16" in r["kl_in_depth"])
+        parts = [_by(rows, data=name, L=top)[s]["kl_in_depth"] for s in sorted(_by(rows, data=name, L=top))]
+        logs = [math.log(p["layers"] / p["coarse_16"]) for p in parts]
+        v = mean_test(logs, bound=math.log(SPLIT_LIMIT), side="less", unit="seed", alpha=ALPHA)
+        print(f"| {name} | {top} | layer KL <= {SPLIT_LIMIT} x its reading at L = 16 | "
+              f"{', '.join(f'{math.exp(x):.4f}' for x in logs)} | {_verdict(v)} |")
+
+
+def _mean_of(parts: list[dict], key: str, digits: int) -> str:
+    vals = [p[key] for p in parts if key in p]
+    return f"{sum(vals) / len(vals):.{digits}f}" if vals else "-"
+
+
+def _cell_key(r: dict) -> tuple:
+    return r["data"], r["seed"], r["L"], r["prior"], r.get("recipe", 1)
+
+
+def attach_split(out: Path, rerun: Path) -> int:
+    """Copy ``kl_in_depth`` from the rows of ``rerun`` (the same cells run again by this script)
+    onto the matching rows of ``out``, after checking that the rerun reproduced each row's
+    certificate and KL; rewrites ``out`` and returns how many rows gained it."""
+    again = {_cell_key(r): r for r in map(json.loads, rerun.read_text().splitlines())}
+    lines, n = [], 0
+    for r in map(json.loads, out.read_text().splitlines()):
+        twin = again.get(_cell_key(r))
+        if twin is not None:
+            for k in ("certificate", "kl", "gibbs_bound", "scale"):
+                if twin[k] != r[k]:
+                    raise SystemExit(f"the rerun of {_cell_key(r)} did not reproduce {k}: {twin[k]!r} "
+                                     f"against {r[k]!r}")
+            r = {**r, "kl_in_depth": twin["kl_in_depth"]}
+            n += 1
+        lines.append(json.dumps(r))
+    out.write_text("".join(line + "\n" for line in lines))
+    return n
 
 
 def _listed(kind: type, allowed: tuple | None = None):
@@ -238,6 +303,8 @@ def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="JSON lines, one per (data, seed, L, prior)")
     ap.add_argument("--report", action="store_true", help="print the tables and claims of OUT")
+    ap.add_argument("--attach", type=Path, default=None, metavar="RERUN",
+                    help="copy kl_in_depth from RERUN's rows onto OUT's (which they must reproduce)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=_listed(int), default=None)
     ap.add_argument("--data", type=_listed(str, tuple(PLANS)), default=None)
@@ -254,6 +321,9 @@ def main() -> None:
     out = args.out
     if args.report:
         report([json.loads(line) for line in out.read_text().splitlines()], args.recipe)
+        return
+    if args.attach:
+        print(f"{attach_split(out, args.attach)} rows of {out} gained kl_in_depth from {args.attach}")
         return
     quick = args.quick
     torch.set_num_threads(1)

@@ -63,3 +63,56 @@ def test_sequential_recipes_test_the_kth_look_at_its_share_of_alpha(study):
     assert study.level("two_spirals", 3) == pytest.approx(6 * 0.05 / (math.pi**2 * 16))
     assert study.level("two_spirals", 2) == pytest.approx(0.05 / 3)  # alpha / looks
     assert study.level("mnist", 3) == pytest.approx(6 * 0.05 / math.pi**2)  # a first look
+
+
+def test_a_rows_kl_in_depth_adds_up_and_is_read_at_the_coarser_layer_times(study):
+    rows, _ = study.cell("two_spirals", 0, 16, False, ("brownian", "iid"), 2)
+    for r in rows:
+        split = r["kl_in_depth"]
+        assert math.isclose(split["kl"], r["kl"], rel_tol=1e-6)
+        assert math.isclose(split["io"] + split["layers"], r["kl"], rel_tol=1e-6)
+        assert "coarse_4" in split and "coarse_16" not in split  # only coarser depths are read
+    brownian = rows[0]["kl_in_depth"]
+    # Brownian: the finer layers can only add (Cauchy-Schwarz per block); the i.i.d. reading of the
+    # same deviation: the row's layer KL under the i.i.d. prior.
+    assert brownian["coarse_4"] <= brownian["layers"] * (1 + 1e-9)
+    assert math.isclose(brownian["iid_layers"], rows[0]["layer_kl_under_iid"], rel_tol=1e-5)
+
+
+def _split_row(seed: int, L: int, layers: float, coarse16: float) -> dict:
+    return {"data": "two_spirals", "prior": "brownian", "seed": seed, "L": L, "recipe": 2,
+            "kl_in_depth": {"kl": layers + 0.1, "io": 0.1, "layers": layers, "coarse_4": coarse16 * 0.99,
+                            **({"coarse_16": coarse16} if L > 16 else {}), "iid_layers": 16 * layers}}
+
+
+def test_the_split_claim_holds_on_smooth_posteriors_and_fails_on_rough_ones(study, capsys):
+    smooth = [_split_row(s, 256, 0.5 + 0.1 * s, (0.5 + 0.1 * s) / (1.0004 + 0.0001 * s)) for s in range(3)]
+    study.split_report(smooth + [_split_row(s, 16, 0.4, 0.0) for s in range(3)])
+    out = capsys.readouterr().out
+    assert ("| two_spirals | 256 | layer KL <= 1.1 x its reading at L = 16 | 1.0004, 1.0005, 1.0006 "
+            "| **held**") in out
+    rough = [_split_row(s, 256, 1.0, 1.0 / (1.5 + 0.05 * s)) for s in range(3)]
+    study.split_report(rough)
+    assert "**not held**" in capsys.readouterr().out
+    study.split_report([{**r, "prior": "iid"} for r in rough])  # only Brownian rows are read
+    assert capsys.readouterr().out == ""
+
+
+def test_attach_copies_the_split_only_onto_rows_the_rerun_reproduced(study, tmp_path):
+    import json
+
+    def row(seed: int, cert: float) -> dict:
+        return {"data": "two_spirals", "seed": seed, "L": 16, "prior": "brownian", "recipe": 2,
+                "certificate": cert, "kl": 0.1, "gibbs_bound": 0.01, "scale": 0.03}
+
+    out, rerun = tmp_path / "out.jsonl", tmp_path / "rerun.jsonl"
+    out.write_text(json.dumps(row(0, 0.02)) + "\n" + json.dumps(row(1, 0.03)) + "\n"
+                   + json.dumps({**row(0, 0.02), "recipe": 3}) + "\n")
+    rerun.write_text(json.dumps({**row(0, 0.02), "kl_in_depth": {"kl": 0.1}}) + "\n")
+    assert study.attach_split(out, rerun) == 1
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert got[0]["kl_in_depth"] == {"kl": 0.1}
+    assert "kl_in_depth" not in got[1] and "kl_in_depth" not in got[2]  # other seed; other recipe
+    rerun.write_text(json.dumps({**row(1, 0.031), "kl_in_depth": {}}) + "\n")
+    with pytest.raises(SystemExit, match="did not reproduce certificate"):
+        study.attach_split(out, rerun)
