@@ -139,13 +139,13 @@ def kl_in_depth(model: Any, kind: str, mean: Params, u: Params, s: float,
     iid = make_prior("iid", mean, s, model.horizon, names)
     w = {n: prior.color(n, u[n]) / s if n in names else u[n] for n in u}
     depth = mean[names[0]].shape[1]
-    out: dict[str, float] = {}
-    for Lc in [c for c in coarse if c < depth and depth % c == 0] or [depth]:
-        k, ki = prior.kl_in_depth(u, Lc), iid.kl_in_depth(w, Lc)
-        out.update({"kl": float(k.total[0]), "io": float(k.io[0]), "layers": float(k.layers[0]),
-                    "iid_layers": float(ki.layers[0])})
-        if Lc < depth:
-            out.update({f"coarse_{Lc}": float(k.coarse[0]), f"iid_coarse_{Lc}": float(ki.coarse[0])})
+    whole = prior.kl_in_depth(u, depth)  # L_c = L: the layers read at every layer time
+    out = {"kl": float(whole.total[0]), "io": float(whole.io[0]), "layers": float(whole.layers[0]),
+           "iid_layers": float(iid.kl_in_depth(w, depth).layers[0])}
+    for Lc in coarse:
+        if Lc < depth and depth % Lc == 0:
+            out[f"coarse_{Lc}"] = float(prior.kl_in_depth(u, Lc).coarse[0])
+            out[f"iid_coarse_{Lc}"] = float(iid.kl_in_depth(w, Lc).coarse[0])
     return out
 
 
