@@ -171,16 +171,20 @@ class WhitenedGaussian:
         deviation delta = A u read at its layer times (:class:`KLInDepth`). The coarse law: the
         Brownian prior of the same s_0, sigma, T (its step sigma sqrt(T / L_c)), or the i.i.d. one
         of the same s."""
-        io = sum(0.5 * u[n].square().flatten(1).sum(1) for n in sorted(u) if n not in self.layer_names)
-        layers = sum(0.5 * u[n].square().flatten(1).sum(1) for n in sorted(u) if n in self.layer_names)
-        coarse = 0.0
-        for n in sorted(u):
-            if n in self.layer_names:
-                low = read_at(self.color(n, u[n]), depth)
-                coarse = coarse + (self.layers.kl(low) if isinstance(self.layers, BrownianPrior)
-                                   else iid_kl(low, self.layers))
-        zero = torch.zeros(next(iter(u.values())).shape[0], dtype=next(iter(u.values())).dtype)
-        return KLInDepth(io + zero, layers + zero, coarse + zero)
+        names = sorted(u)
+        zero = u[names[0]].new_zeros(u[names[0]].shape[0])
+
+        def half_square(n: str) -> Tensor:
+            return 0.5 * u[n].square().flatten(1).sum(1)
+
+        def law_kl(delta: Tensor) -> Tensor:
+            return (self.layers.kl(delta) if isinstance(self.layers, BrownianPrior)
+                    else iid_kl(delta, self.layers))
+
+        layers = [n for n in names if n in self.layer_names]
+        return KLInDepth(sum((half_square(n) for n in names if n not in self.layer_names), zero),
+                         sum((half_square(n) for n in layers), zero),
+                         sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in layers), zero))
 
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""
@@ -194,10 +198,12 @@ class KLInDepth:
     (:meth:`WhitenedGaussian.kl_in_depth`), each (E,): ``io`` for the embedding and readout,
     ``layers`` for the layer weights at depth L, and ``coarse``, what the same law at the coarser
     depth L_c charges the layer deviation read at its layer times (:func:`read_at`). ``excess`` =
-    layers - coarse is what the L / L_c finer layers add: under the Brownian prior it is
-    sum_j sum_{k in block j} |d_k - dbar_j|^2 / (2 sigma^2 h) >= 0 (d_k the increments, dbar_j their
-    mean over block j), zero exactly when the path is linear between the coarse layer times, so a
-    deviation smooth in depth pays almost nothing for the finer layers; under the i.i.d. prior a
+    layers - coarse is what the finer layers add (r = L / L_c): under the Brownian prior it is
+    sum_j sum_{k in B_j} |d_k - dbar_j|^2 / (2 sigma^2 h) + sum_{k > (L_c - 1) r} |d_k|^2 / (2 sigma^2 h)
+    >= 0, with d_k the increments, B_j the r of them that make up the coarse increment j and dbar_j
+    their mean (the last sum: the r - 1 increments past the last coarse layer time); zero exactly
+    when the path is linear between the coarse layer times and held after the last, so a
+    deviation smooth in depth pays almost nothing for the finer layers. Under the i.i.d. prior a
     smooth deviation pays about (r - 1) times ``coarse`` more."""
 
     io: Tensor
