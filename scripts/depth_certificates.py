@@ -270,13 +270,22 @@ def _cell_key(r: dict) -> tuple:
 
 def attach_split(out: Path, rerun: Path) -> int:
     """Copy ``kl_in_depth`` from the rows of ``rerun`` (the same cells run again by this script)
-    onto the matching rows of ``out``, after checking that the rerun reproduced each row's
-    certificate and KL; rewrites ``out`` and returns how many rows gained it."""
-    again = {_cell_key(r): r for r in map(json.loads, rerun.read_text().splitlines())}
-    lines, n = [], 0
+    onto the matching rows of ``out`` (data, seed, L, prior, recipe), after checking that the rerun
+    reproduced each row's certificate, KL, Gibbs error and scale; a rerun row with no match, or a
+    key twice in either file, stops it before anything is written. Rewrites ``out`` and returns
+    how many rows gained the split."""
+    again: dict[tuple, dict] = {}
+    for r in map(json.loads, rerun.read_text().splitlines()):
+        if _cell_key(r) in again:
+            raise SystemExit(f"{rerun} has {_cell_key(r)} twice")
+        again[_cell_key(r)] = r
+    lines, n, matched = [], 0, set()
     for r in map(json.loads, out.read_text().splitlines()):
         twin = again.get(_cell_key(r))
         if twin is not None:
+            if _cell_key(r) in matched:
+                raise SystemExit(f"{out} has {_cell_key(r)} twice")
+            matched.add(_cell_key(r))
             for k in ("certificate", "kl", "gibbs_bound", "scale"):
                 if twin[k] != r[k]:
                     raise SystemExit(f"the rerun of {_cell_key(r)} did not reproduce {k}: {twin[k]!r} "
@@ -284,6 +293,8 @@ def attach_split(out: Path, rerun: Path) -> int:
             r = {**r, "kl_in_depth": twin["kl_in_depth"]}
             n += 1
         lines.append(json.dumps(r))
+    if set(again) - matched:
+        raise SystemExit(f"rows of {rerun} with no row in {out}: {sorted(set(again) - matched)}")
     out.write_text("".join(line + "\n" for line in lines))
     return n
 

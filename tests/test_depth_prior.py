@@ -143,26 +143,43 @@ def test_kl_in_depth_of_a_deepened_deviation_pays_nothing_for_the_finer_layers()
     assert float(iid_split.layers / iid_split.coarse) > 3  # about r = 4 times: the finer layers pay
 
 
+def _one_layer_prior(prior, L: int):
+    from resdyn.theory.depth_prior import WhitenedGaussian
+
+    return WhitenedGaussian({"W": torch.zeros(1, L, 2, dtype=torch.float64)}, prior, 1.0, ("W",))
+
+
 def test_kl_in_depth_constant_and_rough_paths_by_hand():
-    """A constant deviation c: Brownian layers = coarse = |c|^2 / (2 s0^2); i.i.d. layers = r x
-    coarse exactly. Increments alternating +a, -a inside each block of r: the coarse reading is
-    zero and the excess is L |a|^2 / (2 sigma^2 h) per entry."""
+    """A constant deviation c: Brownian excess 0, coarse = start = |c|^2 / (2 s0^2); i.i.d. layers
+    = r x coarse exactly. Increments alternating -a, +a from layer 1 on: the path sits at 0 at
+    every even layer, so its reading at L_c = 4 costs nothing, and the excess is the whole
+    (L - 1) |a|^2 / (2 sigma^2 h) per entry."""
     L, Lc = 16, 4
     prior = BrownianPrior(start=0.3, rate=0.7, horizon=1.0)
+    model = _one_layer_prior(prior, L)
     c = torch.full((1, L, 2), 0.5, dtype=torch.float64)
-    assert torch.allclose(prior.kl(c), prior.kl(c[:, ::4]))
-    assert math.isclose(float(prior.kl(c)), 2 * 0.25 / (2 * 0.09), rel_tol=1e-12)
-    assert math.isclose(float(iid_kl(c, 0.2) / iid_kl(c[:, ::4], 0.2)), 4.0, rel_tol=1e-12)
+    split = model.kl_in_depth({"W": prior.whiten(c)}, Lc)
+    assert math.isclose(float(split.layers), 2 * 0.25 / (2 * 0.09), rel_tol=1e-12)
+    assert abs(float(split.excess)) < 1e-12 and math.isclose(float(split.start), float(split.layers))
+    iid = _one_layer_prior(0.2, L).kl_in_depth({"W": c / 0.2}, Lc)
+    assert math.isclose(float(iid.layers / iid.coarse), 4.0, rel_tol=1e-12)
     a = 0.1
     inc = torch.tensor([a, -a] * (L // 2), dtype=torch.float64)
     inc[0] = 0.0  # delta_0 = 0: no starting-point cost
     path = torch.cumsum(inc, 0)[None, :, None].expand(1, L, 2)
-    from resdyn.theory.depth_prior import read_at
-    low = read_at(path, Lc)
-    assert torch.allclose(low, torch.zeros_like(low))  # even layers sit at 0
+    rough = model.kl_in_depth({"W": prior.whiten(path)}, Lc)
     h = 1.0 / L
-    want = 2 * (L - 1) * a**2 / (2 * 0.49 * h)
-    assert math.isclose(float(prior.kl(path)), want, rel_tol=1e-12)
+    assert abs(float(rough.coarse)) < 1e-12 and abs(float(rough.start)) < 1e-12
+    assert math.isclose(float(rough.excess), 2 * (L - 1) * a**2 / (2 * 0.49 * h), rel_tol=1e-12)
+    # Read at L_c = 8 instead (the odd layers dropped too): still 0, the same excess.
+    assert math.isclose(float(model.kl_in_depth({"W": prior.whiten(path)}, 8).excess),
+                        float(rough.excess), rel_tol=1e-12)
+    # Moved to -a at the coarse layers 4, 8, 12: the reading pays one coarse increment -a, at the
+    # coarse step sigma^2 r h, per entry.
+    moved = path.clone()
+    moved[:, 4::4] = -a
+    coarse = float(model.kl_in_depth({"W": prior.whiten(moved)}, Lc).coarse)
+    assert math.isclose(coarse, 2 * a**2 / (2 * 0.49 * 4 * h), rel_tol=1e-12)
 
 
 def test_read_at_refuses_a_depth_that_does_not_divide():

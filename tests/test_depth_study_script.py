@@ -69,8 +69,8 @@ def test_a_rows_kl_in_depth_adds_up_and_is_read_at_the_coarser_layer_times(study
     rows, _ = study.cell("two_spirals", 0, 16, False, ("brownian", "iid"), 2)
     for r in rows:
         split = r["kl_in_depth"]
-        assert math.isclose(split["kl"], r["kl"], rel_tol=1e-6)
         assert math.isclose(split["io"] + split["layers"], r["kl"], rel_tol=1e-6)
+        assert 0 < split["start"] < split["layers"]
         assert "coarse_4" in split and "coarse_16" not in split  # only coarser depths are read
     brownian = rows[0]["kl_in_depth"]
     # Brownian: the finer layers can only add (Cauchy-Schwarz per block); the i.i.d. reading of the
@@ -113,6 +113,14 @@ def test_attach_copies_the_split_only_onto_rows_the_rerun_reproduced(study, tmp_
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert got[0]["kl_in_depth"] == {"kl": 0.1}
     assert "kl_in_depth" not in got[1] and "kl_in_depth" not in got[2]  # other seed; other recipe
+    before = out.read_text()
     rerun.write_text(json.dumps({**row(1, 0.031), "kl_in_depth": {}}) + "\n")
     with pytest.raises(SystemExit, match="did not reproduce certificate"):
         study.attach_split(out, rerun)
+    rerun.write_text(json.dumps({**row(2, 0.02), "kl_in_depth": {}}) + "\n")  # seed 2 is not in out
+    with pytest.raises(SystemExit, match="with no row in"):
+        study.attach_split(out, rerun)
+    rerun.write_text(2 * (json.dumps({**row(1, 0.03), "kl_in_depth": {}}) + "\n"))
+    with pytest.raises(SystemExit, match="twice"):
+        study.attach_split(out, rerun)
+    assert out.read_text() == before  # nothing written by a refused attach

@@ -71,7 +71,8 @@ def test_the_split_of_stored_cells_adds_up_to_their_stored_kl(script, store):
 
 def test_the_claim_fails_on_a_rough_posterior(script):
     rough = [{"data": "x", "S": 1, "seed": s, "L": 64, "scale": 0.1, "kl": 2.0, "io": 0.5, "layers": 1.5,
-              "coarse_4": 0.2, "coarse_16": 0.5 + 0.01 * s, "iid_layers": 9.0, "iid_coarse_16": 2.0}
+              "start": 0.1, "coarse_4": 0.2, "coarse_16": 0.5 + 0.01 * s, "iid_layers": 9.0,
+              "iid_coarse_16": 2.0}
              for s in range(4)]
     assert "**not held**" in script.report(rough)[-1]
     smooth = [{**r, "coarse_16": 1.5 / (1.001 + 0.001 * r["seed"])} for r in rough]

@@ -184,7 +184,8 @@ class WhitenedGaussian:
         layers = [n for n in names if n in self.layer_names]
         return KLInDepth(sum((half_square(n) for n in names if n not in self.layer_names), zero),
                          sum((half_square(n) for n in layers), zero),
-                         sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in layers), zero))
+                         sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in layers), zero),
+                         sum((law_kl(self.color(n, u[n]).narrow(1, 0, 1)) for n in layers), zero))
 
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""
@@ -204,11 +205,15 @@ class KLInDepth:
     their mean (the last sum: the r - 1 increments past the last coarse layer time); zero exactly
     when the path is linear between the coarse layer times and held after the last, so a
     deviation smooth in depth pays almost nothing for the finer layers. Under the i.i.d. prior a
-    smooth deviation pays about (r - 1) times ``coarse`` more."""
+    smooth deviation pays about (r - 1) times ``coarse`` more. ``start`` is the part both pay for
+    delta_0; (layers - start) / (coarse - start) compares the increments alone."""
 
     io: Tensor
     layers: Tensor
     coarse: Tensor
+    #: What the first layer's deviation delta_0 alone costs (|delta_0|^2 / (2 s_0^2) under the
+    #: Brownian prior): a part of both ``layers`` and ``coarse``, whatever the depth.
+    start: Tensor
 
     @property
     def excess(self) -> Tensor:

@@ -129,19 +129,22 @@ def make_prior(kind: str, mean: Params, s: float, horizon: float,
 def kl_in_depth(model: Any, kind: str, mean: Params, u: Params, s: float,
                 coarse: tuple[int, ...] = (4, 16)) -> dict[str, float]:
     """Where the posterior u (whitened, model axis 1) around ``mean`` under the prior
-    ``make_prior(kind, mean, s, ...)`` pays its KL (:meth:`WhitenedGaussian.kl_in_depth`): keys
-    ``kl``, ``io``, ``layers`` and, for each L_c of ``coarse`` that divides the depth L and is
-    below it, ``coarse_{L_c}`` (the layer deviation read at L_c's layer times, under the same law
-    at depth L_c); ``iid_layers`` and ``iid_coarse_{L_c}``: the same deviation under the i.i.d.
-    prior of scale s."""
+    ``make_prior(kind, mean, s, ...)`` pays its KL (:meth:`WhitenedGaussian.kl_in_depth`). Keys:
+    ``kl``, ``io``, ``layers``; ``start``, the part of ``layers`` that pays for the first layer's
+    deviation (every coarse reading pays it too); for each L_c of ``coarse`` that divides the
+    depth L and is below it, ``coarse_{L_c}``, the layer deviation read at L_c's layer times under
+    the same law at depth L_c; ``iid_layers`` and ``iid_coarse_{L_c}``, the same deviation under
+    the i.i.d. prior of scale s."""
     names = layer_names(model)
     prior = make_prior(kind, mean, s, model.horizon, names)
     iid = make_prior("iid", mean, s, model.horizon, names)
     w = {n: prior.color(n, u[n]) / s if n in names else u[n] for n in u}
-    depth = mean[names[0]].shape[1]
+    models, depth = mean[names[0]].shape[:2]
+    if models != 1:
+        raise ValueError(f"kl_in_depth reads one model (a model axis of 1), got {models}")
     whole = prior.kl_in_depth(u, depth)  # L_c = L: the layers read at every layer time
     out = {"kl": float(whole.total[0]), "io": float(whole.io[0]), "layers": float(whole.layers[0]),
-           "iid_layers": float(iid.kl_in_depth(w, depth).layers[0])}
+           "start": float(whole.start[0]), "iid_layers": float(iid.kl_in_depth(w, depth).layers[0])}
     for Lc in coarse:
         if Lc < depth and depth % Lc == 0:
             out[f"coarse_{Lc}"] = float(prior.kl_in_depth(u, Lc).coarse[0])
