@@ -30,7 +30,7 @@ import torch
 
 from resdyn.analysis.verdicts import ALPHA, mean_test
 from resdyn.data import load, subsample
-from resdyn.experiments.certificates import claim_alpha, holdout_terms
+from resdyn.experiments.certificates import SPLIT_LIMIT, claim_alpha, holdout_terms, split_claim
 from resdyn.models.base import Params, init_params
 from resdyn.models.resnet import ResNet
 from resdyn.training.certify import PRIORS, CertificateConfig, certify_sample, kl_in_depth
@@ -69,7 +69,6 @@ RECIPES = {1: {"average": 0.0, "attempts": 1}, 2: {"average": 0.5, "attempts": 7
 # bound half or test set read. Paid as the third recipe: delta / 15 and delta_mc / 15 (below
 # 6 / (pi^2 3^2) = 1 / 14.8), and its claims at the sequential level of their look (SEQUENTIAL).
 CONTINUED = {3: (500, 1e-2)}
-SPLIT_LIMIT = 1.1  # split_report's claim
 PRIOR_LR = 1e-2
 # How many times a data set's claims were read, per recipe: recipe 1 on two spirals at seeds 0-2
 # (the certificate ratio inconclusive, p = 0.096; the KL ratio too), then with seeds 3-7 added
@@ -232,7 +231,8 @@ def split_report(rows: list[dict]) -> None:
     SPLIT_LIMIT times its reading at L = 16" (the same posterior's deviation read at the layer
     times of L = 16, under the same Brownian law there), a one-sided t test across seeds of
     mean log(layers / coarse_16) < log SPLIT_LIMIT at ALPHA (a new hypothesis, about the
-    posteriors already certified; scripts/kl_in_depth.py asks it of the image cells)."""
+    posteriors already certified; resdyn.experiments.certificates.split_claim decides it, and
+    scripts/kl_in_depth.py asks it of the image cells)."""
     rows = [r for r in rows if r["prior"] == "brownian" and "kl_in_depth" in r]
     if not rows:
         return
@@ -252,11 +252,10 @@ def split_report(rows: list[dict]) -> None:
     print("|---|---|---|---|---|")
     for name in sorted({r["data"] for r in rows}):
         top = max(r["L"] for r in rows if r["data"] == name and "coarse_16" in r["kl_in_depth"])
-        parts = [_by(rows, data=name, L=top)[s]["kl_in_depth"] for s in sorted(_by(rows, data=name, L=top))]
-        logs = [math.log(p["layers"] / p["coarse_16"]) for p in parts]
-        v = mean_test(logs, bound=math.log(SPLIT_LIMIT), side="less", unit="seed", alpha=ALPHA)
+        by_seed = _by(rows, data=name, L=top)
+        ratios, v = split_claim([by_seed[s]["kl_in_depth"] for s in sorted(by_seed)], ALPHA)
         print(f"| {name} | {top} | layer KL <= {SPLIT_LIMIT} x its reading at L = 16 | "
-              f"{', '.join(f'{math.exp(x):.4f}' for x in logs)} | {_verdict(v)} |")
+              f"{', '.join(f'{x:.4f}' for x in ratios)} | {_verdict(v)} |")
 
 
 def _mean_of(parts: list[dict], key: str, digits: int) -> str:
@@ -341,8 +340,7 @@ def main() -> None:
     done = set()
     if out.exists():
         for line in out.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["data"], r["seed"], r["L"], r["prior"], r.get("recipe", 1)))
+            done.add(_cell_key(json.loads(line)))
     out.parent.mkdir(parents=True, exist_ok=True)
     depths = DEPTHS[:2] if quick else DEPTHS
     seeds = args.seeds or (SEEDS[:1] if quick else SEEDS)

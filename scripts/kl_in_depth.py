@@ -26,14 +26,13 @@ import json
 import math
 from pathlib import Path
 
-from resdyn.analysis.verdicts import mean_test
+from resdyn.analysis.verdicts import ALPHA
 from resdyn.api import certificate_weights
 from resdyn.experiments import certificates as C
 from resdyn.sweeps.store import Store
 from resdyn.training.certify import kl_in_depth
 
 COARSE = (4, 16)
-CLAIM_COARSE, LIMIT, ALPHA = 16, 1.1, 0.05
 
 
 def split_rows(store: Path) -> list[dict]:
@@ -72,14 +71,13 @@ def report(rows: list[dict]) -> list[str]:
                      f"{r['iid_layers']:.1f} | {_num(r, 'iid_coarse_16', 1)} | "
                      f"{_ratio(r, 'iid_layers', 'iid_coarse_16')} |")
     lines += ["", "| data | L | claim | ratios | verdict |", "|---|---|---|---|---|"]
-    for name in sorted({r["data"] for r in rows}):
-        top = max(r["L"] for r in rows if r["data"] == name and f"coarse_{CLAIM_COARSE}" in r)
-        mine = [r for r in rows if r["data"] == name and r["L"] == top]
-        logs = [math.log(r["layers"] / r[f"coarse_{CLAIM_COARSE}"]) for r in mine]
-        v = mean_test(logs, bound=math.log(LIMIT), side="less", unit="seed", alpha=ALPHA)
-        lines.append(f"| {name} | {top} | layer KL <= {LIMIT} x its reading at L = {CLAIM_COARSE} | "
-                     f"{', '.join(f'{math.exp(x):.4f}' for x in logs)} | **{v.verdict}** ({v.test}; "
-                     f"p_for {v.p_for:.3g}, {v.n} seeds, alpha {v.alpha:g}) |")
+    claimed = [r for r in rows if f"coarse_{C.REFERENCE_DEPTH}" in r]
+    for name in sorted({r["data"] for r in claimed}):
+        top = max(r["L"] for r in claimed if r["data"] == name)
+        ratios, v = C.split_claim([r for r in claimed if r["data"] == name and r["L"] == top], ALPHA)
+        lines.append(f"| {name} | {top} | layer KL <= {C.SPLIT_LIMIT} x its reading at L = "
+                     f"{C.REFERENCE_DEPTH} | {', '.join(f'{x:.4f}' for x in ratios)} | **{v.verdict}** "
+                     f"({v.test}; p_for {v.p_for:.3g}, {v.n} seeds, alpha {v.alpha:g}) |")
     return lines
 
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from certificate_specs import tiny as _tiny
 from resdyn.cli.main import main
 from resdyn.experiments import certificates
 from resdyn.experiments.registry import get_reproduction
@@ -22,34 +23,6 @@ from resdyn.sweeps.records import CellRecord
 from resdyn.sweeps.runner import train_group
 from resdyn.sweeps.spec import SpecError, parse_spec, spec_path
 from resdyn.training.certify import CertificateConfig, make_prior, recertify
-
-TINY = """
-name = "{name}"
-[data]
-name = "two_spirals"
-[model]
-family = "resnet"
-width = 6
-activation = "tanh"
-[train]
-steps = 40
-lr = 2e-2
-batch_size = 64
-[certificate]
-posterior_steps = 20
-rounds = 4
-test_rounds = 1
-scales = [0.1, 0.03]
-[sweep]
-sample_size = [200]
-"model.depth" = {depths}
-seed = {seeds}
-"certificate.prior" = {priors}
-"""
-
-
-def _tiny(name="cert-tiny", depths="[2, 4]", seeds="[0]", priors='["brownian", "iid"]') -> str:
-    return TINY.format(name=name, depths=depths, seeds=seeds, priors=priors)
 
 
 def _raw(**certificate) -> dict:
@@ -306,3 +279,12 @@ def test_the_claims_hold_on_good_numbers_and_fail_on_bad_ones(tmp_path):
     short = [r for r in _records(tmp_path, _good) if r.cell.model.depth <= 16]
     first = certificates.analyze(short).claims[0]
     assert first.verdict == "inconclusive" and "needs L = 16 and a larger depth" in first.measured
+
+
+def test_split_claim_holds_on_smooth_posteriors_fails_on_rough_ones_and_skips_unmoved_layers():
+    smooth = [{"layers": r * x, "coarse_16": x} for r, x in ((1.0004, 0.3), (1.0006, 0.5), (1.0005, 0.7))]
+    ratios, v = certificates.split_claim([*smooth, {"layers": 0.0, "coarse_16": 0.0}])
+    assert ratios == pytest.approx([1.0004, 1.0006, 1.0005]) and v.n == 3 and v.verdict == "held"
+    rough = [{"layers": r * 0.5, "coarse_16": 0.5} for r in (1.4, 1.6, 1.5, 1.7)]
+    assert certificates.split_claim(rough)[1].verdict == "not held"
+    assert certificates.split_claim(rough, alpha=1e-9)[1].verdict == "inconclusive"

@@ -9,32 +9,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from certificate_specs import tiny
 from resdyn.cli.main import main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kl_in_depth.py"
-
-SPEC = """
-name = "kl-split"
-[data]
-name = "two_spirals"
-[model]
-family = "resnet"
-width = 5
-activation = "tanh"
-[train]
-steps = 40
-lr = 2e-2
-batch_size = 64
-[certificate]
-posterior_steps = 30
-rounds = 2
-test_rounds = 1
-scales = [0.1]
-[sweep]
-sample_size = [200]
-"model.depth" = [4, 32]
-seed = [0, 1, 2]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +26,8 @@ def script():
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     d = tmp_path_factory.mktemp("kl-split")
-    (d / "s.toml").write_text(SPEC)
+    spec = tiny(name="kl-split", depths="[4, 32]", seeds="[0, 1, 2]", priors='["brownian"]')
+    (d / "s.toml").write_text(spec)
     res = CliRunner().invoke(main, ["run", str(d / "s.toml"), "--store", str(d / "s.sqlite"), "--quiet"])
     assert res.exit_code == 0, res.output
     return d / "s.sqlite"

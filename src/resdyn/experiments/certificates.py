@@ -45,7 +45,7 @@ each); the claim across data sets (the margins) takes the strictest.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from statistics import fmean
 from typing import Any
@@ -55,13 +55,17 @@ from ..analysis.verdicts import ALPHA, Verdict, mean_test, no_test
 from ..sweeps.records import CellRecord
 from .base import ExperimentOutcome
 
-__all__ = ["CERT_LIMIT", "KL_LIMIT", "LOOKS", "REFERENCE_DEPTH", "TARGETS", "analyze",
-           "certificate_rows", "claim_alpha", "holdout_terms", "latest_recipe", "target_claim"]
+__all__ = ["CERT_LIMIT", "KL_LIMIT", "LOOKS", "REFERENCE_DEPTH", "SPLIT_LIMIT", "TARGETS", "analyze",
+           "certificate_rows", "claim_alpha", "holdout_terms", "latest_recipe", "split_claim",
+           "target_claim"]
 
 #: The claims' limits: certificate(L_max) <= CERT_LIMIT x certificate(L = REFERENCE_DEPTH), KL too.
 REFERENCE_DEPTH = 16
 CERT_LIMIT = 1.1
 KL_LIMIT = 1.5
+#: Within one posterior: its layer KL at depth L <= SPLIT_LIMIT x its layer deviation read at the
+#: layer times of L = REFERENCE_DEPTH (:func:`split_claim`).
+SPLIT_LIMIT = 1.1
 #: The certificate each data set must beat at every depth (issue 22: the audited re-run of Perez-Ortiz
 #: et al.'s recipe certifies 0.037 on MNIST and 0.157 on Fashion-MNIST; 0.12 on the 5k digits).
 TARGETS = {"mnist": 0.037, "fashion-mnist": 0.157, "mnist-5k": 0.12}
@@ -299,6 +303,19 @@ def holdout_terms(rows: list[dict]) -> list[dict[str, Any]]:
                     "Monte-Carlo": fmean(g.monte_carlo for g in gaps),
                     "ln(2 sqrt(n))": fmean(g.sqrt_n for g in gaps), "KL": fmean(g.kl for g in gaps)})
     return out
+
+
+def split_claim(splits: Sequence[Mapping[str, float]], alpha: float = ALPHA) -> tuple[list[float], Verdict]:
+    """"The layer KL is at most SPLIT_LIMIT times its reading at L = REFERENCE_DEPTH", over one
+    split per seed (:func:`resdyn.training.certify.kl_in_depth`'s ``layers`` and
+    ``coarse_16``, all at the same depth L): the per-seed ratios, and a one-sided t test across
+    seeds of mean log ratio < log SPLIT_LIMIT at ``alpha``. A split whose reading is 0 (a posterior
+    whose layers did not move) has no ratio and is left out."""
+    key = f"coarse_{REFERENCE_DEPTH}"
+    ratios = [p["layers"] / p[key] for p in splits if p[key] > 0]
+    v = mean_test([math.log(x) for x in ratios], bound=math.log(SPLIT_LIMIT), side="less", unit="seed",
+                  alpha=alpha)
+    return ratios, v
 
 
 def _figures(rows: list[dict], out_dir: Path, name: str) -> dict[str, Path]:

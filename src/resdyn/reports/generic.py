@@ -22,7 +22,7 @@ from typing import Any
 from ..experiments.base import ExperimentOutcome
 from ..plotting import Palette, axis_label, is_fraction, panel_figure, seed_interval
 from ..sweeps.records import CellRecord
-from .tables import flatten_row, swept_keys, varying_settings
+from .tables import flatten_row, swept_keys, table_value, varying_settings
 
 __all__ = ["METRICS", "quantities", "sweep_outcome"]
 
@@ -40,11 +40,6 @@ def quantities(rows: list[CellRecord]) -> list[str]:
                 finite.add(k)
     measures = sorted({k for r in rows for k in r.measures if "." not in k} & finite)
     return [m for m in METRICS if m in finite] + measures
-
-
-def _cell_value(v: Any) -> Any:
-    """A setting as a table cell: None, numbers, strings and booleans as they are, lists as JSON."""
-    return v if v is None or isinstance(v, int | float | str | bool) else json.dumps(v)
 
 
 def _is_numeric(records: list[dict[str, Any]], key: str) -> bool:
@@ -82,7 +77,7 @@ def sweep_outcome(spec: str, rows: list[CellRecord], fig_dir: Path | None,
         groups.setdefault(tuple(json.dumps(rec.get(k)) for k in flat if k != "seed"), []).append(r)
     extra = varying_settings(list(groups.values()))
     for rec, r in zip(records, rows, strict=True):
-        rec.update({k: _cell_value(r.full_settings.get(k)) for k in extra})
+        rec.update({k: table_value(r.full_settings.get(k)) for k in extra})
     swept_all = flat + extra
     records.sort(key=lambda r: (tuple(_sort_key(r.get(k)) for k in swept_all), r["cell_id"]))
     by_id = {r.cell_id: r for r in rows}

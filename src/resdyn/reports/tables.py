@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["MISSING_NOTE", "apply_where", "choose_columns", "clean", "flatten_row",
-           "parse_where", "strict_dumps", "swept_keys", "varying_settings"]
+           "parse_where", "strict_dumps", "swept_keys", "table_value", "varying_settings"]
 
 MODEL_KEYS = ("depth", "knots", "width", "channels", "activation", "tau", "method", "horizon",
               "operator", "form", "init")
@@ -59,6 +59,12 @@ def strict_loads(text: str) -> Any:
     return json.loads(text, parse_constant=_reject)
 
 
+def table_value(v: Any) -> Any:
+    """A setting as a table cell: None, numbers, strings and booleans as they are, anything else
+    (a list, a table) as JSON."""
+    return v if v is None or isinstance(v, int | float | str | bool) else json.dumps(v)
+
+
 def flatten_row(record: Any, store_files: Path | None = None) -> dict[str, Any]:
     """A store record (:class:`resdyn.sweeps.records.CellRecord`) as one flat record (see the
     module docstring); the settings come from the cell's flat view (``record.settings``)."""
@@ -69,8 +75,7 @@ def flatten_row(record: Any, store_files: Path | None = None) -> dict[str, Any]:
                            "lr": s.get("train.lr"), "steps": s.get("train.steps")}
     for k in MODEL_KEYS:
         if f"model.{k}" in s:
-            v = s[f"model.{k}"]
-            out[k] = v if isinstance(v, int | float | str | bool) else json.dumps(v)
+            out[k] = table_value(s[f"model.{k}"])
     out.update(sorted(record.metrics.items()))
     for k, v in sorted(record.measures.items()):
         if k == "test_error_bound.family" and isinstance(v, float) and math.isfinite(v):

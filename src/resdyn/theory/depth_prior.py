@@ -174,18 +174,19 @@ class WhitenedGaussian:
         names = sorted(u)
         zero = u[names[0]].new_zeros(u[names[0]].shape[0])
 
-        def half_square(n: str) -> Tensor:
-            return 0.5 * u[n].square().flatten(1).sum(1)
+        def half_square(x: Tensor) -> Tensor:
+            return 0.5 * x.square().flatten(1).sum(1)
 
         def law_kl(delta: Tensor) -> Tensor:
             return (self.layers.kl(delta) if isinstance(self.layers, BrownianPrior)
                     else iid_kl(delta, self.layers))
 
         layers = [n for n in names if n in self.layer_names]
-        return KLInDepth(sum((half_square(n) for n in names if n not in self.layer_names), zero),
-                         sum((half_square(n) for n in layers), zero),
+        # delta_0's cost |delta_0|^2 / (2 s_0^2) (or / (2 s^2)) is |u_0|^2 / 2 under either law.
+        return KLInDepth(sum((half_square(u[n]) for n in names if n not in self.layer_names), zero),
+                         sum((half_square(u[n]) for n in layers), zero),
                          sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in layers), zero),
-                         sum((law_kl(self.color(n, u[n]).narrow(1, 0, 1)) for n in layers), zero))
+                         sum((half_square(u[n].narrow(1, 0, 1)) for n in layers), zero))
 
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""

@@ -136,12 +136,12 @@ def kl_in_depth(model: Any, kind: str, mean: Params, u: Params, s: float,
     the same law at depth L_c; ``iid_layers`` and ``iid_coarse_{L_c}``, the same deviation under
     the i.i.d. prior of scale s."""
     names = layer_names(model)
-    prior = make_prior(kind, mean, s, model.horizon, names)
-    iid = make_prior("iid", mean, s, model.horizon, names)
-    w = {n: prior.color(n, u[n]) / s if n in names else u[n] for n in u}
     models, depth = mean[names[0]].shape[:2]
     if models != 1:
         raise ValueError(f"kl_in_depth reads one model (a model axis of 1), got {models}")
+    prior = make_prior(kind, mean, s, model.horizon, names)
+    iid = make_prior("iid", mean, s, model.horizon, names)
+    w = {n: prior.color(n, u[n]) / s if n in names else u[n] for n in u}
     whole = prior.kl_in_depth(u, depth)  # L_c = L: the layers read at every layer time
     out = {"kl": float(whole.total[0]), "io": float(whole.io[0]), "layers": float(whole.layers[0]),
            "start": float(whole.start[0]), "iid_layers": float(iid.kl_in_depth(w, depth).layers[0])}
