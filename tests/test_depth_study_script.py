@@ -63,6 +63,32 @@ def test_sequential_recipes_test_the_kth_look_at_its_share_of_alpha(study):
     assert study.level("two_spirals", 3) == pytest.approx(6 * 0.05 / (math.pi**2 * 16))
     assert study.level("two_spirals", 2) == pytest.approx(0.05 / 3)  # alpha / looks
     assert study.level("mnist", 3) == pytest.approx(6 * 0.05 / math.pi**2)  # a first look
+    assert study.level("two_spirals", 4) == pytest.approx(6 * 0.05 / (math.pi**2 * 25))  # the fifth
+    # The k-th recipe's certificates pay delta / attempts, within the sequential share 6 / (pi^2 k^2).
+    for k in (2, 3, 4):
+        assert 1 / study.RECIPES[k]["attempts"] <= 6 / (math.pi**2 * k**2)
+
+
+def test_recipe_4_anneals_the_prior_means_rate_and_recipe_2_does_not(study, monkeypatch):
+    configs = []
+    real = study.certify_sample
+
+    def spy(model, start, base, idx, seed, lr, prior_config, cfg):
+        configs.append((lr, prior_config, cfg.attempts))
+        return real(model, start, base, idx, seed, lr, prior_config, cfg)
+
+    monkeypatch.setattr(study, "certify_sample", spy)
+    rows4, mean4 = study.cell("two_spirals", 0, 16, False, ("brownian",), 4)
+    rows2, mean2 = study.cell("two_spirals", 0, 16, False, ("brownian",), 2)
+    assert rows2[0]["recipe"] == 2
+    (lr4, c4, a4), (lr2, c2, a2) = configs
+    assert (lr4, c4.lr_schedule, c4.steps, a4) == (study.PRIOR_LR, "cosine", 30, 27)
+    assert (lr2, c2.lr_schedule, c2.steps, a2) == (study.PRIOR_LR, "constant", 30, 7)
+    # The rate at the last prior-mean step is annealed to nearly 0 under recipe 4 only.
+    assert c4.lr_factor(29) < 0.01 and c2.lr_factor(29) == 1.0
+    # Same initialisation and data, another schedule: another prior mean, and the rows say which recipe.
+    assert not torch.equal(mean4["W"], mean2["W"])
+    assert rows4[0]["recipe"] == 4 and rows4[0]["attempts"] == 27
 
 
 def test_a_rows_kl_in_depth_adds_up_and_is_read_at_the_coarser_layer_times(study):
