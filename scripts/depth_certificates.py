@@ -75,13 +75,15 @@ PRIOR_LR = 1e-2
 # which jitters with the minibatches. Chosen after recipe 3 left two spirals' KL ratio
 # inconclusive: on 4,000-point samples of a fresh two-spirals draw (generator seed 987,654; no
 # bound half or test set of this study), seeds 0-7, L = 16 and 256, the one variant tried against
-# recipe 2 as control (runs/explore4 in docs/depth-prior.md). Paid as the fourth recipe: delta / 27
+# recipe 2 as control (scripts/explore_prior_schedule.py, its rows docs/depth-explore-recipe4.jsonl;
+# docs/depth-prior.md). Paid as the fourth recipe: delta / 27
 # and delta_mc / 27 (below 6 / (pi^2 4^2) = 1 / 26.3); its claims are the fifth look at two
 # spirals, at 6 alpha / (pi^2 5^2). Run on two spirals only, at seeds fixed before the run.
 PRIOR_SCHEDULE = {4: "cosine"}
 # How many times a data set's claims were read, per recipe: recipe 1 on two spirals at seeds 0-2
 # (the certificate ratio inconclusive, p = 0.096; the KL ratio too), then with seeds 3-7 added
-# (Brownian prior); recipe 2 is one more look at every data set, recipe 3 one more on two spirals.
+# (Brownian prior); recipe 2 is one more look at every data set, recipes 3 and 4 one more each on
+# two spirals.
 # Recipes 1 and 2 test each look at alpha / looks (Bonferroni over looks; claim_alpha, as the
 # spec's analysis); recipes in SEQUENTIAL test their k-th look at 6 alpha / (pi^2 k^2), the
 # share of a union over looks whose shares sum to alpha; the union stays at alpha only if the
@@ -171,11 +173,11 @@ def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, 
 def report(rows: list[dict], recipe: int) -> None:
     """Markdown: every row of ``recipe``, then its claims, each decided by a test across seeds."""
     rows = [r for r in rows if r.get("recipe", 1) == recipe]
-    continued = (f", prior means continued in depth ({CONTINUED[recipe][0]} steps at rate "
-                 f"{CONTINUED[recipe][1]:g} per rung)" if recipe in CONTINUED else "")
+    how = (f", prior means continued in depth ({CONTINUED[recipe][0]} steps at rate "
+           f"{CONTINUED[recipe][1]:g} per rung)" if recipe in CONTINUED else "")
     if recipe in PRIOR_SCHEDULE:
-        continued += f", the prior mean's rate on a {PRIOR_SCHEDULE[recipe]} schedule"
-    print(f"Recipe {recipe}: {RECIPES[recipe]}{continued}.")
+        how += f", the prior mean's rate on a {PRIOR_SCHEDULE[recipe]} schedule"
+    print(f"Recipe {recipe}: {RECIPES[recipe]}{how}.")
     print()
     print("| data | S | seed | L | prior | s | certificate | hold-out | Gibbs (bound half) | Gibbs test "
           "| KL | layer KL under i.i.d. | seconds |")

@@ -33,6 +33,8 @@ _spec.loader.exec_module(study)
 
 
 def run(schedule: str, seeds: list[int], out: Path) -> None:
+    """Recipe 2's Brownian cells at L = 16 and 256 for each seed, the prior mean's rate on
+    ``schedule`` ('constant' or 'cosine'), on the fresh draw; one JSON line per cell to ``out``."""
     torch.set_num_threads(1)
     S, width, steps, _ = study.PLANS["two_spirals"]
     base = load("two_spirals", seed=FRESH)
@@ -56,9 +58,15 @@ def run(schedule: str, seeds: list[int], out: Path) -> None:
 
 
 def summary(paths: list[Path]) -> None:
+    """Per variant: KL(256) / KL(16) per seed, the mean and SD of its log, the certificate ratios."""
     rows = [json.loads(line) for p in paths for line in p.read_text().splitlines()]
     for variant in sorted({r["variant"] for r in rows}):
-        by = {(r["seed"], r["L"]): r for r in rows if r["variant"] == variant}
+        by: dict[tuple[int, int], dict] = {}
+        for r in rows:
+            if r["variant"] == variant:
+                if (r["seed"], r["L"]) in by:
+                    raise SystemExit(f"{variant}: seed {r['seed']}, L = {r['L']} appears twice")
+                by[r["seed"], r["L"]] = r
         seeds = sorted(s for s, L in by if L == 16 and (s, 256) in by)
         logs = [math.log(by[s, 256]["kl"] / by[s, 16]["kl"]) for s in seeds]
         certs = [by[s, 256]["certificate"] / by[s, 16]["certificate"] for s in seeds]
@@ -75,6 +83,8 @@ def main() -> None:
     if a.summary:
         summary(a.summary)
         return
+    if len(a.args) != 3 or a.args[0] not in ("constant", "cosine"):
+        ap.error("expected SCHEDULE SEEDS OUT, SCHEDULE 'constant' or 'cosine', SEEDS like 0,1,2")
     schedule, seeds, out = a.args
     run(schedule, [int(s) for s in seeds.split(",")], Path(out))
 

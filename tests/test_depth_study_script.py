@@ -1,5 +1,6 @@
-"""scripts/depth_certificates.py's continued recipe: a deeper rung's prior mean starts from the
-shallower one, deepened, and the claims of a sequential recipe are tested at 6 alpha / (pi^2 k^2)."""
+"""scripts/depth_certificates.py's recipes: under the continued recipe a deeper rung's prior mean
+starts from the shallower one, deepened; recipe 4 anneals the prior mean's rate; the claims of a
+sequential recipe are tested at 6 alpha / (pi^2 k^2)."""
 
 from __future__ import annotations
 
