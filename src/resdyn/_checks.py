@@ -263,6 +263,11 @@ def constraints_of(cls: type) -> dict[str, Constraint]:
             if "constraint" in f.metadata}
 
 
+def plain(value: Any) -> Any:
+    """A field's value as a table holds it: a tuple as a list, anything else as it is."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def described(obj: Any) -> dict[str, Any]:
     """The fields of the dataclass instance ``obj`` as a plain table (tuples as lists), in field
     order, leaving out each field of its class's ``later_fields`` (name -> default: fields added
@@ -274,7 +279,7 @@ def described(obj: Any) -> dict[str, Any]:
         v = getattr(obj, f.name)
         if f.name in later and v == later[f.name]:
             continue
-        out[f.name] = list(v) if isinstance(v, tuple) else v
+        out[f.name] = plain(v)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .._checks import described
+from .._checks import described, plain
 from .._seeds import generator_for
 from ..data.base import Dataset
 from ..models.base import Model
@@ -167,7 +167,7 @@ class Cell:
         for prefix, part in (("model", self.model), ("train", self.training.config),
                              ("certificate", self.certificate)):
             for name, default in getattr(part, "later_fields", {}).items():
-                out.setdefault(f"{prefix}.{name}", list(default) if isinstance(default, tuple) else default)
+                out.setdefault(f"{prefix}.{name}", plain(default))
         return out
 
     @classmethod
