@@ -112,6 +112,11 @@ def read_at(delta: Tensor, depth: int, layer_dim: int = 1) -> Tensor:
     return delta.index_select(layer_dim, idx)
 
 
+def _half_square(x: Tensor) -> Tensor:
+    """|x|^2 / 2 per model (the leading axis), (E,)."""
+    return 0.5 * x.square().flatten(1).sum(1)
+
+
 def iid_kl(delta: Tensor, scale: float) -> Tensor:
     """KL(N(m + delta, s^2 I) || N(m, s^2 I)) = |delta|^2 / (2 s^2) per model, (E,): the
     i.i.d.-over-layers baseline."""
@@ -163,7 +168,7 @@ class WhitenedGaussian:
     def kl(self, u: Mapping[str, Tensor]) -> Tensor:
         """KL(Q || P) = |u|^2 / 2 per model, (E,), in u's dtype. The names are summed in sorted
         order, so the value does not depend on the order a dict (a stored file) gives them in."""
-        return 0.5 * sum(u[n].square().flatten(1).sum(1) for n in sorted(u))
+        return sum(_half_square(u[n]) for n in sorted(u))
 
     def kl_in_depth(self, u: Mapping[str, Tensor], depth: int) -> KLInDepth:
         """:meth:`kl` split into the embedding and readout's part, the layers' part, and the part
@@ -173,20 +178,24 @@ class WhitenedGaussian:
         of the same s."""
         names = sorted(u)
         zero = u[names[0]].new_zeros(u[names[0]].shape[0])
+        layers = [n for n in names if n in self.layer_names]
+        # delta_0's cost |delta_0|^2 / (2 s_0^2) (or / (2 s^2)) is |u_0|^2 / 2 under either law.
+        return KLInDepth(sum((_half_square(u[n]) for n in names if n not in self.layer_names), zero),
+                         sum((_half_square(u[n]) for n in layers), zero), self.coarse_kl(u, depth),
+                         sum((_half_square(u[n].narrow(1, 0, 1)) for n in layers), zero))
 
-        def half_square(x: Tensor) -> Tensor:
-            return 0.5 * x.square().flatten(1).sum(1)
+    def coarse_kl(self, u: Mapping[str, Tensor], depth: int) -> Tensor:
+        """What the same law at the coarser depth L_c = ``depth`` charges the layer deviation
+        delta = A u read at its layer times (:func:`read_at`), per model, (E,): the ``coarse`` part of
+        :meth:`kl_in_depth`, alone."""
+        names = sorted(n for n in u if n in self.layer_names)
+        zero = u[names[0]].new_zeros(u[names[0]].shape[0])
 
         def law_kl(delta: Tensor) -> Tensor:
             return (self.layers.kl(delta) if isinstance(self.layers, BrownianPrior)
                     else iid_kl(delta, self.layers))
 
-        layers = [n for n in names if n in self.layer_names]
-        # delta_0's cost |delta_0|^2 / (2 s_0^2) (or / (2 s^2)) is |u_0|^2 / 2 under either law.
-        return KLInDepth(sum((half_square(u[n]) for n in names if n not in self.layer_names), zero),
-                         sum((half_square(u[n]) for n in layers), zero),
-                         sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in layers), zero),
-                         sum((half_square(u[n].narrow(1, 0, 1)) for n in layers), zero))
+        return sum((law_kl(read_at(self.color(n, u[n]), depth)) for n in names), zero)
 
     def draw(self, u: Mapping[str, Tensor], seeds: Sequence[int], stream: str) -> Params:
         """One network per model from Q: m + A (u + eps), differentiable in u."""

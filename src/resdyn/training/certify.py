@@ -147,8 +147,8 @@ def kl_in_depth(model: Any, kind: str, mean: Params, u: Params, s: float,
            "start": float(whole.start[0]), "iid_layers": float(iid.kl_in_depth(w, depth).layers[0])}
     for Lc in coarse:
         if Lc < depth and depth % Lc == 0:
-            out[f"coarse_{Lc}"] = float(prior.kl_in_depth(u, Lc).coarse[0])
-            out[f"iid_coarse_{Lc}"] = float(iid.kl_in_depth(w, Lc).coarse[0])
+            out[f"coarse_{Lc}"] = float(prior.coarse_kl(u, Lc)[0])
+            out[f"iid_coarse_{Lc}"] = float(iid.coarse_kl(w, Lc)[0])
     return out
 
 
