@@ -103,6 +103,16 @@ def level(name: str, recipe: int) -> float:
     return claim_alpha(name, looks)
 
 
+def certificate_config(kind: str, recipe: int, quick: bool = False) -> CertificateConfig:
+    """The study's certificate settings for the prior ``kind`` under ``recipe``."""
+    # No data-independent baseline: the study's rows predate it, and it would double the draws.
+    return CertificateConfig(prior=kind, baseline=False, scales=SCALES, scale_slack=SCALE_SLACK,
+                             posterior_lr=POSTERIOR_LR,
+                             posterior_steps=POSTERIOR_STEPS // (4 if quick else 1), rounds=ROUNDS,
+                             test_rounds=TEST_ROUNDS, delta=DELTA, delta_mc=DELTA_MC, p_min=P_MIN,
+                             **RECIPES[recipe])
+
+
 def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PRIORS,
          recipe: int = max(RECIPES), parent: Path | None = None) -> tuple[list[dict], Params]:
     """The rows of one (data, seed, L) under each prior of ``priors``, and the prior mean. Under a
@@ -126,13 +136,8 @@ def cell(name: str, seed: int, L: int, quick: bool, priors: tuple[str, ...] = PR
                                lr_schedule=PRIOR_SCHEDULE.get(recipe, "constant"))
     rows, mean = [], None
     for kind in priors:
-        # No data-independent baseline: the study's rows predate it, and it would double the draws.
-        cfg = CertificateConfig(prior=kind, baseline=False, scales=SCALES, scale_slack=SCALE_SLACK,
-                                posterior_lr=POSTERIOR_LR,
-                                posterior_steps=POSTERIOR_STEPS // (4 if quick else 1), rounds=ROUNDS,
-                                test_rounds=TEST_ROUNDS, delta=DELTA, delta_mc=DELTA_MC, p_min=P_MIN,
-                                **RECIPES[recipe])
-        out = certify_sample(model, start, base, idx, seed, lr, prior_config, cfg)
+        out = certify_sample(model, start, base, idx, seed, lr, prior_config,
+                             certificate_config(kind, recipe, quick))
         mean = out.prior_mean
         hist = out.posterior_history
         rows.append({"data": name, "S": S, "seed": seed, "L": L, "prior": kind, **out.numbers,

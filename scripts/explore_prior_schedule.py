@@ -22,7 +22,7 @@ import torch
 from resdyn.data import load, subsample
 from resdyn.models.base import init_params
 from resdyn.models.resnet import ResNet
-from resdyn.training.certify import CertificateConfig, certify_sample
+from resdyn.training.certify import certify_sample
 from resdyn.training.engine import TrainConfig
 
 FRESH = 987654  # the two-spirals generator seed: not the study's draw (seed 0)
@@ -41,14 +41,10 @@ def run(schedule: str, seeds: list[int], out: Path) -> None:
     for seed in seeds:
         for L in (16, 256):
             model = ResNet(in_dim=2, out_dim=2, width=width, depth=L, activation="tanh")
-            cfg = CertificateConfig(prior="brownian", baseline=False, scales=study.SCALES,
-                                    scale_slack=study.SCALE_SLACK, posterior_lr=study.POSTERIOR_LR,
-                                    posterior_steps=study.POSTERIOR_STEPS, rounds=study.ROUNDS,
-                                    test_rounds=study.TEST_ROUNDS, delta=study.DELTA,
-                                    delta_mc=study.DELTA_MC, p_min=study.P_MIN, **study.RECIPES[2])
             o = certify_sample(model, init_params(model, [seed], torch.float32), base,
                                subsample(base, S, seed), seed, study.PRIOR_LR,
-                               TrainConfig(steps=steps, batch_size=128, lr_schedule=schedule), cfg)
+                               TrainConfig(steps=steps, batch_size=128, lr_schedule=schedule),
+                               study.certificate_config("brownian", 2))
             keys = ("certificate", "kl", "scale", "holdout", "gibbs_bound", "prior_mean_bound_error",
                     "seconds")
             row = {"variant": schedule, "seed": seed, "L": L, **{k: o.numbers[k] for k in keys}}
