@@ -202,13 +202,10 @@ def report(rows: list[dict], recipe: int) -> None:
         for L in sorted({r["L"] for r in rows if r["data"] == name}):
             b = list(_by(rows, data=name, prior="brownian", L=L).values())
             i = list(_by(rows, data=name, prior="iid", L=L).values())
-
-            def mean(rs: list[dict], key: str) -> str:
-                return f"{sum(r[key] for r in rs) / len(rs):.4g}" if rs else "-"
-
-            print(f"| {name} | {L} | {mean(b, 'certificate')} ({len(b)}) | "
-                  f"{mean(i, 'certificate')} ({len(i)}) | {mean(b, 'holdout')} | {mean(b, 'kl')} | "
-                  f"{mean(i, 'kl')} | {mean(b, 'layer_kl_under_iid')} | {mean(b, 'gibbs_test')} |")
+            print(f"| {name} | {L} | {_mean_of(b, 'certificate')} ({len(b)}) | "
+                  f"{_mean_of(i, 'certificate')} ({len(i)}) | {_mean_of(b, 'holdout')} | "
+                  f"{_mean_of(b, 'kl')} | {_mean_of(i, 'kl')} | {_mean_of(b, 'layer_kl_under_iid')} | "
+                  f"{_mean_of(b, 'gibbs_test')} |")
     print()
     print("| data | prior | claim | measured | verdict |")
     print("|---|---|---|---|---|")
@@ -264,9 +261,9 @@ def split_report(rows: list[dict]) -> None:
     for name in sorted({r["data"] for r in rows}):
         for L in sorted({r["L"] for r in rows if r["data"] == name}):
             parts = [r["kl_in_depth"] for r in rows if r["data"] == name and r["L"] == L]
-            cols = [_mean_of(parts, k, d) for k, d in (("kl", 4), ("io", 4), ("layers", 4), ("coarse_4", 4),
-                                                        ("coarse_16", 4), ("iid_layers", 2),
-                                                        ("iid_coarse_16", 2))]
+            cols = [_mean_of(parts, k, f) for k, f in (("kl", ".4f"), ("io", ".4f"), ("layers", ".4f"),
+                                                        ("coarse_4", ".4f"), ("coarse_16", ".4f"),
+                                                        ("iid_layers", ".2f"), ("iid_coarse_16", ".2f"))]
             print(f"| {name} | {L} | {len(parts)} | " + " | ".join(cols) + " |")
     print("\n| data | L | claim | layers / at L=16, per seed | verdict |")
     print("|---|---|---|---|---|")
@@ -278,9 +275,10 @@ def split_report(rows: list[dict]) -> None:
               f"{', '.join(f'{x:.4f}' for x in ratios)} | {_verdict(v)} |")
 
 
-def _mean_of(parts: list[dict], key: str, digits: int) -> str:
-    vals = [p[key] for p in parts if key in p]
-    return f"{sum(vals) / len(vals):.{digits}f}" if vals else "-"
+def _mean_of(rows: list[dict], key: str, spec: str = ".4g") -> str:
+    """The mean of ``key`` over the rows that have it, formatted by ``spec``; '-' if none has it."""
+    vals = [r[key] for r in rows if key in r]
+    return f"{sum(vals) / len(vals):{spec}}" if vals else "-"
 
 
 def _cell_key(r: dict) -> tuple:
