@@ -23,12 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from resdyn.analysis.verdicts import ALPHA, mean_test
+from resdyn.analysis.verdicts import ALPHA, mean_test, units_for_power
 from resdyn.data import load, subsample
 from resdyn.experiments.certificates import SPLIT_LIMIT, claim_alpha, holdout_terms, split_claim
 from resdyn.models.base import Params, init_params
@@ -162,13 +163,17 @@ def _verdict(v) -> str:
             f"alpha {v.alpha:g})")
 
 
+def _log_ratios(rows: list[dict], name: str, prior: str, field: str, top: int) -> list[float]:
+    """log(field at L = top / field at L = 16) per seed that has both."""
+    lo, hi = _by(rows, data=name, prior=prior, L=16), _by(rows, data=name, prior=prior, L=top)
+    return [math.log(hi[s][field] / lo[s][field]) for s in sorted(set(lo) & set(hi))]
+
+
 def _ratio_claim(rows: list[dict], name: str, prior: str, field: str, top: int, limit: float,
                  alpha: float) -> str:
     """'field at L = top is at most limit times field at L = 16': a one-sided t-test across seeds
     on log(field_top / field_16) < log(limit)."""
-    lo, hi = _by(rows, data=name, prior=prior, L=16), _by(rows, data=name, prior=prior, L=top)
-    seeds = sorted(set(lo) & set(hi))
-    logs = [math.log(hi[s][field] / lo[s][field]) for s in seeds]
+    logs = _log_ratios(rows, name, prior, field, top)
     v = mean_test(logs, bound=math.log(limit), side="less", unit="seed", alpha=alpha)
     ratios = ", ".join(f"{math.exp(x):.3f}" for x in logs)
     return (f"| {name} | {prior} | {field}(L={top}) <= {limit} x {field}(L=16) | ratios {ratios} | "
@@ -239,6 +244,43 @@ def report(rows: list[dict], recipe: int) -> None:
     print(f"\nSmallest margin of a certificate over its Gibbs test error: {m:.1f} standard errors "
           f"({r['data']}, L={r['L']}, {r['prior']}, seed {r['seed']}: {r['certificate']:.4f} against "
           f"{r['gibbs_test']:.4f}).")
+
+
+def next_level(rows: list[dict], name: str) -> float:
+    """The level of the next look at data set ``name``'s claims: the (k + 1)-th sequential share
+    6 alpha / (pi^2 (k + 1)^2), k the latest look of a recipe with rows on ``name`` (LOOKS)."""
+    k = max(LOOKS[r.get("recipe", 1)].get(name, 1) for r in rows if r["data"] == name)
+    return 6 * ALPHA / (math.pi**2 * (k + 1) ** 2)
+
+
+def power_plan(rows: list[dict], powers: tuple[float, ...] = (0.5, 0.8)) -> None:
+    """Markdown: for every ratio claim a recipe left inconclusive, the seeds a new run of that
+    recipe would need to decide it in its favour at the next look's level with probability
+    ``powers``, if the measured mean and SD of the seeds' log ratios were the truth
+    (resdyn.analysis.verdicts.units_for_power), and the core-hours of those seeds' cells."""
+    print("| recipe | data | claim | seeds | mean log ratio | SD | d | next look's level | "
+          + " | ".join(f"seeds for power {p:g}" for p in powers) + " | core-hours per seed |")
+    print("|---|---|---|---|---|---|---|---|" + "---|" * (len(powers) + 1))
+    for recipe in sorted({r.get("recipe", 1) for r in rows}):
+        own = [r for r in rows if r.get("recipe", 1) == recipe]
+        for name in sorted({r["data"] for r in own}):
+            top = max(r["L"] for r in own if r["data"] == name)
+            for field, limit in (("certificate", 1.1), ("kl", 1.5)):
+                logs = _log_ratios(own, name, "brownian", field, top)
+                v = mean_test(logs, bound=math.log(limit), side="less", unit="seed",
+                              alpha=level(name, recipe))
+                if v.verdict != "inconclusive" or len(logs) < 2:
+                    continue
+                mean, sd = statistics.fmean(logs), statistics.stdev(logs)
+                d = (math.log(limit) - mean) / sd
+                alpha = next_level(rows, name)
+                need = [units_for_power(d, alpha, p) for p in powers]
+                hours = sum(statistics.fmean(r["seconds"] for r in _by(own, data=name, prior="brownian",
+                                                                         L=L).values())
+                            for L in (16, top)) / 3600
+                seeds = " | ".join("none: the mean is past the limit" if n is None else str(n) for n in need)
+                print(f"| {recipe} | {name} | {field}(L={top}) <= {limit} x {field}(L=16) | {len(logs)} | "
+                      f"{mean:.3f} | {sd:.3f} | {d:.3f} | {alpha:.2g} | {seeds} | {hours:.3f} |")
 
 
 def split_report(rows: list[dict]) -> None:
@@ -331,6 +373,8 @@ def _arguments() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out", type=Path, help="JSON lines, one per (data, seed, L, prior)")
     ap.add_argument("--report", action="store_true", help="print the tables and claims of OUT")
+    ap.add_argument("--power", action="store_true",
+                    help="print the seeds that would decide OUT's inconclusive ratio claims")
     ap.add_argument("--attach", type=Path, default=None, metavar="RERUN",
                     help="copy kl_in_depth from RERUN's rows onto OUT's (which they must reproduce)")
     ap.add_argument("--quick", action="store_true")
@@ -339,9 +383,16 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--depths", type=_listed(int), default=[],
                     help="these depths instead of DEPTHS up to each data set's deepest")
     ap.add_argument("--priors", type=_listed(str, PRIORS), default=None)
-    ap.add_argument("--recipe", type=int, choices=sorted(RECIPES), default=max(RECIPES),
-                    help="which recipe to run or report (default: the latest)")
-    return ap.parse_args()
+    ap.add_argument("--recipe", type=int, choices=sorted(RECIPES), default=None,
+                    help="which recipe to run (required: each run is a look, paid for in LOOKS) "
+                         "or report (default: the latest)")
+    args = ap.parse_args()
+    if args.recipe is None:
+        if not (args.report or args.power or args.attach):
+            ap.error("a run names its recipe (--recipe): each recipe's delta share and its looks at a "
+                     f"data set are fixed in RECIPES and LOOKS; recipes are {sorted(RECIPES)}")
+        args.recipe = max(RECIPES)
+    return args
 
 
 def main() -> None:
@@ -349,6 +400,9 @@ def main() -> None:
     out = args.out
     if args.report:
         report([json.loads(line) for line in out.read_text().splitlines()], args.recipe)
+        return
+    if args.power:
+        power_plan([json.loads(line) for line in out.read_text().splitlines()])
         return
     if args.attach:
         print(f"{attach_split(out, args.attach)} rows of {out} gained kl_in_depth from {args.attach}")

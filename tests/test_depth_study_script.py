@@ -151,3 +151,52 @@ def test_attach_copies_the_split_only_onto_rows_the_rerun_reproduced(study, tmp_
     with pytest.raises(SystemExit, match="twice"):
         study.attach_split(out, rerun)
     assert out.read_text() == before  # nothing written by a refused attach
+
+
+def _ratio_rows(name: str, recipe: int, kl_logs: list[float], cert_logs: list[float]) -> list[dict]:
+    """Brownian rows at L = 16 and 256 whose log ratios (256 over 16) are the given ones; a cell
+    takes 36 s at L = 16 and 324 s at L = 256."""
+    rows = []
+    for seed, (a, b) in enumerate(zip(kl_logs, cert_logs, strict=True)):
+        for L, kl, cert, sec in ((16, 0.2, 0.02, 36.0), (256, 0.2 * math.exp(a), 0.02 * math.exp(b), 324.0)):
+            rows.append({"data": name, "seed": seed, "L": L, "prior": "brownian", "recipe": recipe,
+                         "kl": kl, "certificate": cert, "seconds": sec})
+    return rows
+
+
+def test_power_plan_prints_the_seeds_an_inconclusive_ratio_claim_needs(study, capsys):
+    from resdyn.analysis.verdicts import units_for_power
+
+    # Two spirals under recipe 4 (its fifth look): the KL's log ratios 0.1, 0.3, 0.5 (mean 0.3,
+    # SD 0.2) leave "at most 1.5" inconclusive with 3 seeds; the certificate's (tight, far below
+    # log 1.1) hold, and are not planned for.
+    rows = _ratio_rows("two_spirals", 4, [0.1, 0.3, 0.5], [0.0, 0.001, -0.001])
+    sixth = 6 * 0.05 / (math.pi**2 * 36)
+    assert study.next_level(rows, "two_spirals") == pytest.approx(sixth)
+    study.power_plan(rows)
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| 4 ")]
+    assert len(lines) == 1 and "kl(L=256) <= 1.5" in lines[0]
+    d = (math.log(1.5) - 0.3) / 0.2
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert cells[3:8] == ["3", "0.300", "0.200", f"{d:.3f}", f"{sixth:.2g}"]
+    assert cells[8:10] == [str(units_for_power(d, sixth, 0.5)), str(units_for_power(d, sixth, 0.8))]
+    assert 50 < int(cells[9]) < 400
+    assert cells[10] == "0.100"  # (36 + 324) s
+    # A mean past the limit: no number of seeds decides the claim in its favour.
+    study.power_plan(_ratio_rows("two_spirals", 4, [0.9, 1.2, 0.3], [0.0, 0.001, -0.001]))
+    assert "none: the mean is past the limit" in capsys.readouterr().out
+    # A data set whose only rows are recipe 2's (its second look there): the next look is the third.
+    assert study.next_level(_ratio_rows("digits", 2, [0.1], [0.0]), "digits") == pytest.approx(
+        6 * 0.05 / (math.pi**2 * 9))
+
+
+def test_a_run_must_name_its_recipe(study, monkeypatch, capsys, tmp_path):
+    out = str(tmp_path / "rows.jsonl")
+    monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, "--seeds", "0"])
+    with pytest.raises(SystemExit) as stop:
+        study._arguments()
+    assert stop.value.code == 2 and "a run names its recipe" in capsys.readouterr().err
+    monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, "--report"])
+    assert study._arguments().recipe == max(study.RECIPES)  # reading defaults to the latest
+    monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, "--recipe", "2"])
+    assert study._arguments().recipe == 2

@@ -21,7 +21,7 @@ from scipy import stats
 from resdyn.analysis.ranking import kendall_tau, t_interval
 from resdyn.analysis.rates import fit_rate, rate_claim, straight_range, straightness
 from resdyn.analysis.summary import mean_ci, welch_tost
-from resdyn.analysis.verdicts import equivalence_test, joint, mean_test, sign_test
+from resdyn.analysis.verdicts import equivalence_test, joint, mean_test, sign_test, units_for_power
 
 SIZES = np.array([32, 64, 128, 256, 512, 1024], dtype=float)
 U = np.log(SIZES) - np.log(SIZES).mean()
@@ -227,3 +227,29 @@ def test_seed_power_for_the_equivalence_claim_at_the_mnist_noise(G):
         power[n] = float(np.mean((m - q * se > -0.65) & (m + q * se < -0.35)))
     print(f"\n[TOST power at b = -1/2, seed SD 0.08] {power}")
     assert power[G] >= 0.8 and power[3] < 0.8
+
+
+def test_units_for_power_matches_the_tables_and_the_simulated_t_test():
+    """Sample sizes of a one-sided one-sample t test (G*Power's "means: difference from constant",
+    one tail, alpha 0.05): d = 0.5 -> 27 at power 0.8 and 45 at 0.95; d = 0.8 -> 12; d = 0.2 -> 156.
+    At the n it gives, mean_test rejects in about ``power`` of simulated normal samples, and at
+    n - 3 in fewer."""
+    assert units_for_power(0.5, 0.05, 0.8) == 27
+    assert units_for_power(0.5, 0.05, 0.95) == 45
+    assert units_for_power(0.8, 0.05, 0.8) == 12
+    assert units_for_power(0.2, 0.05, 0.8) == 156
+    # A smaller level or a smaller effect needs more units; a mean on the bound needs infinitely many.
+    assert units_for_power(0.5, 0.01, 0.8) > 27 and units_for_power(0.4, 0.05, 0.8) > 27
+    assert units_for_power(0.0) is None and units_for_power(-0.3) is None
+    assert units_for_power(1e-4, most=10_000) is None
+    with pytest.raises(ValueError, match="alpha"):
+        units_for_power(0.5, 0.6)
+    with pytest.raises(ValueError, match="power"):
+        units_for_power(0.5, 0.05, 0.01)
+    rng = np.random.default_rng(11)
+    d, n = 0.6, units_for_power(0.6, 0.05, 0.8)
+    rate = {m: float(np.mean([mean_test(rng.normal(-d, 1.0, m), 0.0, "less").verdict == "held"
+                              for _ in range(2000)])) for m in (n - 3, n)}
+    print(f"\n[power of mean_test at d = 0.6, n = {n - 3}, {n}] {rate}")
+    assert 0.8 - 0.03 < rate[n] < 0.8 + 0.06  # 2000 draws: binomial SE 0.009
+    assert rate[n - 3] < 0.78

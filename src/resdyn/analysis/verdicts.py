@@ -24,6 +24,11 @@ Tests provided (n units with values v_1..v_n, mean m, sd s, se = s / sqrt(n), df
 * :func:`joint` -- a claim made of k parts: held when every part is held (an intersection-union
   test, level alpha with no correction, p_for = max of the parts'), not held when some part's
   p_against < alpha / k (Bonferroni, p_against = min(1, k min p_against)), inconclusive otherwise.
+
+Planning (not a test): :func:`units_for_power` -- the smallest n at which the one-sided t test of
+:func:`mean_test` rejects at alpha with probability at least ``power`` when the true mean lies
+d standard deviations on the claim's side of the bound: power(n) = P(T' > t_(1 - alpha, n - 1))
+with T' noncentral t, df n - 1, noncentrality d sqrt(n).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import numpy as np
 from scipy import stats
 
 __all__ = ["ALPHA", "VERDICTS", "Claim", "Verdict", "decide", "equivalence_test", "joint", "mean_test",
-           "no_test", "sign_test"]
+           "no_test", "sign_test", "units_for_power"]
 
 ALPHA = 0.05
 VERDICTS = ("held", "not held", "inconclusive")
@@ -253,3 +258,31 @@ def joint(parts: Sequence[tuple[str, Verdict]], alpha: float = ALPHA) -> Verdict
         why.append(f"not shown for {', '.join(not_held_alone)}")
     why.append(f"no part rejected against the claim at alpha {alpha:g} / {k}")
     return Verdict("inconclusive", name, p_for, p_against, "part", k, "; ".join(why), alpha)
+
+
+def units_for_power(effect: float, alpha: float = ALPHA, power: float = 0.8,
+                    most: int = 1_000_000) -> int | None:
+    """The smallest number of units n >= 2 at which :func:`mean_test` rejects in the claim's favour
+    with probability at least ``power``, if the true mean lies ``effect`` = d standard deviations
+    on the claim's side of the bound (module docstring); None when no n up to ``most`` does (d <= 0:
+    no sample size decides a claim whose mean is on the bound or beyond it in its favour)."""
+    if not 0 < alpha < 0.5:
+        raise ValueError(f"alpha must be in (0, 1/2), got {alpha!r}")
+    if not alpha < power < 1:
+        raise ValueError(f"power must be in (alpha, 1), got {power!r}")
+    if not math.isfinite(effect):
+        raise ValueError(f"effect must be a finite number of standard deviations, got {effect!r}")
+
+    def reaches(n: int) -> bool:
+        crit = stats.t.isf(alpha, n - 1)
+        return float(stats.nct.sf(crit, n - 1, effect * math.sqrt(n))) >= power
+
+    if effect <= 0 or not reaches(most):
+        return None
+    lo, hi = 1, 2  # reaches(lo) is false (no test at n = 1), reaches(hi) is searched for
+    while not reaches(hi):
+        lo, hi = hi, min(2 * hi, most)
+    while hi - lo > 1:  # the power grows with n for effect > 0
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+    return hi
