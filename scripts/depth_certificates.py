@@ -248,20 +248,24 @@ def report(rows: list[dict], recipe: int) -> None:
 
 def next_level(rows: list[dict], name: str) -> float:
     """The level of the next look at data set ``name``'s claims: the (k + 1)-th sequential share
-    6 alpha / (pi^2 (k + 1)^2), k the latest look of a recipe with rows on ``name`` (LOOKS)."""
+    6 alpha / (pi^2 (k + 1)^2), k the latest look that happened, i.e. of a recipe with rows on
+    ``name`` (LOOKS also numbers the looks a recipe would have been at data sets it was not run
+    on; those did not happen)."""
     k = max(LOOKS[r.get("recipe", 1)].get(name, 1) for r in rows if r["data"] == name)
     return 6 * ALPHA / (math.pi**2 * (k + 1) ** 2)
 
 
 def power_plan(rows: list[dict], powers: tuple[float, ...] = (0.5, 0.8)) -> None:
-    """Markdown: for every ratio claim a recipe left inconclusive, the seeds a new run of that
-    recipe would need to decide it in its favour at the next look's level with probability
-    ``powers``, if the measured mean and SD of the seeds' log ratios were the truth
-    (resdyn.analysis.verdicts.units_for_power), and the core-hours of those seeds' cells."""
+    """Markdown: for every ratio claim that no recipe decided, per recipe, the seeds a new run of
+    that recipe would need to decide it in its favour at the next look's level with probability
+    ``powers``, if the measured mean and SD of the seeds' log ratios were the truth (a plug-in
+    estimate: resdyn.analysis.verdicts.units_for_power), and the core-hours of those seeds' cells."""
     print("| recipe | data | claim | seeds | mean log ratio | SD | d | next look's level | "
           + " | ".join(f"seeds for power {p:g}" for p in powers) + " | core-hours per seed |")
     print("|---|---|---|---|---|---|---|---|" + "---|" * (len(powers) + 1))
-    for recipe in sorted({r.get("recipe", 1) for r in rows}):
+    recipes = sorted({r.get("recipe", 1) for r in rows})
+    found: dict[tuple[int, str, str], tuple[int, list[float], str]] = {}
+    for recipe in recipes:
         own = [r for r in rows if r.get("recipe", 1) == recipe]
         for name in sorted({r["data"] for r in own}):
             top = max(r["L"] for r in own if r["data"] == name)
@@ -269,7 +273,14 @@ def power_plan(rows: list[dict], powers: tuple[float, ...] = (0.5, 0.8)) -> None
                 logs = _log_ratios(own, name, "brownian", field, top)
                 v = mean_test(logs, bound=math.log(limit), side="less", unit="seed",
                               alpha=level(name, recipe))
-                if v.verdict != "inconclusive" or len(logs) < 2:
+                found[recipe, name, field] = (top, logs, v.verdict)
+    decided = {(name, field) for (_, name, field), (_, _, v) in found.items() if v != "inconclusive"}
+    for recipe in recipes:
+        own = [r for r in rows if r.get("recipe", 1) == recipe]
+        for name in sorted({r["data"] for r in own}):
+            for field, limit in (("certificate", 1.1), ("kl", 1.5)):
+                top, logs, _ = found[recipe, name, field]
+                if (name, field) in decided or len(logs) < 2:
                     continue
                 mean, sd = statistics.fmean(logs), statistics.stdev(logs)
                 d = (math.log(limit) - mean) / sd
@@ -278,7 +289,8 @@ def power_plan(rows: list[dict], powers: tuple[float, ...] = (0.5, 0.8)) -> None
                 hours = sum(statistics.fmean(r["seconds"] for r in _by(own, data=name, prior="brownian",
                                                                          L=L).values())
                             for L in (16, top)) / 3600
-                seeds = " | ".join("none: the mean is past the limit" if n is None else str(n) for n in need)
+                never = "none: the mean is past the limit" if d <= 0 else "more than a million"
+                seeds = " | ".join(never if n is None else str(n) for n in need)
                 print(f"| {recipe} | {name} | {field}(L={top}) <= {limit} x {field}(L=16) | {len(logs)} | "
                       f"{mean:.3f} | {sd:.3f} | {d:.3f} | {alpha:.2g} | {seeds} | {hours:.3f} |")
 

@@ -179,12 +179,17 @@ def test_power_plan_prints_the_seeds_an_inconclusive_ratio_claim_needs(study, ca
     d = (math.log(1.5) - 0.3) / 0.2
     cells = [c.strip() for c in lines[0].strip("|").split("|")]
     assert cells[3:8] == ["3", "0.300", "0.200", f"{d:.3f}", f"{sixth:.2g}"]
+    # d = 0.527 at level 0.00084: 41 seeds for even odds, 62 for power 0.8 (noncentral t).
+    assert cells[8:10] == ["41", "62"]
     assert cells[8:10] == [str(units_for_power(d, sixth, 0.5)), str(units_for_power(d, sixth, 0.8))]
-    assert 50 < int(cells[9]) < 400
     assert cells[10] == "0.100"  # (36 + 324) s
     # A mean past the limit: no number of seeds decides the claim in its favour.
     study.power_plan(_ratio_rows("two_spirals", 4, [0.9, 1.2, 0.3], [0.0, 0.001, -0.001]))
     assert "none: the mean is past the limit" in capsys.readouterr().out
+    # A claim another recipe decided is not planned for: recipe 2's KL ratios held (8 seeds).
+    held = _ratio_rows("two_spirals", 2, [0.01, -0.02, 0.0, 0.02, -0.01, 0.01, 0.0, -0.01], [0.0] * 8)
+    study.power_plan(rows + held)
+    assert [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| ")][2:] == []
     # A data set whose only rows are recipe 2's (its second look there): the next look is the third.
     assert study.next_level(_ratio_rows("digits", 2, [0.1], [0.0]), "digits") == pytest.approx(
         6 * 0.05 / (math.pi**2 * 9))
@@ -196,7 +201,8 @@ def test_a_run_must_name_its_recipe(study, monkeypatch, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
         study._arguments()
     assert stop.value.code == 2 and "a run names its recipe" in capsys.readouterr().err
-    monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, "--report"])
-    assert study._arguments().recipe == max(study.RECIPES)  # reading defaults to the latest
+    for reading in (["--report"], ["--power"], ["--attach", out]):
+        monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, *reading])
+        assert study._arguments().recipe == max(study.RECIPES)  # reading defaults to the latest
     monkeypatch.setattr("sys.argv", ["depth_certificates.py", out, "--recipe", "2"])
     assert study._arguments().recipe == 2

@@ -246,6 +246,8 @@ def test_units_for_power_matches_the_tables_and_the_simulated_t_test():
         units_for_power(0.5, 0.6)
     with pytest.raises(ValueError, match="power"):
         units_for_power(0.5, 0.05, 0.01)
+    with pytest.raises(ValueError, match="most"):
+        units_for_power(0.5, most=1)
     rng = np.random.default_rng(11)
     d, n = 0.6, units_for_power(0.6, 0.05, 0.8)
     rate = {m: float(np.mean([mean_test(rng.normal(-d, 1.0, m), 0.0, "less").verdict == "held"

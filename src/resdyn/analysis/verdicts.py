@@ -264,12 +264,15 @@ def units_for_power(effect: float, alpha: float = ALPHA, power: float = 0.8,
                     most: int = 1_000_000) -> int | None:
     """The smallest number of units n >= 2 at which :func:`mean_test` rejects in the claim's favour
     with probability at least ``power``, if the true mean lies ``effect`` = d standard deviations
-    on the claim's side of the bound (module docstring); None when no n up to ``most`` does (d <= 0:
-    no sample size decides a claim whose mean is on the bound or beyond it in its favour)."""
+    on the claim's side of the bound (module docstring); None when no n up to ``most`` does (always
+    when d <= 0: no sample size decides a claim in its favour whose mean is on the bound or beyond
+    it, against the claim)."""
     if not 0 < alpha < 0.5:
         raise ValueError(f"alpha must be in (0, 1/2), got {alpha!r}")
     if not alpha < power < 1:
         raise ValueError(f"power must be in (alpha, 1), got {power!r}")
+    if most < 2:
+        raise ValueError(f"most must be at least 2 (a t test needs two units), got {most!r}")
     if not math.isfinite(effect):
         raise ValueError(f"effect must be a finite number of standard deviations, got {effect!r}")
 
