@@ -29,6 +29,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_error(503 if len(srv.log) > MAX_REQUESTS else 404)
             return
         body = srv.files[name]
+        if srv.mode in ("busy", "gone") and srv.busy.get(name, 0) < srv.busy_for:
+            srv.busy[name] = srv.busy.get(name, 0) + 1  # "not now": 503, or 410 ("gone")
+            self.send_response(503 if srv.mode == "busy" else 410)
+            if srv.retry_after is not None:
+                self.send_header("Retry-After", srv.retry_after)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if srv.mode in ("endless", "trickle", "badlength"):
             self._hostile(srv.mode)
             return
@@ -88,6 +96,7 @@ def server():
         srv.daemon_threads = True
         srv.files = {k.rsplit("/", 1)[-1]: v for k, v in files.items()}
         srv.mode, srv.log, srv.dropped = mode, [], {}
+        srv.busy, srv.busy_for, srv.retry_after = {}, 1, None
         threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(srv)
         return srv
@@ -314,3 +323,64 @@ def test_a_resumed_part_that_fails_its_checksum_is_fetched_once_afresh(tmp_path,
     name = rel.rsplit("/", 1)[1]
     assert [r for p, r in srv.log if p.endswith(name)] == ["bytes=25-", None]
     assert not list(tmp_path.rglob("*.part*"))
+
+
+@pytest.fixture
+def waits(monkeypatch):
+    """The waits fetch asks for between attempts, recorded instead of slept."""
+    import resdyn.data.download as dl
+
+    asked: list[float] = []
+    monkeypatch.setattr(dl.time, "sleep", asked.append)
+    return asked
+
+
+def test_a_busy_mirror_is_tried_again_after_its_retry_after(tmp_path, server, waits):
+    files, m = _mnist()
+    srv = server(files, mode="busy")
+    srv.retry_after = "3"
+    download("mnist", tmp_path, mirrors=[_url(srv)], manifest=m, retries=2)
+    for rel, data in files.items():
+        assert (tmp_path / rel).read_bytes() == data
+    assert waits == [3.0] * len(files)  # one 503 per file, its Retry-After honoured
+    assert len(srv.log) == 2 * len(files)
+
+
+def test_without_retry_after_the_waits_double_and_a_mirror_busy_throughout_fails(tmp_path, server,
+                                                                                 waits):
+    files, m = _mnist()
+    srv = server({"train-labels-idx1-ubyte.gz": files["MNIST/raw/train-labels-idx1-ubyte.gz"]},
+                 mode="busy")
+    srv.busy_for = 10
+    dest = tmp_path / "train-labels-idx1-ubyte.gz"
+    with pytest.raises(DownloadError) as err:
+        fetch([_url(srv) + "train-labels-idx1-ubyte.gz"], dest, m["MNIST/raw/train-labels-idx1-ubyte.gz"],
+              retries=3, timeout=5)
+    assert waits == [1.0, 2.0, 4.0] and len(srv.log) == 4  # 1 + 3 retries
+    assert "\n" not in str(err.value) and str(err.value).count("HTTP 503") == 4
+    assert not dest.exists()
+
+
+def test_a_retry_after_is_capped_and_one_past_the_deadline_is_not_waited_for(tmp_path, server, waits):
+    import resdyn.data.download as dl
+
+    files, m = _mnist()
+    rel = "MNIST/raw/train-labels-idx1-ubyte.gz"
+    srv = server({rel: files[rel]}, mode="busy")
+    srv.retry_after = "86400"
+    dest = tmp_path / "a.gz"
+    fetch([_url(srv) + "train-labels-idx1-ubyte.gz"], dest, m[rel], retries=1, timeout=5)
+    assert waits == [dl.MAX_RETRY_WAIT] and dest.read_bytes() == files[rel]
+    # With 10 s left, a 30 s wait is not begun: the mirror's 503 is its answer.
+    srv.busy.clear()
+    with pytest.raises(DownloadError, match="HTTP 503"):
+        fetch([_url(srv) + "train-labels-idx1-ubyte.gz"], tmp_path / "b.gz", m[rel], retries=1,
+              timeout=5, deadline=10)
+    assert waits == [dl.MAX_RETRY_WAIT]
+
+
+def test_a_status_that_is_not_transient_moves_on_to_the_next_mirror_at_once(tmp_path, server, waits):
+    files, m = _mnist()
+    gone, good = server(files, mode="gone"), server(files)
+    download("mnist", tmp_path, mirrors=[_url(gone), _url(good)], manifest=m, retries=3)
+    assert waits == [] and len(gone.log) == len(files) and len(good.log) == len(files)

@@ -22,7 +22,11 @@ HTTP, using the standard library only (urllib), and
   slowly the bytes trickle in, or as soon as a transfer averages less than a rate floor over a
   window (:data:`DEFAULT_MIN_RATE` bytes/s over :data:`RATE_WINDOW` s, ``--min-rate``);
 - reads ``Content-Length`` and ``Content-Range`` defensively: a malformed header is that
-  mirror's fault, not a traceback.
+  mirror's fault, not a traceback;
+- tries a mirror again after a status that says "not now" (:data:`TRANSIENT_STATUS`: 408, 429,
+  500, 502, 503, 504), within its ``retries`` and the deadline, after the server's
+  ``Retry-After`` in seconds (at most :data:`MAX_RETRY_WAIT`) or else 1, 2, 4, ... s; any other
+  status moves on to the next mirror at once.
 
 CIFAR archives are then unpacked member by member (only the expected names, each checked
 against its own md5) into a temporary folder that is renamed into place.
@@ -77,6 +81,11 @@ DEFAULT_DEADLINE = 600.0
 DEFAULT_MIN_RATE = 1024.0
 #: Seconds over which the rate floor is averaged.
 RATE_WINDOW = 30.0
+#: HTTP statuses after which the same mirror is tried again (a registry's 503 is usually gone in
+#: seconds); every other status is that mirror's answer.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: The longest wait before trying a mirror again, in seconds, whatever its Retry-After asks.
+MAX_RETRY_WAIT = 30.0
 
 
 class DownloadError(DataError, OSError):
@@ -240,7 +249,14 @@ class _Fetch:
                 _discard(self.part)
                 return True
             self.problems.append(f"{url}: HTTP {err.code} {_one_line(err.reason, 80)}")
-            return False
+            if err.code not in TRANSIENT_STATUS or attempt > self.retries:
+                return False
+            wait = _retry_wait(err, attempt)
+            if time.monotonic() + wait >= self.pace.end:
+                return False
+            self.log(f"  HTTP {err.code}; trying again in {wait:g} s")
+            time.sleep(wait)
+            return True
         if isinstance(err, _TooLarge):
             _discard(self.part)
             self.problems.append(f"{url}: sends more than {self.max_bytes} bytes ({err.args[0]} so "
@@ -263,6 +279,14 @@ class _Fetch:
         return False
 
 
+def _retry_wait(err: urllib.error.HTTPError, attempt: int) -> float:
+    """Seconds before attempt ``attempt + 1`` after a transient status: the server's Retry-After
+    when it gives whole seconds, else 2^(attempt - 1); at most MAX_RETRY_WAIT."""
+    asked = (err.headers.get("Retry-After") or "").strip() if err.headers else ""
+    wait = float(asked) if asked.isdigit() else 2.0 ** (attempt - 1)
+    return min(wait, MAX_RETRY_WAIT)
+
+
 def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: float = 30.0,
           log: Log = _quiet, max_bytes: int = DEFAULT_MAX_BYTES,
           deadline: float = DEFAULT_DEADLINE, min_rate: float = DEFAULT_MIN_RATE,
@@ -270,7 +294,8 @@ def fetch(urls: Sequence[str], dest: Path, md5: str, retries: int = 3, timeout: 
     """Download ``dest`` from the first of ``urls`` that delivers it with checksum ``md5`` (an
     md5 of 32 hex digits or a sha256 of 64).
 
-    Each mirror gets ``retries`` resumed attempts after a dropped connection. At most
+    Each mirror gets ``retries`` resumed attempts after a dropped connection or a transient HTTP
+    status (:data:`TRANSIENT_STATUS`, after a wait: :func:`_retry_wait`). At most
     ``max_bytes`` are written and the whole call takes at most about ``deadline`` seconds (plus
     one ``timeout``); a transfer that averages less than ``min_rate`` bytes/s over
     ``rate_window`` seconds is given up (0 turns the floor off). Returns ``dest``; a
