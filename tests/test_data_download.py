@@ -331,7 +331,7 @@ def waits(monkeypatch):
     import resdyn.data.download as dl
 
     asked: list[float] = []
-    monkeypatch.setattr(dl.time, "sleep", asked.append)
+    monkeypatch.setattr(dl, "_pause", asked.append)
     return asked
 
 

@@ -255,7 +255,7 @@ class _Fetch:
             if time.monotonic() + wait >= self.pace.end:
                 return False
             self.log(f"  HTTP {err.code}; trying again in {wait:g} s")
-            time.sleep(wait)
+            _pause(wait)
             return True
         if isinstance(err, _TooLarge):
             _discard(self.part)
@@ -277,6 +277,11 @@ class _Fetch:
             self.log(f"  connection lost after {have} bytes; resuming")
             return True
         return False
+
+
+def _pause(seconds: float) -> None:
+    """The wait before a mirror is tried again (one name, so tests can record it instead)."""
+    time.sleep(seconds)
 
 
 def _retry_wait(err: urllib.error.HTTPError, attempt: int) -> float:
