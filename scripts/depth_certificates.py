@@ -13,9 +13,11 @@ Under a recipe whose prior means are continued in depth (CONTINUED), a depth's p
 starts from the one above it on the ladder DEPTHS, saved beside OUT (OUT.priors/), so the depths
 of a seed run in order.
 
-    python scripts/depth_certificates.py runs/depth-certificates.jsonl [--quick] [--seeds 0,1,2]
-        [--data mnist-5k] [--depths 256] [--priors brownian] [--recipe 2]
+    python scripts/depth_certificates.py runs/depth-certificates.jsonl --recipe 4 [--quick]
+        [--seeds 0,1,2] [--data mnist-5k] [--depths 256] [--priors brownian]
     python scripts/depth_certificates.py runs/depth-certificates.jsonl --report [--recipe 1]
+    python scripts/depth_certificates.py runs/depth-certificates.jsonl --power
+    python scripts/depth_certificates.py runs/depth-certificates.jsonl --attach RERUN.jsonl
 """
 
 from __future__ import annotations
@@ -386,7 +388,7 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("out", type=Path, help="JSON lines, one per (data, seed, L, prior)")
     ap.add_argument("--report", action="store_true", help="print the tables and claims of OUT")
     ap.add_argument("--power", action="store_true",
-                    help="print the seeds that would decide OUT's inconclusive ratio claims")
+                    help="print the seeds that would decide the ratio claims of OUT that no recipe decided")
     ap.add_argument("--attach", type=Path, default=None, metavar="RERUN",
                     help="copy kl_in_depth from RERUN's rows onto OUT's (which they must reproduce)")
     ap.add_argument("--quick", action="store_true")
