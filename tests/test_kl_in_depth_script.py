@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from certificate_specs import tiny
+from resdyn.api import certificate_weights
 from resdyn.cli.main import main
+from resdyn.sweeps.store import Store
+from resdyn.training.certify import make_prior
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "kl_in_depth.py"
 
@@ -36,9 +38,22 @@ def store(tmp_path_factory):
 def test_the_split_of_stored_cells_adds_up_to_their_stored_kl(script, store):
     rows = script.split_rows(store)
     assert sorted((r["seed"], r["L"]) for r in rows) == [(0, 32), (1, 32), (2, 32)]  # L < 16 left out
+    with Store(store, create=False, readonly=True) as st:
+        records = {rec.cell_id: rec for rec in st.records()}
+        weights = {r["cell_id"]: certificate_weights(st, records[r["cell_id"]]) for r in rows}
+        horizon = {r["cell_id"]: records[r["cell_id"]].cell.model.horizon for r in rows}
     for r in rows:
-        assert math.isclose(r["kl"], r["kl_stored"], rel_tol=1e-5)
-        assert math.isclose(r["io"] + r["layers"], r["kl"], rel_tol=1e-6)  # float32 sums
+        # The split by hand from the stored whitened posterior mean u: KL = |u|^2 / 2, the layers'
+        # part over W, b, V and the rest (embedding, readout) in io; and the same layer deviation
+        # under the i.i.d. prior of scale s, |theta_layers - m_layers|^2 / (2 s^2).
+        mean, u, _ = weights[r["cell_id"]]
+        half = {k: 0.5 * float(v.double().square().sum()) for k, v in u.items()}
+        layers = ("W", "b", "V")
+        assert r["layers"] == pytest.approx(sum(half[k] for k in layers), rel=1e-6)
+        assert r["io"] == pytest.approx(sum(v for k, v in half.items() if k not in layers), rel=1e-6)
+        post = make_prior("brownian", mean, r["scale"], horizon[r["cell_id"]], layers).params(u)
+        iid = sum(float((post[k] - mean[k]).double().square().sum()) for k in layers) / (2 * r["scale"] ** 2)
+        assert r["iid_layers"] == pytest.approx(iid, rel=1e-4)  # float32 differences of the path
         # Brownian: reading the path at fewer layer times can only lower its cost, and at L = 4
         # lower than at L = 16 (the L = 4 times are among the L = 16 ones).
         assert r["coarse_4"] <= r["coarse_16"] * (1 + 1e-5) <= r["layers"] * (1 + 2e-5)  # float32

@@ -172,6 +172,7 @@ def test_trackers_and_measures_through_the_sweep_interface():
     # The confidence term is 3 sqrt(log(2/delta) / (2n)) at each model's own n (24 and 40).
     conf = torch.tensor([3 * math.sqrt(math.log(2 / 0.05) / (2 * n)) for n in (24, 40)], dtype=torch.float64)
     assert b["plugin"].shape == (2,) and torch.allclose(b["plugin.confidence"], conf)
+    assert torch.allclose(b["plugin"], b["plugin.train_ramp"] + 2 * b["plugin.rademacher"] + conf)
     # r1 is the encoder KL estimate of the trained particles, clipped at 0.
     kl = get_tracker("kl")(ctx)
     assert torch.allclose(b["plugin.r1"], kl["kl_enc_knn"].clamp_min(0.0))
@@ -198,6 +199,11 @@ def test_rademacher_bound_formula_and_a_lower_bound_it_must_exceed():
     assert r["encoder"] == pytest.approx(0.5 * 3.0 * math.sqrt(0.04) * 5 / math.sqrt(2))
     with pytest.raises(ValueError, match="n must"):
         rademacher_bound(0, 0.1, 0.1, 1.0, 1.0)
+    # The assembled bound: ramp + 2 Rad + 3 sqrt(log(2 / delta) / (2n)); here each term of Rad is
+    # 3 phi(2) / 10 = 0.5 * 3 * sqrt(0.04) phi(2) = 1.5 / sqrt 2 (phi(2) = 5 / sqrt 2).
+    g = generalization_bound(100, 0.1, 0.02, 2.0, 0.5, 3.0)
+    assert g["bound"] == pytest.approx(0.1 + 2 * 3 / math.sqrt(2) + 3 * math.sqrt(math.log(40) / 200),
+                                       rel=1e-12)
     with pytest.raises(ValueError, match="delta"):
         generalization_bound(10, 0.0, 0.1, 0.1, 1.0, 1.0, delta=1.5)
     # Lower bound on Rad_n of the predictor class (r1 = 0): nu = N(m, I) with m = (m_a, 0, 0, m_c),

@@ -124,3 +124,16 @@ def test_kl_estimators_check_their_arguments():
         kl_knn(torch.zeros(20, 3))
     assert kl_knn(torch.randn(2, 4, 100, 3)).shape == (2, 4)
     assert math.isinf(float(kl_gaussian_fit(torch.zeros(20, 3))))
+
+
+def test_uncorrected_knn_kl_by_hand():
+    """The raw estimate (module docstring of resdyn.analysis.kl) by another route: brute-force
+    distances, psi(k) - psi(N) = -sum_{j=k}^{N-1} 1/j, and V_5 = 8 pi^2 / 15 in closed form."""
+    x = np.random.default_rng(0).normal(size=(50, 5))
+    k, n, p = 3, 50, 5
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    eps = np.sort(d, axis=1)[:, k]  # column 0 is the point itself
+    const = (-sum(1.0 / j for j in range(k, n)) - math.log(8 * math.pi**2 / 15)
+             + 0.5 * p * math.log(2 * math.pi))
+    hand = const + float(np.mean(-p * np.log(eps) + 0.5 * (x**2).sum(-1)))
+    assert float(kl_knn(x, k=k, null_correction=False)) == pytest.approx(hand, rel=1e-12)

@@ -202,3 +202,24 @@ def test_certify_sample_composes_its_terms():
     k = round(r["prior_mean_bound_error"] * 100)
     assert r["holdout"] == holdout_bound(k, 100, cfg.delta)
     assert out.prior_history.shape == (60, 1) and out.posterior_history.shape == (30, 1)
+
+
+def test_the_scale_rule_takes_the_largest_scale_within_the_slack():
+    """Step 4: the largest s whose Gibbs error on S_p is within scale_slack of the prior mean's
+    error there, else the last. At s = 100 the draws are far from the mean (error near 1/2), at
+    1e-6 they are the mean's own predictions."""
+    from resdyn.training.certify import CertificateConfig, _choose_scale
+
+    data = load("breast_cancer")
+    model = ResNet(in_dim=data.in_dim, out_dim=2, width=8, depth=3, activation="tanh")
+    mean = init_params(model, [0], torch.float32)
+    prior_idx, _ = split_sample(subsample(data, 200, 0), 0, 0.5)
+    data = normalised_on(data, prior_idx)
+
+    def rule(slack: float, scales: tuple[float, ...]) -> float:
+        cfg = CertificateConfig(scales=scales, scale_slack=slack)
+        return _choose_scale(model, cfg, mean, data, prior_idx, 0)
+
+    assert rule(0.0, (100.0, 1e-6, 1e-7)) == 1e-6  # 100 is too noisy; 1e-6 is the largest within
+    assert rule(1.0, (100.0, 1e-6, 1e-7)) == 100.0  # every Gibbs error is within a slack of 1
+    assert rule(0.0, (100.0, 50.0, 1e-7)) == 1e-7  # none within: the last, untested

@@ -76,6 +76,23 @@ def _tiny(act, seed, width, tied=False):
                   tied=tied, init_scale=1.0)
 
 
+def test_path_norm_rademacher_by_hand():
+    """(Q / S)(sqrt(sum ||x~||^2) + (c - 1) sqrt(sum_A ||x~||^2)), c = kappa / (kappa - 2)
+    (docs/theory.md, Thm 2.1), on squared norms 1, 4, 4 (S = 3, sqrt of the sum 3)."""
+    sq = torch.tensor([1.0, 4.0, 4.0], dtype=torch.float64)
+    # kappa = 4: c = 2, every sample active: Q c 3 / S = 2 * 2 * 3 / 3
+    assert float(path_norm_rademacher(2.0, sq)) == pytest.approx(4.0, rel=1e-15)
+    # kappa = 6: c = 3/2
+    assert float(path_norm_rademacher(2.0, sq, kappa=6.0)) == pytest.approx(3.0, rel=1e-15)
+    # only the last two active: (2 / 3)(3 + (2 - 1) sqrt 8)
+    active = torch.tensor([False, True, True])
+    assert float(path_norm_rademacher(2.0, sq, active=active)) == pytest.approx(
+        (2 / 3) * (3 + math.sqrt(8)), rel=1e-15)
+    assert float(path_norm_rademacher(2.0, sq, residual=False)) == pytest.approx(2.0, rel=1e-15)
+    with pytest.raises(ValueError):
+        path_norm_rademacher(2.0, sq, kappa=2.0)
+
+
 def test_every_complexity_bound_above_monte_carlo(capsys):
     """Tiny networks (one residual step, width <= 4), S = 10: each bound >= MC - 3 se; the path-norm
     bound is within a factor 50 of its MC estimate on at least one case."""
@@ -273,6 +290,15 @@ def test_delta_and_grid_enter_confidence():
     d2 = (b["test_error_bound.confidence"] ** 2 - a["test_error_bound.confidence"] ** 2) * 2 * S / 9
     assert d2 == pytest.approx(math.log(10.0))
     assert np.isfinite(a["test_error_bound"])
+    # The value itself (docs/theory.md): one family takes all of delta; the grid is 61 margins
+    # times 61 levels of Q times, with a dead band (soft threshold), 61 levels of mu*.
+    assert a["test_error_bound.confidence"] == pytest.approx(
+        3 * math.sqrt((math.log(2 / 0.05) + 3 * math.log(61)) / (2 * S)), rel=1e-12)
+    relu = ResNet(in_dim=2, out_dim=2, width=4, depth=2, activation="relu")
+    r = bound_terms(relu, init_params(relu, [0], torch.float64), x, y,
+                    {"delta": 0.05, "families": ("path_norm",)})
+    assert r["test_error_bound.confidence"] == pytest.approx(
+        3 * math.sqrt((math.log(2 / 0.05) + 2 * math.log(61)) / (2 * S)), rel=1e-12)  # no mu* grid
 
 
 def test_cli_bound_prints_every_bound(tmp_path):

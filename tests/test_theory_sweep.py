@@ -46,7 +46,20 @@ def _report(name, cells, metrics, bound, pn, capsys):
         print(f"[{name}] slope of the bound in S (per-seed slopes): {fit.slope:.3f} "
               f"CI {fit.ci95[0]:.3f}..{fit.ci95[1]:.3f}")
     assert torch.all(bound["test_error_bound"] >= test_err.to(torch.float64))
-    assert torch.all(torch.isfinite(bound["test_error_bound"]))
+    _assembled(bound)
+
+
+def _assembled(bound) -> None:
+    """The bound is finite, its terms add up to it, and the complexity term is paid (> 0): a
+    bound that dropped a term would still be above these test errors (every bound here is > 1)."""
+    total = bound["test_error_bound"]
+    parts = (bound["test_error_bound.margin_loss"] + bound["test_error_bound.complexity"]
+             + bound["test_error_bound.confidence"])
+    assert torch.all(torch.isfinite(total))
+    assert torch.allclose(total, parts, rtol=1e-12, atol=0)
+    assert torch.all(bound["test_error_bound.complexity"] > 0)
+    margin = bound["test_error_bound.margin_loss"]
+    assert torch.all((margin >= 0) & (margin <= 1))
 
 
 def test_two_spirals_sweep_bound_above_test_error(capsys):
@@ -72,3 +85,4 @@ def test_default_activation_gets_a_finite_bound(activation):
     _, metrics, bound, pn = _sweep(data, model, [64], [0], 50, 0.01)
     assert torch.isnan(pn["path_norm_bound"]).all()  # tanh has no relu expansion
     assert float(bound["test_error_bound"][0]) >= 1.0 - float(metrics["test_acc"][0])
+    _assembled(bound)

@@ -255,3 +255,22 @@ def test_units_for_power_matches_the_tables_and_the_simulated_t_test():
     print(f"\n[power of mean_test at d = 0.6, n = {n - 3}, {n}] {rate}")
     assert 0.8 - 0.03 < rate[n] < 0.8 + 0.06  # 2000 draws: binomial SE 0.009
     assert rate[n - 3] < 0.78
+
+
+def test_equivalence_test_against_scipy_one_sample_t_tests():
+    """TOST |E v - 0.825| < 0.125, i.e. 0.7 < E v < 0.95: p_for is the larger of scipy's two
+    one-sided p-values; p_against the smaller p of "E v > 0.95" and "E v < 0.7"."""
+    inside = [0.88, 0.89, 0.90]
+    v = equivalence_test(inside, 0.825, 0.125)
+    lo = stats.ttest_1samp(inside, 0.7, alternative="greater").pvalue
+    hi = stats.ttest_1samp(inside, 0.95, alternative="less").pvalue
+    assert v.verdict == "held" and v.p_for == pytest.approx(max(lo, hi), rel=1e-12)
+    assert v.p_for == pytest.approx(0.004566305693137743, rel=1e-9)
+    assert v.p_against == pytest.approx(stats.ttest_1samp(inside, 0.95, alternative="greater").pvalue,
+                                        rel=1e-12)
+    # With half the margin (0.7625 < E v < 0.8875) the same values are not shown inside.
+    assert equivalence_test(inside, 0.825, 0.0625).verdict == "inconclusive"
+    above = [1.20, 1.25, 1.30]
+    out = equivalence_test(above, 0.825, 0.125)
+    assert out.verdict == "not held" and out.p_against == pytest.approx(
+        stats.ttest_1samp(above, 0.95, alternative="greater").pvalue, rel=1e-12)

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
-
-from ..models.base import Params
-from ..models.stochastic import posterior_parts
 
 __all__ = [
     "OBJECTIVES",
@@ -43,8 +40,6 @@ __all__ = [
     "holdout_gap",
     "kl_bernoulli",
     "kl_inv",
-    "kl_to_prior",
-    "make_combine",
     "mc_risk_bound",
     "pac_bayes_kl_bound",
     "pac_bayes_term",
@@ -175,29 +170,6 @@ def bound_objective(name: str, risk: Tensor, kl: Tensor, n: Tensor | int, delta:
         return (torch.sqrt(risk + B / 2) + torch.sqrt(B / 2)).square()
     lam = (2 / (torch.sqrt(2 * risk.detach() / B.detach() + 1) + 1)).clamp(1e-6, 1.0)
     return risk / (1 - lam / 2) + B / (lam * (1 - lam / 2))
-
-
-def kl_to_prior(post: Params, prior_mu: Mapping[str, Tensor], prior_sigma: float | Tensor) -> Tensor:
-    """KL(Q || P), shape (E,), for a posterior dict (mu.<name>, rho.<name>) and an isotropic prior."""
-    mu, sigma = posterior_parts(post)
-    return posterior_kl(mu, sigma, prior_mu, prior_sigma)
-
-
-def make_combine(name: str, prior_mu: Mapping[str, Tensor], prior_sigma: float, n: Tensor,
-                 delta: float) -> Callable[[Tensor, Params], Tensor]:
-    """The engine's ``Objective.combine`` for objective ``name``: (E,) mean bounded loss of the
-    step's sampled networks and the trainable posterior -> (E,) objective, with n[e] the number
-    of examples model e's bound will use."""
-    if name not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}; got {name!r}")
-
-    def combine(risk: Tensor, post: Params) -> Tensor:
-        if name == "erm":
-            return risk
-        kl = kl_to_prior(post, prior_mu, prior_sigma)
-        return bound_objective(name, risk, kl, n.to(risk), delta)
-
-    return combine
 
 
 @dataclass(frozen=True)
