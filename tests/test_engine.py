@@ -72,6 +72,10 @@ def test_discrete_resnet_on_two_spirals_reaches_090_test_accuracy(spirals):
     res = train(model, init_params(model, [0]), spirals, [torch.arange(1024)], lr=1e-2,
                 config=TrainConfig(steps=1000), seeds=[0])
     assert res.metrics["test_acc"][0] >= 0.9, res.metrics
+    r = res.metrics  # the gaps' signs: test minus train for the loss, train minus test for accuracy
+    assert float(r["loss_gap"][0]) == float(r["test_loss"][0] - r["train_loss"][0])
+    assert float(r["error_gap"][0]) == float(r["train_acc"][0] - r["test_acc"][0])
+    assert float(r["train_acc"][0]) != float(r["test_acc"][0])  # else the sign is not seen
 
 
 def test_minibatch_training_is_batch_invariant_and_resumable(spirals):
