@@ -1,18 +1,17 @@
 """Models and optimisers against references written apart from them: torch.optim.Adam, a textbook
-L-BFGS two-loop recursion (Nocedal and Wright, Alg. 7.4), F.conv2d, integrals by hand, and the
-promised moments of the smooth random paths. Each assertion failed under a small bug injected
-into the code under test (wrong bias correction, decay applied twice, the L-BFGS scaling, the
-step h = 1 / L instead of T / L, the knot interpolation's scale, the path's variance, the
-penalty's quadrature weight, one permutation reused every epoch) while the suite passed."""
+L-BFGS two-loop recursion (Nocedal and Wright, Alg. 7.4), integrals by hand, and the promised
+moments of the smooth random paths. Each assertion failed under a small bug injected into the
+code under test (no bias correction, decay applied twice, the L-BFGS scaling, the knot
+interpolation's scale, the path's variance, the penalty's quadrature weight, one permutation
+reused every epoch) while the suite passed. (ConvResNet's h = T / L: tests/test_models.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
-from resdyn.models import ConvResNet, ODEResNet, ResNet, init_params
+from resdyn.models import ODEResNet, ResNet, init_params
 from resdyn.models.knot_resnet import KnotResNet
 from resdyn.models.paths import SmoothPath
 from resdyn.models.volterra import SmoothKernel
@@ -94,21 +93,6 @@ def test_lbfgs_matches_the_textbook_two_loop_recursion_on_an_ill_conditioned_qua
     for t in range(1, 4):
         x, state = opt.step(x, {"w": torch.tensor(hess) * x["w"]}, state, _context([1.0], t))
     assert x["w"][0].numpy() == pytest.approx(want, abs=1e-12)
-
-
-def test_conv_resnet_steps_by_h_equal_to_the_horizon_over_the_depth():
-    """T = 2, L = 2: every residual step is added with h = 1 (F.conv2d reference, 3x3, padding 1,
-    global average pooling, linear readout), for two models at once."""
-    m = ConvResNet(in_channels=3, out_dim=5, channels=4, depth=2, activation="tanh", horizon=2.0)
-    p = init_params(m, [0, 1], F64)
-    x = torch.randn(2, 6, 3, 8, 8, dtype=F64, generator=torch.Generator().manual_seed(0))
-    out = m.forward(p, x)
-    for e in range(2):
-        z = F.conv2d(x[e], p["A"][e].view(4, 3, 3, 3), p["c"][e], padding=1)
-        for k in range(2):
-            a = torch.tanh(F.conv2d(z, p["W"][e, k].view(4, 4, 3, 3), p["b"][e, k], padding=1))
-            z = z + 1.0 * F.conv2d(a, p["V"][e, k].view(4, 4, 3, 3), padding=1)
-        assert torch.allclose(out[e], z.mean((2, 3)) @ p["R"][e].T + p["r"][e], rtol=0, atol=1e-12)
 
 
 def test_linear_knot_ode_with_euler_steps_is_the_knot_resnet_of_that_depth():

@@ -161,10 +161,11 @@ def test_invalid_arguments_name_the_argument_and_the_allowed_values(factory, mat
         factory()
 
 
-def test_conv_resnet_matches_per_model_conv2d():
+@pytest.mark.parametrize("horizon, h", [(1.0, 0.5), (2.0, 1.0)])  # h = T / L
+def test_conv_resnet_matches_per_model_conv2d(horizon, h):
     import torch.nn.functional as F
 
-    m = ConvResNet(in_channels=3, out_dim=5, channels=4, depth=2, activation="tanh")
+    m = ConvResNet(in_channels=3, out_dim=5, channels=4, depth=2, activation="tanh", horizon=horizon)
     p = init_params(m, [0, 1], F64)
     x = torch.randn(2, 6, 3, 8, 8, dtype=F64)
     out = m.forward(p, x)
@@ -172,7 +173,7 @@ def test_conv_resnet_matches_per_model_conv2d():
         z = F.conv2d(x[e], p["A"][e].view(4, 3, 3, 3), p["c"][e], padding=1)
         for k in range(2):
             a = torch.tanh(F.conv2d(z, p["W"][e, k].view(4, 4, 3, 3), p["b"][e, k], padding=1))
-            z = z + 0.5 * F.conv2d(a, p["V"][e, k].view(4, 4, 3, 3), padding=1)
+            z = z + h * F.conv2d(a, p["V"][e, k].view(4, 4, 3, 3), padding=1)
         ref = z.mean((2, 3)) @ p["R"][e].T + p["r"][e]
         assert torch.allclose(out[e], ref, atol=1e-12)
 
