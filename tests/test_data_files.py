@@ -97,6 +97,26 @@ def test_cifar100_fine_and_coarse_labels(tmp_path):
     assert torch.equal(fine.x, coarse.x) and fine.meta["classes"][7] == "fine_07"
 
 
+def test_cifar100_coarse_labels_are_read_from_the_file_not_derived(tmp_path):
+    # Real superclasses do not follow fine // 5 (apple is in 4, aquarium fish in 1): write batches
+    # whose coarse labels are (7 y + 3) mod 20 and read those back.
+    from resdyn.data.formats import dumps_like_cifar
+
+    files = fake.cifar_files("cifar100", 120, 40, seed=1, archive=False)
+    a = fake.cifar_arrays("cifar100", 120, 40, seed=1)
+    want = {}
+    for split in ("train", "test"):
+        y = a[f"{split}_labels"]
+        want[split] = (7 * y + 3) % 20
+        files[f"cifar-100-python/{split}"] = dumps_like_cifar({
+            "filenames": [f"{split}_{j:05d}.png" for j in range(len(y))], "batch_label": "b",
+            "fine_labels": y.tolist(), "coarse_labels": want[split].tolist(), "data": a[f"{split}_data"]})
+    m = fake.write_files(tmp_path, files)
+    d = load("cifar100", tmp_path, manifest=m, labels="coarse")
+    assert np.array_equal(d.y.numpy(), want["train"]) and np.array_equal(d.y_test.numpy(), want["test"])
+    assert not np.array_equal(d.y.numpy(), a["train_labels"] // 5)
+
+
 def test_fake_cifar_pickles_are_written_as_python2_did(tmp_path):
     fake.write_cifar(tmp_path, "cifar10", n_train=10, n_test=5)
     raw = (tmp_path / BATCH1).read_bytes()

@@ -91,9 +91,15 @@ def test_every_string_of_a_hostile_outcome_is_escaped(tmp_path):
             f"{p}{i}", {p: rows, f"{p} every cell": rows},
             [Claim(p, p, "held", p)], {p: fig},
             {"kind": "sweep", "swept": [p], "seeds": [p]}))
-    _, md_path = write_report(outcomes, tmp_path / "out", title=PAYLOADS[0])
+    html_path, md_path = write_report(outcomes, tmp_path / "out", title=PAYLOADS[0])
     html = _check_rendered(md_path.read_text())
     assert "onerror=alert(1)" in html  # the payload is there, as text
+    # report.html too: in table cells, headings, claims and the title, escaped, never raw
+    page = html_path.read_text()
+    for p in PAYLOADS:
+        if "<" in p:
+            assert p not in page, p
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 3
 
 
 def test_a_hostile_store_report_md_renders_without_a_tag_or_handler(tmp_path):

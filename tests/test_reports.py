@@ -60,3 +60,10 @@ def test_report_renders_in_headless_chromium_with_every_figure_loaded(tmp_path, 
         assert "Claims" in visible and "numbers" in visible
     finally:
         browser.quit()
+
+
+def test_the_headline_counts_only_held_claims(tmp_path):
+    claims = [Claim("a", "m", "held", "t"), Claim("b", "m", "not held", "t"),
+              Claim("c", "m", "inconclusive", "t")]
+    html_path, _ = write_report([ExperimentOutcome("demo", claims=claims)], tmp_path / "out")
+    assert "<p>1 sections; 1 of 3 claims held.</p>" in html_path.read_text()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -188,6 +189,14 @@ def test_run_results_status_and_rerun_trains_nothing(tmp_path):
     assert sorted({r["sample_size"] for r in js}) == [32, 64, 128]
     st = runner.invoke(main, ["status", str(store), "--spec", str(spec)])
     assert "9 of 9 cells done, 0 missing" in st.output
+    # A store with S = 64 and 128 only: the S = 32 cells are the missing ones, whatever their order.
+    part = write_spec(tmp_path / "p.toml", spec.read_text().replace("sample_size = [32, 64, 128]",
+                                                                    "sample_size = [64, 128]"))
+    partial = tmp_path / "part" / "p.sqlite"
+    assert runner.invoke(main, ["run", str(part), "--store", str(partial), "--quiet"]).exit_code == 0
+    st = runner.invoke(main, ["status", str(partial), "--spec", str(spec)])
+    assert "6 of 9 cells done, 3 missing" in st.output
+    assert set(re.findall(r"S=(\d+)", st.output)) == {"32"}
     with Store(store, create=False) as s:
         row = s.rows()[0]
         assert row["provenance"]["torch"] == torch.__version__

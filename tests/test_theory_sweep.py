@@ -86,3 +86,24 @@ def test_default_activation_gets_a_finite_bound(activation):
     assert torch.isnan(pn["path_norm_bound"]).all()  # tanh has no relu expansion
     assert float(bound["test_error_bound"][0]) >= 1.0 - float(metrics["test_acc"][0])
     _assembled(bound)
+
+
+def test_a_bound_measure_with_its_own_options_is_not_served_another_ones_cache():
+    """Two bound measures of one cell with different delta: test_error_bound{delta = 0.5} is the
+    same beside path_norm_bound{delta = 0.01} as alone (the terms are cached per option set)."""
+    from resdyn.sweeps import expand, parse_spec
+    from resdyn.sweeps.runner import train_group
+
+    def run(measures: dict) -> dict:
+        spec = parse_spec({"name": "b", "data": {"name": "two_spirals"},
+                           "model": {"family": "resnet", "width": 4, "depth": 2},
+                           "train": {"steps": 20, "lr": 1e-2}, "sweep": {"sample_size": [64], "seed": [0]},
+                           "measures": measures})
+        return train_group(expand(spec))[0].measures
+
+    alone = run({"test_error_bound": {"delta": 0.5}})
+    both = run({"path_norm_bound": {"delta": 0.01}, "test_error_bound": {"delta": 0.5}})
+    for key in ("test_error_bound", "test_error_bound.confidence"):
+        assert both[key] == alone[key]
+    other = run({"test_error_bound": {"delta": 0.01}})
+    assert other["test_error_bound.confidence"] > alone["test_error_bound.confidence"]
