@@ -243,3 +243,32 @@ def test_report_json_has_no_nan_and_tables_name_infinite_and_not_applicable(tmp_
     data = json.loads(raw)["x"]
     assert data["claims"][0]["values"] == {"v": None, "w": "infinite"}
     assert data["tables"]["t"][0] == {"a": None, "b": "infinite", "c": None, "d": 1.5}
+
+
+def test_the_gap_rate_claim_is_refitted_on_the_straight_range_it_names():
+    """The gap falls like 1/S up to S = 128 and like S^-1/2 beyond (5 seeds, 0.2% noise): the
+    claim is made on S = 128..1024, where the slope is -1/2 (held); over all six sizes the
+    least-squares slope would be -0.686. The table 'gap against S' gives each size's seed mean."""
+    from resdyn.experiments import sample_size
+
+    sizes = np.array([32, 64, 128, 256, 512, 1024.0])
+    u = np.log(sizes)
+    log_gap = np.where(sizes <= 128, -(u - np.log(128)), -0.5 * (u - np.log(128))) + np.log(0.05)
+    rng = np.random.default_rng(3)
+    rows = []
+    for s in range(5):
+        gaps = np.exp(log_gap + 0.002 * rng.standard_normal(sizes.size))
+        rows += [make_record(spec="sample-size", seed=s, sample_size=int(S), model={"depth": 4},
+                             metrics={"error_gap": float(g), "loss_gap": float(g), "test_acc": 0.9,
+                                      "train_acc": 0.9 + float(g)})
+                 for S, g in zip(sizes, gaps, strict=True)]
+    out = sample_size.analyze(rows)
+    claim = out.claims[0]
+    assert claim.verdict == "held" and list(claim.values["range"]) == [128.0, 1024.0]
+    assert claim.values["slope"] == pytest.approx(-0.5, abs=0.01)
+    fit = out.data["fits"]["two_spirals / resnet"]["error_gap"]
+    assert fit["fit"]["slope"] == pytest.approx(-0.686, abs=0.01)
+    table = {r["S"]: r for r in out.tables["gap against S"]}
+    assert sorted(table) == [32, 64, 128, 256, 512, 1024] and {r["seeds"] for r in table.values()} == {5}
+    for S, want in ((32, 0.2), (64, 0.1), (128, 0.05), (256, 0.0354), (512, 0.025), (1024, 0.0177)):
+        assert table[S]["error_gap"] == pytest.approx(want, rel=0.01)

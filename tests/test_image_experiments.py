@@ -42,3 +42,19 @@ def test_dead_zone_pairs_within_each_data_set():
     assert gap == {"mnist": "held", "fashion-mnist": "not held"}
     term = [c for c in out.claims if "term is positive" in c.text]
     assert term and all(c.verdict == "inconclusive" for c in term)  # no term is recorded for images
+
+
+def test_the_settling_claim_reads_the_three_deepest_depths():
+    """L = 2 is 0.1 below the ODE and L = 4, 8, 16 within 0.001 of it: the claim is about the
+    deepest three, so it holds, with the differences acc(L) - acc(ODE) = 0.001 L / 64 - 0.0005."""
+    rows = []
+    for s in range(5):
+        rows += [_row("mnist", "image_resnet", s, 0.80 + 0.002 * s + (-0.1 if L == 2 else 0.001 * L / 64),
+                      0.01, depth=L) for L in (2, 4, 8, 16)]
+        rows.append(_row("mnist", "image_ode_resnet", s, 0.80 + 0.002 * s + 0.0005, 0.01, knots=4))
+    claim = next(c for c in depth.analyze(rows).claims if "settles" in c.text)
+    assert claim.verdict == "held"
+    diffs = {L: v["diff"] for L, v in claim.values.items() if L != "verdict"}
+    assert sorted(diffs) == [4, 8, 16]
+    for L, d in diffs.items():
+        assert abs(d - (0.001 * L / 64 - 0.0005)) < 1e-9
