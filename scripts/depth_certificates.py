@@ -96,6 +96,8 @@ LOOKS = {1: {"two_spirals": 2}, 2: {"two_spirals": 3, "digits": 2, "mnist-5k": 2
          3: {"two_spirals": 4, "digits": 3, "mnist-5k": 3},
          4: {"two_spirals": 5, "digits": 4, "mnist-5k": 4}}
 SEQUENTIAL = {3, 4}
+# The depth claims, fixed before the study: field(L = deepest) <= limit x field(L = 16).
+RATIO_CLAIMS = (("certificate", 1.1), ("kl", 1.5))
 
 
 def level(name: str, recipe: int) -> float:
@@ -220,8 +222,8 @@ def report(rows: list[dict], recipe: int) -> None:
     for name in names:
         depths = sorted({r["L"] for r in rows if r["data"] == name})
         alpha = level(name, recipe)
-        print(_ratio_claim(rows, name, "brownian", "certificate", depths[-1], 1.1, alpha))
-        print(_ratio_claim(rows, name, "brownian", "kl", depths[-1], 1.5, alpha))
+        for field, limit in RATIO_CLAIMS:
+            print(_ratio_claim(rows, name, "brownian", field, depths[-1], limit, alpha))
         for L in depths:
             by = _by(rows, data=name, prior="brownian", L=L)
             diffs = [by[s]["certificate"] - by[s]["holdout"] for s in sorted(by)]
@@ -265,36 +267,30 @@ def power_plan(rows: list[dict], powers: tuple[float, ...] = (0.5, 0.8)) -> None
     print("| recipe | data | claim | seeds | mean log ratio | SD | d | next look's level | "
           + " | ".join(f"seeds for power {p:g}" for p in powers) + " | core-hours per seed |")
     print("|---|---|---|---|---|---|---|---|" + "---|" * (len(powers) + 1))
-    recipes = sorted({r.get("recipe", 1) for r in rows})
-    found: dict[tuple[int, str, str], tuple[int, list[float], str]] = {}
-    for recipe in recipes:
+    claims = []  # (recipe, name, field, limit, top, log ratios, that recipe's rows), in print order
+    for recipe in sorted({r.get("recipe", 1) for r in rows}):
         own = [r for r in rows if r.get("recipe", 1) == recipe]
         for name in sorted({r["data"] for r in own}):
             top = max(r["L"] for r in own if r["data"] == name)
-            for field, limit in (("certificate", 1.1), ("kl", 1.5)):
+            for field, limit in RATIO_CLAIMS:
                 logs = _log_ratios(own, name, "brownian", field, top)
-                v = mean_test(logs, bound=math.log(limit), side="less", unit="seed",
-                              alpha=level(name, recipe))
-                found[recipe, name, field] = (top, logs, v.verdict)
-    decided = {(name, field) for (_, name, field), (_, _, v) in found.items() if v != "inconclusive"}
-    for recipe in recipes:
-        own = [r for r in rows if r.get("recipe", 1) == recipe]
-        for name in sorted({r["data"] for r in own}):
-            for field, limit in (("certificate", 1.1), ("kl", 1.5)):
-                top, logs, _ = found[recipe, name, field]
-                if (name, field) in decided or len(logs) < 2:
-                    continue
-                mean, sd = statistics.fmean(logs), statistics.stdev(logs)
-                d = (math.log(limit) - mean) / sd
-                alpha = next_level(rows, name)
-                need = [units_for_power(d, alpha, p) for p in powers]
-                hours = sum(statistics.fmean(r["seconds"] for r in _by(own, data=name, prior="brownian",
-                                                                         L=L).values())
-                            for L in (16, top)) / 3600
-                never = "none: the mean is past the limit" if d <= 0 else "more than a million"
-                seeds = " | ".join(never if n is None else str(n) for n in need)
-                print(f"| {recipe} | {name} | {field}(L={top}) <= {limit} x {field}(L=16) | {len(logs)} | "
-                      f"{mean:.3f} | {sd:.3f} | {d:.3f} | {alpha:.2g} | {seeds} | {hours:.3f} |")
+                claims.append((recipe, name, field, limit, top, logs, own))
+    decided = {(name, field) for recipe, name, field, limit, _, logs, _ in claims
+               if mean_test(logs, bound=math.log(limit), side="less", unit="seed",
+                            alpha=level(name, recipe)).verdict != "inconclusive"}
+    for recipe, name, field, limit, top, logs, own in claims:
+        if (name, field) in decided or len(logs) < 2:
+            continue
+        mean, sd = statistics.fmean(logs), statistics.stdev(logs)
+        d = (math.log(limit) - mean) / sd
+        alpha = next_level(rows, name)
+        never = "none: the mean is past the limit" if d <= 0 else "more than a million"
+        need = [units_for_power(d, alpha, p) for p in powers]
+        seeds = " | ".join(never if n is None else str(n) for n in need)
+        seconds = [statistics.fmean(r["seconds"] for r in _by(own, data=name, prior="brownian", L=L).values())
+                   for L in (16, top)]
+        print(f"| {recipe} | {name} | {field}(L={top}) <= {limit} x {field}(L=16) | {len(logs)} | "
+              f"{mean:.3f} | {sd:.3f} | {d:.3f} | {alpha:.2g} | {seeds} | {sum(seconds) / 3600:.3f} |")
 
 
 def split_report(rows: list[dict]) -> None:
